@@ -1,0 +1,77 @@
+"""What the tools return: small, typed views of the engine's records."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from autoopt.tools.targets import TargetSpec
+
+
+class Readiness(BaseModel):
+    available: bool
+    reason: str | None = None
+
+
+class TargetInfo(BaseModel):
+    name: str
+    valid: bool
+    error: str | None = Field(None, description="why target.md did not parse")
+    spec: TargetSpec | None = None
+    readiness: dict[str, Readiness] = Field(default_factory=dict)
+    has_hints: bool = False
+
+
+class TargetList(BaseModel):
+    workspace: str
+    targets: list[TargetInfo]
+
+
+class BuildResult(BaseModel):
+    build_id: str
+    target: str
+    backend: str
+    base: str = Field(description="the base commit")
+    commit: str = Field(description="the built tree's commit (base + patch)")
+    patch_sha256: str | None
+    patch_files: list[str]
+    duration_s: float
+    log_tail: str
+
+
+class DeployResult(BaseModel):
+    deployment_id: str
+    build_id: str
+    kind: str
+    endpoint: str | None
+    pid: int | None
+
+
+class WorkloadRun(BaseModel):
+    deployment_id: str
+    metrics: dict[str, float]
+    exit_code: int
+    duration_s: float
+    log_tail: str
+
+
+class TeardownResult(BaseModel):
+    deployment_id: str
+    torn_down: bool
+
+
+class SourceText(BaseModel):
+    target: str
+    path: str
+    revision: str
+    start_line: int
+    end_line: int
+    total_lines: int
+    text: str
+
+
+class SourceMatches(BaseModel):
+    target: str
+    revision: str
+    pattern: str
+    matches: list[str]
+    truncated: bool

@@ -1,0 +1,140 @@
+"""The Backend protocol and the values that cross it: Build, Deployment, Sample.
+
+One protocol, several implementations (local processes, Docker, Kubernetes). The
+orchestration in run_ab never branches on the backend, nor on the target's kind: for a
+service, deploy starts it and the workload drives it; for a batch program, deploy prepares
+the tree and the workload command is the measured process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from pydantic import BaseModel, Field
+
+from autoopt.tools.journal import Journal
+from autoopt.tools.targets import TargetSpec
+
+Progress = Callable[[str], Awaitable[None]]
+
+
+class Build(BaseModel):
+    """A built revision: base commit + optional patch, in its own tree (and image)."""
+
+    id: str
+    target: str
+    backend: str
+    base: str = Field(description="the base commit both arms share")
+    commit: str = Field(description="the tree's commit (base, or base + patch)")
+    patch_sha256: str | None = None
+    patch_files: list[str] = Field(default_factory=list)
+    allow_constant_tuning: bool = False
+    tree: str
+    image: str | None = None
+    duration_s: float = 0.0
+    log_tail: str = ""
+    created: float = Field(default_factory=time.time)
+    journal: Journal = Field(default_factory=Journal)
+
+
+class Deployment(BaseModel):
+    """A running (or, for a batch target, prepared) build."""
+
+    id: str
+    build_id: str
+    target: str
+    backend: str
+    kind: str
+    endpoint: str | None = None
+    port: int | None = None
+    pid: int | None = Field(None, description="the real service process, not a wrapper")
+    pid_start: float | None = Field(None, description="its start time, to recognise it later")
+    container: str | None = None
+    namespace: str | None = None
+    started: float = Field(default_factory=time.time)
+    tree: str | None = Field(None, description="the built tree (local backend)")
+    log_dir: str = ""
+    journal: Journal = Field(default_factory=Journal)
+
+
+class WorkloadResult(BaseModel):
+    """One workload invocation: its key=value metrics and how it ended."""
+
+    metrics: dict[str, float] = Field(default_factory=dict)
+    exit_code: int
+    duration_s: float
+    log_tail: str = ""
+    peak_rss_mb: float | None = Field(None, description="batch targets: the measured process")
+    cpu_s: float | None = None
+
+
+class Sample(BaseModel):
+    """Everything measured for one run of one arm."""
+
+    run: int
+    arm: str
+    build_id: str
+    ok: bool
+    error: str | None = None
+    warmup: bool = False
+    metrics: dict[str, float] = Field(default_factory=dict)
+    died: bool = False
+    restarts: int = 0
+    oom_killed: bool = False
+    log_tail: str = ""
+    timings: dict[str, float] = Field(default_factory=dict)
+    smaps: dict[str, float] = Field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """What every backend provides. Methods raise AutooptError subclasses."""
+
+    name: str
+
+    def unavailable_reason(self) -> str | None:
+        """None when usable, else why not (shown by list_targets)."""
+        ...
+
+    async def build(
+        self, spec: TargetSpec, build: Build, progress: Progress | None = None
+    ) -> Build:
+        """Build the checked-out tree of `build` (its image, for container backends)."""
+        ...
+
+    async def deploy(self, spec: TargetSpec, build: Build) -> Deployment:
+        """Start the service (or prepare a batch tree) and wait until it is healthy."""
+        ...
+
+    async def run_workload(
+        self,
+        spec: TargetSpec,
+        deployment: Deployment,
+        argv: list[str],
+        shell: str,
+        *,
+        name: str,
+        timeout: float = 600.0,
+    ) -> WorkloadResult:
+        """Drive the service with `argv`, or run the batch program; parse its metrics.
+        `shell` is the line the journal records for it."""
+        ...
+
+    async def collect(
+        self, spec: TargetSpec, deployment: Deployment, result: WorkloadResult
+    ) -> dict[str, object]:
+        """Peak RSS, RSS, CPU, restarts and OOM of the deployment after a workload."""
+        ...
+
+    async def teardown(self, deployment: Deployment) -> None:
+        """Stop and remove everything the deployment started. Idempotent."""
+        ...
+
+    async def reset_peak(self, deployment: Deployment) -> bool:
+        """Reset the service's peak RSS so the next reading belongs to the workload."""
+        ...
+
+    def forget_orphans(self) -> list[str]:
+        """Remove what a crashed server left behind; what was removed."""
+        ...

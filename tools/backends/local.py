@@ -1,0 +1,248 @@
+"""The local backend: the target as processes on this machine, each in its own group."""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import anyio
+
+from autoopt.tools import procfs
+from autoopt.tools.backends.base import Build, Deployment, Progress, WorkloadResult
+from autoopt.tools.errors import BuildFailed, DeployFailed, WorkloadFailed
+from autoopt.tools.journal import Step
+from autoopt.tools.process import Child, base_env, kill_group, run, spawn, tail_text
+from autoopt.tools.targets import TargetSpec
+from autoopt.tools.workload import parse_metrics
+
+HEALTH_WAIT_PY = (
+    "import sys,time,urllib.request as u\n"
+    "for _ in range(300):\n"
+    "    try: u.urlopen(sys.argv[1], timeout=1); sys.exit(0)\n"
+    "    except Exception: time.sleep(0.1)\n"
+    "sys.exit('service did not become healthy: ' + sys.argv[1])"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalBackend:
+    """Builds in the worktree, runs the service as a child process group."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self._children: dict[str, Child] = {}
+        self._cpu_mark: dict[str, float] = {}
+
+    def unavailable_reason(self) -> str | None:
+        return None
+
+    async def build(self, spec: TargetSpec, build: Build, progress: Progress | None = None) -> Build:
+        tree = Path(build.tree)
+        if not spec.local.build:
+            build.journal.add(Step(phase="build", shell=": no build step", note="none needed"))
+            return build
+        argv = shlex.split(spec.local.build)
+        if progress:
+            await progress(f"building {spec.name} at {build.commit[:12]}: {spec.local.build}")
+        logs = tree.parent / "logs"
+        child, done, timed_out = await run(
+            argv, cwd=tree, env=base_env(), logs=logs, name="build", timeout=spec.build.timeout_s
+        )
+        build.duration_s = round(done.elapsed_s, 3)
+        build.log_tail = child.tail(40)
+        build.journal.add(Step(phase="build", shell=f'(cd "$TREE" && {spec.local.build})',
+                               argv=argv, cwd=str(tree), elapsed_s=done.elapsed_s,
+                               exit_code=done.code))
+        if timed_out:
+            raise BuildFailed(
+                f"build of {spec.name} timed out after {spec.build.timeout_s:.0f} s "
+                f"(build_timeout in target.md). Log tail:\n{build.log_tail}"
+            )
+        if done.code != 0:
+            raise BuildFailed(
+                f"build of {spec.name} failed (exit {done.code}): {spec.local.build}\n"
+                f"Log tail:\n{build.log_tail}"
+            )
+        return build
+
+    async def deploy(self, spec: TargetSpec, build: Build) -> Deployment:
+        from uuid import uuid4
+
+        dep_id = f"dep-{uuid4().hex[:10]}"
+        logs = Path(build.tree).parent / "deployments" / dep_id
+        logs.mkdir(parents=True, exist_ok=True)
+        deployment = Deployment(id=dep_id, build_id=build.id, target=spec.name, backend=self.name,
+                                kind=spec.kind, log_dir=str(logs), tree=build.tree)
+        if spec.kind == "batch":
+            deployment.journal.add(Step(phase="deploy", shell=": batch target: nothing to start",
+                                        note="the workload command is the measured process"))
+            return deployment
+        if not spec.local.run:
+            raise DeployFailed(f"target {spec.name} is a service but '## Local' has no 'run:'")
+        port = free_port()
+        command = spec.local.run.replace("{port}", str(port))
+        argv = shlex.split(command)
+        child = spawn(argv, cwd=Path(build.tree), env=base_env({"PORT": str(port)}), logs=logs,
+                      name="service")
+        self._children[dep_id] = child
+        deployment.port = port
+        deployment.endpoint = f"http://127.0.0.1:{port}"
+        deployment.pid = child.pid
+        deployment.pid_start = _start_time(child.pid)
+        shell_run = spec.local.run.replace("{port}", '"$PORT"')
+        deployment.journal.add(Step(
+            phase="deploy",
+            shell=f'(cd "$TREE" && exec setsid {shell_run}) > "$LOGS/service.log" 2>&1 &\nPID=$!',
+            argv=argv, cwd=build.tree, env={"PORT": str(port)},
+        ))
+        health = f"{deployment.endpoint}{spec.local.health or '/'}"
+        deployment.journal.add(Step(
+            phase="deploy",
+            shell=f"python3 -c {shlex.quote(HEALTH_WAIT_PY)} \"$ENDPOINT{spec.local.health or '/'}\"",
+            note="wait for the health check",
+        ))
+        try:
+            await self._wait_healthy(child, health, spec.local.health_timeout_s)
+        except BaseException:
+            await child.stop()
+            self._children.pop(dep_id, None)
+            raise
+        return deployment
+
+    async def _wait_healthy(self, child: Child, url: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            exited = child.poll()
+            if exited is not None:
+                raise DeployFailed(
+                    f"the service exited (code {exited.code}) before its health check passed. "
+                    f"Log tail:\n{child.tail(30)}"
+                )
+            try:
+                ok = await anyio.to_thread.run_sync(_probe, url)
+                if ok:
+                    return
+            except OSError as exc:
+                last = str(exc)
+            await anyio.sleep(0.05)
+        raise DeployFailed(
+            f"the service did not answer {url} within {timeout:.0f} s (health_timeout in "
+            f"target.md); last error: {last or 'none'}. Log tail:\n{child.tail(30)}"
+        )
+
+    async def reset_peak(self, deployment: Deployment) -> bool:
+        if deployment.pid is None:
+            return False
+        self._cpu_mark[deployment.id] = _cpu_or_zero(deployment.pid)
+        ok = procfs.reset_peak(deployment.pid)
+        if ok:
+            deployment.journal.add(Step(phase="deploy", shell='echo 5 > "/proc/$PID/clear_refs"',
+                                        note="reset VmHWM so the peak belongs to the workload"))
+        return ok
+
+    async def run_workload(
+        self, spec: TargetSpec, deployment: Deployment, argv: list[str], shell: str, *, name: str,
+        timeout: float = 600.0,
+    ) -> WorkloadResult:
+        logs = Path(deployment.log_dir)
+        cwd = Path(deployment.tree or logs) if spec.kind == "batch" else logs
+        child, done, timed_out = await run(argv, cwd=cwd, env=base_env(), logs=logs, name=name,
+                                           timeout=timeout)
+        deployment.journal.add(Step(phase="workload",
+                                    shell=f'(cd "$TREE" && {shell})' if spec.kind == "batch"
+                                    else shell,
+                                    argv=argv, cwd=str(cwd), elapsed_s=done.elapsed_s,
+                                    exit_code=done.code))
+        out = tail_text(child.stdout, 200)
+        metrics = parse_metrics(out)
+        result = WorkloadResult(metrics=metrics, exit_code=done.code, duration_s=done.elapsed_s,
+                                log_tail=child.tail(30))
+        if spec.kind == "batch":
+            result.peak_rss_mb = metrics.pop("peak_rss_mb", None)
+            result.cpu_s = metrics.pop("cpu_s", None)
+        if timed_out:
+            raise WorkloadFailed(f"the workload timed out after {timeout:.0f} s. Log tail:\n"
+                                 f"{result.log_tail}")
+        return result
+
+    async def collect(
+        self, spec: TargetSpec, deployment: Deployment, result: WorkloadResult
+    ) -> dict[str, object]:
+        if spec.kind == "batch":
+            metrics = {"peak_rss_mb": result.peak_rss_mb} if result.peak_rss_mb is not None else {}
+            if result.cpu_s is not None:
+                metrics["cpu_s"] = result.cpu_s
+                metrics["cpu_pct"] = round(100 * result.cpu_s / max(result.duration_s, 1e-9), 2)
+            return {"metrics": metrics, "died": result.exit_code != 0, "restarts": 0}
+        assert deployment.pid is not None
+        child = self._children.get(deployment.id)
+        died = child is not None and child.poll() is not None
+        deployment.journal.add(Step(phase="collect",
+                                    shell="grep -E '^(VmHWM|VmRSS)' \"/proc/$PID/status\"",
+                                    note="peak RSS of the service process"))
+        if died:
+            return {"metrics": {}, "died": True, "restarts": 0}
+        reading = procfs.read_memory(deployment.pid)
+        cpu = _cpu_or_zero(deployment.pid) - self._cpu_mark.get(deployment.id, 0.0)
+        return {
+            "metrics": {
+                "peak_rss_mb": reading.peak_rss_mb,
+                "rss_mb": reading.rss_mb,
+                "cpu_s": round(cpu, 3),
+                "cpu_pct": round(100 * cpu / max(result.duration_s, 1e-9), 2),
+            },
+            "smaps": reading.smaps,
+            "died": False,
+            "restarts": 0,
+        }
+
+    async def teardown(self, deployment: Deployment) -> None:
+        child = self._children.pop(deployment.id, None)
+        if child is not None:
+            await child.stop()
+        elif deployment.pid is not None and _start_time(deployment.pid) == deployment.pid_start:
+            import signal
+
+            kill_group(deployment.pid, signal.SIGTERM)
+            await anyio.sleep(0.5)
+            kill_group(deployment.pid, signal.SIGKILL)
+        deployment.journal.add(Step(phase="teardown", shell='kill -TERM -- "-$PID" 2>/dev/null; '
+                                    'wait "$PID" 2>/dev/null || true'))
+
+    def forget_orphans(self) -> list[str]:
+        return []
+
+
+def _probe(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return 200 <= response.status < 300
+    except urllib.error.HTTPError:
+        return False
+
+
+def _start_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _cpu_or_zero(pid: int) -> float:
+    try:
+        return procfs.cpu_seconds(pid)
+    except OSError:
+        return 0.0

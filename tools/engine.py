@@ -1,0 +1,180 @@
+"""The engine: targets, sources, builds and deployments of one workspace.
+
+MCP-agnostic; the server maps each tool onto one method here. Builds are stored under
+`.autoopt/builds/<id>/` (build.json, tree/, logs/); live deployments are listed in
+`.autoopt/deployments.json` so a restarted server can tear down what a crashed one left.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from uuid import uuid4
+
+from autoopt.tools.backends.base import Backend, Build, Deployment, Progress, WorkloadResult
+from autoopt.tools.errors import BackendUnavailable, InvalidName, NotFound
+from autoopt.tools.journal import Journal
+from autoopt.tools.source import Source
+from autoopt.tools.state import load_json, locked, save_model, write_atomic
+from autoopt.tools.targets import TargetSpec, load_target
+from autoopt.tools.workload import workload_argv, workload_script
+from autoopt.tools.workspace import Workspace, check_name
+
+BACKENDS = ("local", "docker", "kubernetes")
+
+
+def make_backend(name: str, workspace: Workspace) -> Backend:
+    if name == "local":
+        from autoopt.tools.backends.local import LocalBackend
+
+        return LocalBackend()
+    if name == "docker":
+        from autoopt.tools.backends.docker import DockerBackend
+
+        return DockerBackend(workspace)
+    if name == "kubernetes":
+        from autoopt.tools.backends.kubernetes import KubernetesBackend
+
+        return KubernetesBackend(workspace)
+    raise InvalidName(f"unknown backend {name!r}: use one of {', '.join(BACKENDS)}")
+
+
+class Engine:
+    """One per server: owns the backends and the live deployments."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.workspace = workspace
+        self._backends: dict[str, Backend] = {}
+        self.deployments: dict[str, Deployment] = {}
+
+    # -- lookups --------------------------------------------------------------------
+    def spec(self, target: str) -> TargetSpec:
+        return load_target(self.workspace, target)
+
+    def source(self, spec: TargetSpec) -> Source:
+        return Source(self.workspace, spec)
+
+    def backend(self, name: str, *, check: bool = True) -> Backend:
+        if name not in self._backends:
+            self._backends[name] = make_backend(name, self.workspace)
+        backend = self._backends[name]
+        if check and (reason := backend.unavailable_reason()):
+            raise BackendUnavailable(f"backend {name} is unavailable: {reason}")
+        return backend
+
+    def build_dir(self, build_id: str) -> Path:
+        check_name(build_id, "build id")
+        return self.workspace.state_dir / "builds" / build_id
+
+    def get_build(self, build_id: str) -> Build:
+        data = load_json(self.build_dir(build_id) / "build.json")
+        if data is None:
+            raise NotFound(f"unknown build {build_id!r}: call build first")
+        return Build.model_validate(data)
+
+    def get_deployment(self, deployment_id: str) -> Deployment:
+        check_name(deployment_id, "deployment id")
+        if deployment_id not in self.deployments:
+            raise NotFound(
+                f"unknown deployment {deployment_id!r} (already torn down, or from another "
+                "server); deploy a build first"
+            )
+        return self.deployments[deployment_id]
+
+    # -- build / deploy / workload / teardown ----------------------------------------
+    async def build(
+        self,
+        target: str,
+        *,
+        patch: str | None = None,
+        base: str | None = None,
+        backend: str = "local",
+        allow_constant_tuning: bool = False,
+        progress: Progress | None = None,
+    ) -> Build:
+        """Check out base (+ patch) in a fresh worktree and build it."""
+        spec = self.spec(target)
+        impl = self.backend(backend)
+        source = self.source(spec)
+        commit = source.resolve(base)
+        info = source.check_patch(patch, allow_constants=allow_constant_tuning) if patch else None
+        build_id = f"b-{uuid4().hex[:10]}"
+        folder = self.build_dir(build_id)
+        folder.mkdir(parents=True)
+        journal = Journal()
+        try:
+            tree_commit = source.worktree(commit, folder / "tree", patch, journal)
+            build = Build(
+                id=build_id, target=spec.name, backend=backend, base=commit, commit=tree_commit,
+                patch_sha256=info.sha256 if info else None,
+                patch_files=info.files if info else [],
+                allow_constant_tuning=allow_constant_tuning,
+                tree=str(folder / "tree"), journal=journal,
+            )
+            if patch:
+                (folder / "patch.diff").write_text(patch)
+            build = await impl.build(spec, build, progress)
+        except BaseException:
+            source.remove_worktree(folder / "tree")
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        save_model(folder / "build.json", build)
+        return build
+
+    async def deploy(self, build_id: str) -> Deployment:
+        build = self.get_build(build_id)
+        spec = self.spec(build.target)
+        impl = self.backend(build.backend)
+        deployment = await impl.deploy(spec, build)
+        self.deployments[deployment.id] = deployment
+        self._save_deployments()
+        return deployment
+
+    async def run_workload(
+        self, deployment_id: str, script: str | None = None, *, name: str = "workload"
+    ) -> WorkloadResult:
+        deployment = self.get_deployment(deployment_id)
+        spec = self.spec(deployment.target)
+        path = workload_script(self.workspace, spec, script)
+        argv, shell = workload_argv(spec, path, deployment.endpoint)
+        impl = self.backend(deployment.backend)
+        return await impl.run_workload(spec, deployment, argv, shell, name=name)
+
+    async def teardown(self, deployment_id: str) -> Deployment:
+        deployment = self.get_deployment(deployment_id)
+        await self.backend(deployment.backend, check=False).teardown(deployment)
+        self.deployments.pop(deployment_id, None)
+        self._save_deployments()
+        return deployment
+
+    async def teardown_all(self) -> None:
+        for dep_id in list(self.deployments):
+            await self.teardown(dep_id)
+
+    # -- crash recovery ---------------------------------------------------------------
+    @property
+    def _deployments_file(self) -> Path:
+        return self.workspace.state_dir / "deployments.json"
+
+    def _save_deployments(self) -> None:
+        with locked(self.workspace.state_dir / "deployments.lock"):
+            data = {d.id: d.model_dump(mode="json", exclude={"journal"})
+                    for d in self.deployments.values()}
+            write_atomic(self._deployments_file, json.dumps(data, indent=1))
+
+    async def recover(self) -> list[str]:
+        """Tear down deployments a crashed server left behind; their ids."""
+        data = load_json(self._deployments_file, {}) or {}
+        cleaned = []
+        for dep_id, raw in data.items():
+            deployment = Deployment.model_validate(raw)
+            try:
+                impl = self.backend(deployment.backend, check=False)
+                await impl.teardown(deployment)
+                cleaned.append(dep_id)
+            except Exception:  # a backend that cannot be reached now; keep the entry
+                continue
+        self.deployments = {}
+        self._save_deployments()
+        return cleaned

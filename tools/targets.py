@@ -1,0 +1,347 @@
+"""target.md: the seed's format, read unchanged, plus sections of our own.
+
+The seed's sections hold `key: value` lines and `- item` lists (`## Source`, `## Build`,
+`## Primary Metric`, `## Secondary Metrics`, `## Workload`, `## Scope`, `## Constraints`,
+`## Service`, `## Profiling`). Ours: `## Local` (how the target builds and runs as a local
+process, and its kind: service or batch), `## Docker`, `## Kubernetes`, `## Decision`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from autoopt.tools.errors import TargetSpecError
+from autoopt.tools.workspace import Workspace
+
+Direction = Literal["lower", "higher"]
+Kind = Literal["service", "batch"]
+
+
+class Guardrail(BaseModel):
+    """A constraint from target.md, checked on every A/B run."""
+
+    metric: str
+    rule: Literal["max_increase_pct", "max_decrease_pct", "remain"]
+    value: float
+    text: str
+
+
+class SourceSpec(BaseModel):
+    repo: str = Field(description="git URL, or 'local' for a tree in the workspace")
+    branch: str = "main"
+    path: str | None = Field(None, description="the tree to import when repo is 'local'")
+
+
+class BuildSpec(BaseModel):
+    dockerfile: str | None = None
+    timeout_s: float = 600.0
+    args: dict[str, str] = Field(default_factory=dict)
+
+
+class MetricSpec(BaseModel):
+    name: str
+    direction: Direction
+    unit: str = ""
+
+
+class WorkloadSpec(BaseModel):
+    description: str = ""
+    warmup_s: float = 0.0
+    duration_s: float | None = None
+    script: str | None = None
+    concurrency: int | None = None
+
+
+class ScopeSpec(BaseModel):
+    editable: list[str] = Field(default_factory=list)
+    readonly: list[str] = Field(default_factory=list)
+
+
+class LocalSpec(BaseModel):
+    """How the target builds and runs as a local process (cwd: the built source tree)."""
+
+    build: str | None = None
+    run: str | None = Field(None, description="service start command; {port} is substituted")
+    health: str | None = Field(None, description="HTTP path probed on the service")
+    health_timeout_s: float = 30.0
+    workload: str | None = Field(None, description="overrides the Workload script")
+    measure_children: bool = False
+
+
+class DockerSpec(BaseModel):
+    base_image_arg: str | None = "BASE_IMAGE"
+    memory: str | None = None
+    cpus: float | None = None
+
+
+class KubernetesSpec(BaseModel):
+    manifest: str | None = None
+    memory: str | None = None
+    cpu: str | None = None
+
+
+class TargetSpec(BaseModel):
+    """Everything the server knows about one target."""
+
+    name: str
+    kind: Kind
+    source: SourceSpec
+    build: BuildSpec
+    primary: MetricSpec
+    secondary: list[str] = Field(default_factory=list)
+    workload: WorkloadSpec
+    scope: ScopeSpec
+    guardrails: list[Guardrail] = Field(default_factory=list)
+    service_port: int | None = None
+    profiling: list[str] = Field(default_factory=list)
+    local: LocalSpec
+    docker: DockerSpec = Field(default_factory=DockerSpec)
+    kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
+    min_effect_pct: float = 1.0
+
+    def is_editable(self, path: str) -> bool:
+        """True when `path` (relative to the source root) may be changed."""
+        in_scope = any(glob_matches(path, g) for g in self.scope.editable)
+        return in_scope and not any(glob_matches(path, g) for g in self.scope.readonly)
+
+
+def glob_matches(path: str, glob: str) -> bool:
+    """fnmatch, where a glob naming a directory (`dir/` or `dir`) covers everything below."""
+    path = path.removeprefix("./")
+    if glob.endswith("/"):
+        return path.startswith(glob)
+    return fnmatchcase(path, glob) or path.startswith(glob.rstrip("/") + "/")
+
+
+_CONSTRAINTS: list[tuple[re.Pattern[str], str | None]] = [
+    (
+        re.compile(
+            r"(?P<m>[\w.]+) must not (?P<dir>increase|decrease) by more than "
+            r"(?P<v>[\d.]+)\s*%(?: from baseline)?\.?",
+            re.I,
+        ),
+        None,
+    ),
+    (re.compile(r"(?P<m>[\w.]+) must (?:remain|stay|be) (?P<v>-?[\d.]+)\.?", re.I), "remain"),
+]
+
+
+def parse_constraint(text: str) -> Guardrail | None:
+    """A guardrail from one constraint sentence, or None if it is not understood."""
+    for pattern, rule in _CONSTRAINTS:
+        m = pattern.fullmatch(text.strip())
+        if m:
+            kind = rule or f"max_{m['dir'].lower()}_pct"
+            return Guardrail(metric=m["m"], rule=kind, value=float(m["v"]), text=text.strip())
+    return None
+
+
+def parse_duration(value: str) -> float:
+    m = re.fullmatch(r"\s*([\d.]+)\s*(ms|s|m|min|h)?\s*", value)
+    if not m:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 30, 30s, 2m)")
+    scale = {"ms": 0.001, "s": 1, None: 1, "m": 60, "min": 60, "h": 3600}[m[2]]
+    return float(m[1]) * scale
+
+
+def parse_number(value: str) -> float:
+    return float(value.strip().rstrip("%"))
+
+
+class _Section:
+    def __init__(self, name: str, line: int) -> None:
+        self.name = name
+        self.line = line
+        self.values: dict[str, tuple[str, int]] = {}
+        self.items: list[tuple[str, int]] = []
+        self.lists: dict[str, list[tuple[str, int]]] = {}
+
+
+def _strip_note(item: str) -> str:
+    """'chromadb/ (Python layer)' -> 'chromadb/'; '(none)' -> ''."""
+    return re.sub(r"\s*\([^)]*\)\s*$", "", item).strip()
+
+
+def _sections(text: str, file: Path) -> dict[str, _Section]:
+    sections: dict[str, _Section] = {}
+    current: _Section | None = None
+    list_key: str | None = None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.rstrip()
+        if not line.strip() or line.startswith("# "):
+            continue
+        if line.startswith("## "):
+            name = line[3:].strip().lower()
+            current = sections.setdefault(name, _Section(name, number))
+            list_key = None
+            continue
+        if current is None:
+            raise TargetSpecError(f"{file}:{number}: text before the first '## ' section")
+        stripped = line.strip()
+        if stripped.startswith("- "):
+            item = (stripped[2:].strip(), number)
+            if list_key is not None and raw[:1].isspace():
+                current.lists[list_key].append(item)
+            else:
+                list_key = None
+                current.items.append(item)
+            continue
+        key, sep, value = stripped.partition(":")
+        if not sep or not re.fullmatch(r"[\w -]+", key):
+            if current.name in {"profiling", "workload"}:
+                current.items.append((stripped, number))
+                continue
+            raise TargetSpecError(f"{file}:{number}: expected 'key: value' or '- item': {line!r}")
+        key = key.strip().lower().replace(" ", "_")
+        if value.strip():
+            current.values[key] = (value.strip(), number)
+            list_key = None
+        else:
+            current.lists[key] = []
+            list_key = key
+    return sections
+
+
+class _Reader:
+    """Typed access to the sections, with errors that name the file and line."""
+
+    def __init__(self, file: Path, sections: dict[str, _Section]) -> None:
+        self.file = file
+        self.sections = sections
+
+    def value(self, section: str, key: str, default: str | None = None) -> str | None:
+        sec = self.sections.get(section)
+        return sec.values[key][0] if sec and key in sec.values else default
+
+    def line(self, section: str, key: str | None = None) -> int:
+        sec = self.sections.get(section)
+        if sec and key and key in sec.values:
+            return sec.values[key][1]
+        return sec.line if sec else 1
+
+    def need(self, section: str, key: str) -> str:
+        got = self.value(section, key)
+        if got is None:
+            raise TargetSpecError(
+                f"{self.file}:{self.line(section)}: section '## {section.title()}' "
+                f"needs '{key}: ...'"
+            )
+        return got
+
+    def number(self, section: str, key: str, parse: Callable[[str], float] = parse_number
+               ) -> float | None:
+        got = self.value(section, key)
+        if got is None:
+            return None
+        try:
+            return parse(got)
+        except ValueError as exc:
+            raise TargetSpecError(f"{self.file}:{self.line(section, key)}: {exc}") from exc
+
+    def choice(self, section: str, key: str, default: str, allowed: tuple[str, ...]) -> str:
+        got = (self.value(section, key) or default).lower()
+        if got not in allowed:
+            raise TargetSpecError(
+                f"{self.file}:{self.line(section, key)}: {key} must be one of "
+                f"{' | '.join(allowed)}, not {got!r}"
+            )
+        return got
+
+    def items(self, section: str) -> list[tuple[str, int]]:
+        sec = self.sections.get(section)
+        return sec.items if sec else []
+
+    def sublist(self, section: str, key: str) -> list[tuple[str, int]]:
+        sec = self.sections.get(section)
+        return sec.lists.get(key, []) if sec else []
+
+
+def _guardrails(r: _Reader) -> list[Guardrail]:
+    guardrails = []
+    for sentence, line in r.items("constraints"):
+        guardrail = parse_constraint(sentence)
+        if guardrail is None:
+            raise TargetSpecError(
+                f"{r.file}:{line}: constraint not understood: {sentence!r}. Write "
+                "'X must not increase by more than P% from baseline', "
+                "'X must not decrease by more than P% from baseline' or 'X must remain V'."
+            )
+        guardrails.append(guardrail)
+    return guardrails
+
+
+def _build_args(r: _Reader) -> dict[str, str]:
+    args = {}
+    for item, line in r.sublist("build", "args"):
+        key, sep, val = item.partition("=")
+        if not sep:
+            raise TargetSpecError(f"{r.file}:{line}: build arg must be KEY=VALUE: {item!r}")
+        args[key.strip()] = val.strip()
+    return args
+
+
+def parse_target(path: Path) -> TargetSpec:
+    """Parse targets/<name>/target.md; errors name the file and line."""
+    file = path / "target.md"
+    r = _Reader(file, _sections(file.read_text(encoding="utf-8"), file))
+
+    def globs(key: str) -> list[str]:
+        return [g for g in (_strip_note(item) for item, _ in r.sublist("scope", key)) if g]
+
+    port = r.number("service", "port")
+    try:
+        return TargetSpec(
+            name=path.name,
+            kind=r.choice("local", "kind", "service", ("service", "batch")),  # type: ignore[arg-type]
+            source=SourceSpec(repo=r.need("source", "repo"),
+                              branch=r.value("source", "branch") or "main",
+                              path=r.value("source", "path")),
+            build=BuildSpec(dockerfile=r.value("build", "dockerfile"),
+                            timeout_s=r.number("build", "build_timeout", parse_duration) or 600.0,
+                            args=_build_args(r)),
+            primary=MetricSpec(
+                name=r.need("primary metric", "name"),
+                direction=r.choice("primary metric", "direction", "", ("lower", "higher")),  # type: ignore[arg-type]
+                unit=r.value("primary metric", "unit") or "",
+            ),
+            secondary=[i for i, _ in r.items("secondary metrics")],
+            workload=WorkloadSpec(
+                description=r.value("workload", "description") or "",
+                warmup_s=r.number("workload", "warmup", parse_duration) or 0.0,
+                duration_s=r.number("workload", "duration", parse_duration),
+                script=r.value("workload", "script"),
+                concurrency=int(r.number("workload", "concurrency") or 0) or None,
+            ),
+            scope=ScopeSpec(editable=globs("editable"), readonly=globs("readonly")),
+            guardrails=_guardrails(r),
+            service_port=int(port) if port else None,
+            profiling=[i for i, _ in r.items("profiling")],
+            local=LocalSpec(
+                build=r.value("local", "build"),
+                run=r.value("local", "run"),
+                health=r.value("local", "health"),
+                health_timeout_s=r.number("local", "health_timeout", parse_duration) or 30.0,
+                workload=r.value("local", "workload"),
+                measure_children=(r.value("local", "measure_children") or "").lower() == "true",
+            ),
+            docker=DockerSpec(base_image_arg=r.value("docker", "base_image_arg", "BASE_IMAGE"),
+                              memory=r.value("docker", "memory"),
+                              cpus=r.number("docker", "cpus")),
+            kubernetes=KubernetesSpec(manifest=r.value("kubernetes", "manifest"),
+                                      memory=r.value("kubernetes", "memory"),
+                                      cpu=r.value("kubernetes", "cpu")),
+            min_effect_pct=r.number("decision", "min_effect_pct") or 1.0,
+        )
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise TargetSpecError(f"{file}: {exc}") from exc
+
+
+def load_target(workspace: Workspace, name: str) -> TargetSpec:
+    """The parsed spec of a target, by name (validated, confined to the workspace)."""
+    return parse_target(workspace.target_dir(name))
