@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.resources import FileResource
-from mcp_types import ToolAnnotations
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import Field
 
 from autoopt.server import views
 from autoopt.server.errors import tool_errors
+from autoopt.tools.abrun import MIN_RUNS, ABRun, Order
 from autoopt.tools.engine import BACKENDS, Engine
 from autoopt.tools.errors import AutooptError, TargetNotFound
+from autoopt.tools.record import ExperimentRecord, OutputType
+from autoopt.tools.status import ExperimentStatus, append_candidate
 from autoopt.tools.targets import load_target
 from autoopt.tools.workspace import Workspace, check_name
 
@@ -189,7 +195,146 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
                                    pattern=pattern, matches=hits[:limit],
                                    truncated=len(hits) > limit)
 
+    @mcp.tool(annotations=ACTS)
+    @tool_errors
+    async def run_ab(
+        target: TargetName,
+        patch: Patch = None,
+        base: Base = None,
+        runs: Annotated[int, Field(ge=3, le=200, description=(
+            "runs per arm; the methodology requires N >= 3 (5+ recommended)"))] = 5,
+        warmup: Annotated[int, Field(ge=0, le=10, description="discarded warmup pairs")] = 1,
+        backend: Backend = "local",
+        order: Annotated[Order, Field(description="abba (randomised ABBA/BAAB blocks), "
+                                                  "random (within pairs) or alternate")] = "abba",
+        seed: Annotated[int | None, Field(description="schedule seed (recorded)")] = None,
+        min_effect: Annotated[float | None, Field(ge=0, description=(
+            "minimum worthwhile gain in %; default from target.md, else 1"))] = None,
+        sequential: Annotated[bool, Field(description=(
+            "planned looks at 5/10/15/20 runs per arm (O'Brien-Fleming); runs is the cap"))] = False,
+        metric: Annotated[str | None, Field(description="primary metric; default target.md's",
+                                            pattern=r"^[A-Za-z_][\w.]*$")] = None,
+        workload: Annotated[str | None, Field(description=(
+            "a targeted workload file in the target's folder"))] = None,
+        allow_constant_tuning: Annotated[bool, Field(
+            description="run a numeric-literal-only patch anyway (recorded)")] = False,
+        ctx: Context | None = None,
+    ) -> Annotated[CallToolResult, views.RunResult]:
+        """A/B benchmark of a patch against its base commit: both arms built from the same
+        commit, `runs` fresh-process runs per arm interleaved in randomised ABBA blocks, then
+        KEEP / DISCARD / INCONCLUSIVE from a 95% CI of the ratio plus the target's guardrails.
+        No patch = an A/A run (the noise floor). Returns the run id for record_experiment."""
+        if runs < MIN_RUNS:  # the schema says so too; clients that skip it get this
+            raise ToolError(f"runs={runs}: the minimum is {MIN_RUNS} runs per arm (N >= 3)")
+
+        async def progress(done: int, total: int, message: str) -> None:
+            if ctx is not None:
+                await ctx.report_progress(done, total, message)
+
+        run = await engine.run_ab(
+            target, patch=patch, base=base, runs=runs, warmup=warmup, backend=backend,
+            order=order, seed=seed, min_effect=min_effect, sequential=sequential, metric=metric,
+            workload=workload, allow_constant_tuning=allow_constant_tuning, progress=progress,
+        )
+        return run_result(run)
+
+    @mcp.tool(annotations=READ_ONLY)
+    @tool_errors
+    async def get_run(
+        run_id: Annotated[str, Field(description="from run_ab")],
+    ) -> Annotated[CallToolResult, views.RunResult]:
+        """A persisted A/B run (also one that was cancelled, crashed or is still running)."""
+        return run_result(engine.get_run(check_name(run_id, "run id")))
+
+    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False,
+                                          idempotent_hint=False, open_world_hint=False))
+    @tool_errors
+    async def record_experiment(
+        run_id: Annotated[str, Field(description="from run_ab; the record is built from it")],
+        exp_id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=64,
+                                     description="a new experiment id, e.g. 'exp001'")],
+        description: Annotated[str, Field(min_length=1, max_length=500)],
+        hypothesis: Annotated[str, Field(min_length=1, max_length=5000)],
+        evidence: Annotated[str | None, Field(max_length=20000, description=(
+            "the profile evidence: function, stack, bytes, % of peak"))] = None,
+        output_type: Annotated[OutputType, Field(description=(
+            "pr (a measured fix), issue (a design-level problem), report (a dead end)"))] = "pr",
+        tag: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=32,
+                                  description="branch tag: autoopt/<target>/<tag>-<exp_id>")] = "exp",
+    ) -> ExperimentRecord:
+        """Write results/<target>/<env>/<exp_id>/ from a finished run — scripts rendered from
+        what actually ran, metrics.log, diff.patch, README.md — and append its row to
+        results.tsv. There is no way to pass metrics: the server records what it measured.
+        A KEEP moves the frontier to the experiment's branch; a DISCARD does not."""
+        return engine.record(check_name(run_id, "run id"), exp_id=exp_id,
+                             description=description, hypothesis=hypothesis, evidence=evidence,
+                             output_type=output_type, tag=tag)
+
+    @mcp.tool(annotations=READ_ONLY)
+    @tool_errors
+    async def experiment_status(
+        target: TargetName,
+        env: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$",
+                                  description="local | docker | kubernetes")] = "local",
+    ) -> ExperimentStatus:
+        """Where the loop stands (resume): frontier, candidates.md, the last results.tsv rows,
+        the latest profiles, and runs interrupted by a crash or a cancel."""
+        return engine.status(target, env)
+
+    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False,
+                                          idempotent_hint=False, open_world_hint=False))
+    @tool_errors
+    async def record_candidate(
+        target: TargetName,
+        title: Annotated[str, Field(min_length=1, max_length=200)],
+        evidence: Annotated[str, Field(min_length=1, description=(
+            "profile evidence: function, stack, bytes and % of the total"))],
+        root_cause: Annotated[str, Field(min_length=1)],
+        fix: Annotated[str, Field(min_length=1, description="the structural fix (not a constant)")],
+        targeted_workload: Annotated[str, Field(min_length=1)],
+        env: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")] = "local",
+    ) -> dict[str, str]:
+        """Append a Phase 2 candidate to results/<target>/<env>/candidates.md."""
+        engine.spec(target)
+        path = append_candidate(ws, target, env, title=title, evidence=evidence,
+                                root_cause=root_cause, fix=fix,
+                                targeted_workload=targeted_workload)
+        return {"candidates_file": path}
+
     return mcp
+
+
+def run_result(run: ABRun) -> CallToolResult:
+    """The structured view, a one-paragraph summary, and the picture when there is one."""
+    decision = run.report.decision if run.report else {}
+    values: dict[str, list[float | None]] = {"A": [], "B": []}
+    for sample in run.samples:
+        if not sample.warmup:
+            values[sample.arm].append(sample.metrics.get(run.metric) if sample.ok else None)
+    view = views.RunResult(
+        run_id=run.id, target=run.target, backend=run.backend, status=run.status,
+        verdict=decision.get("verdict"), reason=decision.get("reason"),  # type: ignore[arg-type]
+        seed_rule_keep=decision.get("seed_rule_keep"),  # type: ignore[arg-type]
+        warnings=decision.get("warnings", []),  # type: ignore[arg-type]
+        base=run.base, commits=run.commits, patch_sha256=run.patch_sha256,
+        patch_files=run.patch_files, runs=run.runs, warmup=run.warmup, order=run.order,
+        seed=run.seed, metric=run.metric, direction=run.direction,
+        min_effect_pct=run.min_effect_pct, values=values,
+        failed={a: sum(1 for s in run.samples if s.arm == a and not s.ok and not s.warmup)
+                for a in ("A", "B")},
+        report=run.report.model_dump(mode="json") if run.report else None,
+        error=run.error, plot=run.plot,
+    )
+    summary = (f"{run.id} [{run.status}] {view.verdict or 'no decision'}: "
+               f"{view.reason or run.error or ''}")
+    content: list[TextContent | ImageContent] = [
+        TextContent(type="text", text=summary),
+        TextContent(type="text", text=view.model_dump_json()),
+    ]
+    if run.plot and Path(run.plot).is_file():
+        data = base64.b64encode(Path(run.plot).read_bytes()).decode()
+        content.append(ImageContent(type="image", data=data, mime_type="image/png"))
+    return CallToolResult(content=content, structured_content=view.model_dump(mode="json"))
 
 
 def _broken_names(ws: Workspace) -> list[str]:
@@ -220,6 +365,23 @@ def _register_resources(mcp: MCPServer, ws: Workspace) -> None:
     def target_md(name: str) -> str:
         """A target's definition: source, metric, workload, scope, constraints."""
         return target_file(name, "target.md")
+
+    @mcp.resource("autoopt://results/{target}/{env}/results.tsv",
+                  mime_type="text/tab-separated-values")
+    def results_tsv(target: str, env: str) -> str:
+        """One row per experiment, failures included (the seed's columns + statistics)."""
+        path = ws.results_for(target, env) / "results.tsv"
+        if not path.is_file():
+            raise TargetNotFound(f"no results.tsv for {target}/{env} yet")
+        return path.read_text(encoding="utf-8")
+
+    @mcp.resource("autoopt://results/{target}/{env}/{exp_id}/README.md", mime_type="text/markdown")
+    def experiment_readme(target: str, env: str, exp_id: str) -> str:
+        """An experiment's README: hypothesis, reproduction, values, decision."""
+        path = ws.results_for(target, env) / check_name(exp_id, "exp_id") / "README.md"
+        if not path.is_file():
+            raise TargetNotFound(f"no experiment {exp_id} for {target}/{env}")
+        return path.read_text(encoding="utf-8")
 
     @mcp.resource("autoopt://targets/{name}/hints.md", mime_type="text/markdown")
     def hints_md(name: str) -> str:

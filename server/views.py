@@ -75,3 +75,33 @@ class SourceMatches(BaseModel):
     pattern: str
     matches: list[str]
     truncated: bool
+
+
+class RunResult(BaseModel):
+    """A persisted A/B run: the decision first, then the numbers behind it."""
+
+    run_id: str
+    target: str
+    backend: str
+    status: str
+    verdict: str | None = Field(None, description="KEEP | DISCARD | INCONCLUSIVE")
+    reason: str | None = None
+    seed_rule_keep: bool | None = Field(None, description="the seed's rule, for reference")
+    warnings: list[str] = Field(default_factory=list)
+    base: str
+    commits: dict[str, str]
+    patch_sha256: str | None
+    patch_files: list[str]
+    runs: int
+    warmup: int
+    order: str
+    seed: int
+    metric: str
+    direction: str
+    min_effect_pct: float
+    values: dict[str, list[float | None]] = Field(
+        default_factory=dict, description="primary metric per arm, in run order (None = failed)")
+    failed: dict[str, int] = Field(default_factory=dict)
+    report: dict[str, object] | None = None
+    error: str | None = None
+    plot: str | None = None

@@ -12,12 +12,27 @@ import shutil
 from pathlib import Path
 from uuid import uuid4
 
+import anyio
+
+from autoopt.tools.abrun import (
+    ABRun,
+    ABRunner,
+    Order,
+    RunProgress,
+    check_runs,
+    load_run,
+    mark_crashed,
+    new_run,
+    runs_dir,
+)
 from autoopt.tools.backends.base import Backend, Build, Deployment, Progress, WorkloadResult
 from autoopt.tools.errors import BackendUnavailable, InvalidName, NotFound
 from autoopt.tools.journal import Journal
+from autoopt.tools.record import ExperimentRecord, record
 from autoopt.tools.source import Source
 from autoopt.tools.state import load_json, locked, save_model, write_atomic
-from autoopt.tools.targets import TargetSpec, load_target
+from autoopt.tools.status import ExperimentStatus, experiment_status
+from autoopt.tools.targets import Direction, TargetSpec, load_target
 from autoopt.tools.workload import workload_argv, workload_script
 from autoopt.tools.workspace import Workspace, check_name
 
@@ -152,6 +167,100 @@ class Engine:
         for dep_id in list(self.deployments):
             await self.teardown(dep_id)
 
+    # -- A/B runs --------------------------------------------------------------------
+    async def run_ab(
+        self,
+        target: str,
+        *,
+        patch: str | None = None,
+        base: str | None = None,
+        runs: int = 5,
+        warmup: int = 1,
+        backend: str = "local",
+        order: Order = "abba",
+        seed: int | None = None,
+        min_effect: float | None = None,
+        sequential: bool = False,
+        metric: str | None = None,
+        direction: Direction | None = None,
+        workload: str | None = None,
+        allow_constant_tuning: bool = False,
+        progress: RunProgress | None = None,
+    ) -> ABRun:
+        """Build both arms from one base commit, run them interleaved, decide, persist."""
+        check_runs(runs)
+        spec = self.spec(target)
+        impl = self.backend(backend)
+        script = workload_script(self.workspace, spec, workload)
+        base_commit = self.source(spec).resolve(base)
+        run = new_run(spec, backend=backend, base=base_commit, patch=patch, runs=runs,
+                      warmup=warmup, order=order, seed=seed, sequential=sequential,
+                      metric=metric, direction=direction, min_effect=min_effect,
+                      workload=workload, allow_constant_tuning=allow_constant_tuning)
+        run.workload_files = _workload_files(self.workspace, spec, script)
+        folder = runs_dir(self.workspace.state_dir) / run.id
+        folder.mkdir(parents=True)
+
+        async def note(message: str) -> None:
+            if progress:
+                await progress(0, len(run.schedule), message)
+
+        builds: dict[str, Build] = {}
+        try:
+            builds["A"] = await self.build(target, base=base_commit, backend=backend,
+                                           progress=note)
+            builds["B"] = await self.build(target, base=base_commit, patch=patch,
+                                           backend=backend, progress=note,
+                                           allow_constant_tuning=allow_constant_tuning)
+            build_b = builds["B"]
+            run.patch_sha256, run.patch_files = build_b.patch_sha256, build_b.patch_files
+            for arm, b in builds.items():
+                run.builds[arm], run.commits[arm] = b.id, b.commit
+                run.journal.extend(b.journal, arm=arm)
+            runner = ABRunner(spec, impl, run, folder, script, self._track)
+            await runner.execute(builds, progress)
+            if run.report is not None:
+                from autoopt.tools.plot import plot_run
+
+                run.plot = str(plot_run(run, folder / "plot.png"))
+                save_model(folder / "run.json", run)
+        except BaseException as exc:
+            if run.status == "running":
+                run.status = "failed"
+                run.error = str(exc)
+            with anyio.CancelScope(shield=True):
+                save_model(folder / "run.json", run)
+            raise
+        finally:
+            for b in builds.values():
+                self.source(spec).remove_worktree(Path(b.tree))
+        return run
+
+    def record(self, run_id: str, **kwargs: object) -> ExperimentRecord:
+        """record_experiment: write the run's record (see tools/record.py)."""
+        run = self.get_run(run_id)
+        spec = self.spec(run.target)
+        return record(self.workspace, spec, self.source(spec), run, **kwargs)  # type: ignore[arg-type]
+
+    def status(self, target: str, env: str) -> ExperimentStatus:
+        spec = self.spec(target)
+        source = self.source(spec)
+        marker = source.repo / ".git" / "autoopt-frontier-branch"
+        branch = marker.read_text().strip() if marker.exists() else spec.source.branch
+        live = [d.id for d in self.deployments.values() if d.target == target]
+        return experiment_status(self.workspace, target, env, source.frontier(), branch, live)
+
+    def get_run(self, run_id: str) -> ABRun:
+        return load_run(self.workspace.state_dir, run_id)
+
+    def _track(self, deployment: object, alive: bool) -> None:
+        assert isinstance(deployment, Deployment)
+        if alive:
+            self.deployments[deployment.id] = deployment
+        else:
+            self.deployments.pop(deployment.id, None)
+        self._save_deployments()
+
     # -- crash recovery ---------------------------------------------------------------
     @property
     def _deployments_file(self) -> Path:
@@ -177,4 +286,14 @@ class Engine:
                 continue
         self.deployments = {}
         self._save_deployments()
+        mark_crashed(self.workspace.state_dir)
         return cleaned
+
+
+def _workload_files(workspace: Workspace, spec: TargetSpec, script: Path | None) -> list[str]:
+    """The target's workload files (paths relative to the workspace), copied into records."""
+    folder = workspace.targets_dir / spec.name
+    files = sorted(p for p in folder.glob("workload*") if p.is_file())
+    if script is not None and script not in files:
+        files.append(script)
+    return [str(p.relative_to(workspace.root)) for p in files]

@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from autoopt.tools.errors import InvalidName, PatchError, RuleViolation, TargetSpecError
-from autoopt.tools.journal import Journal, Step, shell_join
+from autoopt.tools.journal import Journal, Step
 from autoopt.tools.targets import TargetSpec
 from autoopt.tools.workspace import Workspace, inside
 
@@ -202,7 +202,7 @@ class Source:
         """Check out `commit` at `dest`, apply and commit `patch`; the tree's commit id."""
         git(self.repo, "worktree", "prune")
         git(self.repo, "worktree", "add", "--detach", "-f", str(dest), commit)
-        journal.add(Step(phase="source", shell=f"git worktree add --detach \"$TREE\" {commit}",
+        journal.add(Step(phase="source", shell=f'git -C "$REPO" worktree add --detach "$TREE" {commit}',
                          argv=["git", "worktree", "add", "--detach", str(dest), commit]))
         if not patch:
             return commit
@@ -287,4 +287,4 @@ def _write_tree(repo: Path, tree: Path, index: str) -> str:
     ).stdout.strip()
 
 
-__all__ = ["FRONTIER", "PatchInfo", "Source", "is_numeric_only", "shell_join", "touched_files"]
+__all__ = ["FRONTIER", "PatchInfo", "Source", "is_numeric_only", "touched_files"]

@@ -27,6 +27,16 @@ HEALTH_WAIT_PY = (
     "sys.exit('service did not become healthy: ' + sys.argv[1])"
 )
 
+COLLECT_SH = (
+    "awk '/^VmHWM/ {printf \"peak_rss_mb=%.3f\\n\", $2/1024} "
+    "/^VmRSS/ {printf \"rss_mb=%.3f\\n\", $2/1024}' \"/proc/$PID/status\""
+)
+TEARDOWN_SH = (
+    'kill -TERM -- "-$PID" 2>/dev/null || true\n'
+    'for _ in $(seq 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done\n'
+    'kill -KILL -- "-$PID" 2>/dev/null || true'
+)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -180,6 +190,9 @@ class LocalBackend:
         self, spec: TargetSpec, deployment: Deployment, result: WorkloadResult
     ) -> dict[str, object]:
         if spec.kind == "batch":
+            deployment.journal.add(Step(
+                phase="collect", shell="grep -E '^(peak_rss_mb|cpu_s)=' \"$LOGS/workload.out\"",
+                note="peak RSS of the batch process, from wait4 (ru_maxrss)"))
             metrics = {"peak_rss_mb": result.peak_rss_mb} if result.peak_rss_mb is not None else {}
             if result.cpu_s is not None:
                 metrics["cpu_s"] = result.cpu_s
@@ -189,7 +202,7 @@ class LocalBackend:
         child = self._children.get(deployment.id)
         died = child is not None and child.poll() is not None
         deployment.journal.add(Step(phase="collect",
-                                    shell="grep -E '^(VmHWM|VmRSS)' \"/proc/$PID/status\"",
+                                    shell=COLLECT_SH,
                                     note="peak RSS of the service process"))
         if died:
             return {"metrics": {}, "died": True, "restarts": 0}
@@ -217,8 +230,7 @@ class LocalBackend:
             kill_group(deployment.pid, signal.SIGTERM)
             await anyio.sleep(0.5)
             kill_group(deployment.pid, signal.SIGKILL)
-        deployment.journal.add(Step(phase="teardown", shell='kill -TERM -- "-$PID" 2>/dev/null; '
-                                    'wait "$PID" 2>/dev/null || true'))
+        deployment.journal.add(Step(phase="teardown", shell=TEARDOWN_SH))
 
     def forget_orphans(self) -> list[str]:
         return []

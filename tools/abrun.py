@@ -1,0 +1,383 @@
+"""run_ab: interleaved A/B runs of the same base commit, persisted after every run.
+
+Both arms are built from one base commit (A = base, B = base + patch; no patch = A/A).
+Each run is deploy -> reset peak -> workload -> collect -> teardown on a fresh process.
+Arms alternate in randomised ABBA blocks; warmup runs are recorded but not analysed.
+The run file (`.autoopt/runs/<id>/run.json`) is rewritten after every sample, so a
+disconnect, a cancel or a crash loses nothing; cancelled and crashed runs are marked.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Literal
+from uuid import uuid4
+
+import anyio
+from pydantic import BaseModel, Field
+
+from autoopt.tools.backends.base import Backend, Build, Sample
+from autoopt.tools.errors import AutooptError, NotFound, RuleViolation
+from autoopt.tools.journal import Journal
+from autoopt.tools.state import load_json, save_model
+from autoopt.tools.targets import Direction, TargetSpec
+from autoopt.tools.workload import workload_argv
+
+MIN_RUNS = 3
+Order = Literal["abba", "random", "alternate"]
+Status = Literal["running", "done", "cancelled", "crashed", "failed"]
+RunProgress = Callable[[int, int, str], Awaitable[None]]
+LOOKS = (5, 10, 15, 20)
+
+
+class Slot(BaseModel):
+    """One place in the schedule."""
+
+    index: int
+    arm: Literal["A", "B"]
+    warmup: bool
+
+
+class ArmReport(BaseModel):
+    """Per-arm figures for one metric."""
+
+    values: list[float]
+    summary: dict[str, object]
+
+
+class MetricReport(BaseModel):
+    metric: str
+    direction: Direction
+    a: ArmReport
+    b: ArmReport
+    comparison: dict[str, object] | None = None
+
+
+class ABReport(BaseModel):
+    """The statistics of a finished (or stopped) run."""
+
+    metric: str
+    direction: Direction
+    n_a: int
+    n_b: int
+    failed_a: int
+    failed_b: int
+    paired: bool
+    metrics: list[MetricReport]
+    decision: dict[str, object]
+    drift: dict[str, float | None]
+
+
+class ABRun(BaseModel):
+    """Everything about one A/B run; what record_experiment renders from."""
+
+    version: int = 1
+    id: str
+    target: str
+    backend: str
+    status: Status = "running"
+    created: float = Field(default_factory=time.time)
+    finished: float | None = None
+    server_pid: int = Field(default_factory=os.getpid)
+    base: str
+    patch: str | None = None
+    patch_sha256: str | None = None
+    patch_files: list[str] = Field(default_factory=list)
+    allow_constant_tuning: bool = False
+    builds: dict[str, str] = Field(default_factory=dict, description="arm -> build id")
+    commits: dict[str, str] = Field(default_factory=dict, description="arm -> tree commit")
+    runs: int
+    warmup: int
+    order: Order
+    seed: int
+    sequential: bool
+    looks: list[int] = Field(default_factory=list)
+    workload: str | None = None
+    workload_files: list[str] = Field(default_factory=list)
+    metric: str
+    direction: Direction
+    unit: str = ""
+    min_effect_pct: float
+    schedule: list[Slot] = Field(default_factory=list)
+    samples: list[Sample] = Field(default_factory=list)
+    journal: Journal = Field(default_factory=Journal)
+    report: ABReport | None = None
+    error: str | None = None
+    plot: str | None = None
+    profiled: bool = False
+
+
+def make_schedule(runs: int, warmup: int, order: Order, seed: int) -> list[Slot]:
+    """Warmup pairs first, then `runs` per arm: ABBA/BAAB blocks chosen by the seed."""
+    rng = random.Random(seed)
+    arms: list[tuple[str, bool]] = []
+    for _ in range(warmup):
+        pair = ["A", "B"] if rng.random() < 0.5 else ["B", "A"]
+        arms += [(a, True) for a in pair]
+    pairs: list[list[str]] = []
+    while len(pairs) < runs:
+        first = ["A", "B"] if rng.random() < 0.5 else ["B", "A"]
+        if order == "abba":
+            pairs += [first, first[::-1]]
+        elif order == "alternate":
+            pairs.append(["A", "B"])
+        else:
+            pairs.append(first)
+    for pair in pairs[:runs]:
+        arms += [(a, False) for a in pair]
+    return [Slot(index=i, arm=a, warmup=w) for i, (a, w) in enumerate(arms)]  # type: ignore[arg-type]
+
+
+def guess_direction(metric: str) -> Direction:
+    higher = ("qps", "throughput", "ops", "per_s", "rps", "hit")
+    return "higher" if any(h in metric for h in higher) else "lower"
+
+
+def runs_dir(state_dir: Path) -> Path:
+    return state_dir / "runs"
+
+
+def load_run(state_dir: Path, run_id: str) -> ABRun:
+    from autoopt.tools.workspace import check_name
+
+    check_name(run_id, "run id")
+    data = load_json(runs_dir(state_dir) / run_id / "run.json")
+    if data is None:
+        raise NotFound(f"unknown run {run_id!r}: run_ab returns the run id")
+    return ABRun.model_validate(data)
+
+
+def mark_crashed(state_dir: Path) -> list[str]:
+    """Runs left 'running' by a server that is gone are marked crashed; their ids."""
+    import psutil
+
+    marked = []
+    folder = runs_dir(state_dir)
+    for path in sorted(folder.glob("*/run.json")) if folder.is_dir() else []:
+        data = load_json(path) or {}
+        if data.get("status") != "running":
+            continue
+        pid = data.get("server_pid")
+        if pid and pid != os.getpid() and psutil.pid_exists(pid):
+            continue
+        run = ABRun.model_validate(data)
+        run.status = "crashed"
+        run.error = "the server stopped during this run; samples so far are kept"
+        save_model(path, run)
+        marked.append(run.id)
+    return marked
+
+
+class ABRunner:
+    """Executes one ABRun against a backend; the engine supplies builds and tracking."""
+
+    def __init__(self, spec: TargetSpec, backend: Backend, run: ABRun, folder: Path,
+                 script: Path | None, track: Callable[[object, bool], None]) -> None:
+        self.spec = spec
+        self.backend = backend
+        self.run = run
+        self.folder = folder
+        self.script = script
+        self.track = track
+
+    def save(self) -> None:
+        save_model(self.folder / "run.json", self.run)
+
+    async def execute(self, builds: dict[str, Build], progress: RunProgress | None) -> ABRun:
+        run = self.run
+        total = len(run.schedule)
+        looks = run.looks or [run.runs]
+        try:
+            for slot in run.schedule:
+                sample = await self.one(builds[slot.arm], slot)
+                run.samples.append(sample)
+                self.save()
+                if progress:
+                    await progress(len(run.samples), total, _describe(sample, run.metric))
+                if self._hopeless(slot.arm):
+                    run.error = f"arm {slot.arm} failed in every run so far; stopped early"
+                    break
+                n = self._complete_pairs()
+                if run.sequential and n in looks and not slot.warmup and n < looks[-1]:
+                    report = analyse(run, self.spec, look=n)
+                    if report.decision["verdict"] != "INCONCLUSIVE":
+                        run.report = report
+                        break
+            if run.report is None:
+                run.report = analyse(run, self.spec, look=None)
+            run.status = "done"
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                run.status = "cancelled"
+                run.error = "the client cancelled the call; samples so far are kept"
+                run.finished = time.time()
+                self.save()
+            raise
+        except BaseException as exc:
+            run.status = "failed"
+            run.error = str(exc)
+            raise
+        finally:
+            run.finished = run.finished or time.time()
+            self.save()
+        return run
+
+    def _complete_pairs(self) -> int:
+        counted = [s for s in self.run.samples if not s.warmup]
+        return min(sum(s.arm == "A" for s in counted), sum(s.arm == "B" for s in counted))
+
+    def _hopeless(self, arm: str) -> bool:
+        mine = [s for s in self.run.samples if s.arm == arm]
+        return len(mine) >= 2 and not any(s.ok for s in mine)
+
+    async def one(self, build: Build, slot: Slot) -> Sample:
+        """deploy -> reset peak -> workload -> collect -> teardown, never leaving a process."""
+        spec, backend = self.spec, self.backend
+        sample = Sample(run=slot.index, arm=slot.arm, build_id=build.id, ok=False,
+                        warmup=slot.warmup)
+        deployment = None
+        t0 = time.monotonic()
+        try:
+            deployment = await backend.deploy(spec, build)
+            self.track(deployment, True)
+            t1 = time.monotonic()
+            await backend.reset_peak(deployment)
+            argv, shell = workload_argv(spec, self.script, deployment.endpoint)
+            result = await backend.run_workload(spec, deployment, argv, shell,
+                                                name=f"run{slot.index:03d}-{slot.arm}")
+            t2 = time.monotonic()
+            collected = await backend.collect(spec, deployment, result)
+            t3 = time.monotonic()
+            metrics = {**result.metrics, **dict(collected.get("metrics", {}))}  # type: ignore[arg-type]
+            restarts = int(collected.get("restarts", 0))  # type: ignore[call-overload]
+            oom = bool(collected.get("oom_killed", False))
+            died = bool(collected.get("died", False))
+            metrics.update(pod_restarts=float(restarts), restarts=float(restarts),
+                           oom_killed=float(oom))
+            sample.metrics = metrics
+            sample.smaps = dict(collected.get("smaps", {}))  # type: ignore[call-overload]
+            sample.died, sample.restarts, sample.oom_killed = died, restarts, oom
+            sample.log_tail = result.log_tail
+            sample.timings = {"deploy_s": t1 - t0, "workload_s": t2 - t1, "collect_s": t3 - t2}
+            problems = []
+            if result.exit_code != 0:
+                problems.append(f"the workload exited with code {result.exit_code}")
+            if died:
+                problems.append("the service died during the workload")
+            if oom:
+                problems.append("the service was killed for memory (OOM)")
+            if spec.primary.name not in metrics and self.run.metric not in metrics:
+                problems.append(f"no {self.run.metric} was measured")
+            sample.ok = not problems
+            sample.error = "; ".join(problems) or None
+        except AutooptError as exc:
+            sample.error = str(exc)
+            sample.log_tail = str(exc)[-2000:]
+        finally:
+            if deployment is not None:
+                t4 = time.monotonic()
+                with anyio.CancelScope(shield=True):
+                    await backend.teardown(deployment)
+                    self.track(deployment, False)
+                sample.timings["teardown_s"] = time.monotonic() - t4
+                self.run.journal.extend(deployment.journal, arm=slot.arm, run=slot.index)
+        return sample
+
+
+def _describe(sample: Sample, metric: str) -> str:
+    kind = "warmup" if sample.warmup else "run"
+    if not sample.ok:
+        return f"{kind} {sample.run} ({sample.arm}) FAILED: {(sample.error or '')[:200]}"
+    value = sample.metrics.get(metric)
+    return f"{kind} {sample.run} ({sample.arm}): {metric}={value}"
+
+
+def analyse(run: ABRun, spec: TargetSpec, look: int | None) -> ABReport:
+    """Statistics over the non-warmup samples (the first `look` per arm, in sequential mode)."""
+    from autoopt.tools import stats
+    from autoopt.tools.decision import decide
+
+    counted = [s for s in run.samples if not s.warmup]
+    by_arm = {arm: [s for s in counted if s.arm == arm] for arm in ("A", "B")}
+    if look is not None:
+        by_arm = {arm: xs[:look] for arm, xs in by_arm.items()}
+    ok = {arm: [s for s in xs if s.ok] for arm, xs in by_arm.items()}
+    failed = {arm: len(by_arm[arm]) - len(ok[arm]) for arm in by_arm}
+    paired = failed["A"] == 0 and failed["B"] == 0 and len(ok["A"]) == len(ok["B"])
+
+    def values(arm: str, metric: str) -> list[float]:
+        return [s.metrics[metric] for s in ok[arm] if metric in s.metrics]
+
+    looks = run.looks or [run.runs]
+    alpha = 0.05
+    final = True
+    if run.sequential and look is not None:
+        alpha = stats.sequential_boundaries(looks)[looks.index(look)]
+        final = False
+    elif run.sequential:
+        alpha = stats.sequential_boundaries(looks)[-1]
+    guardrails = [(g, values("A", g.metric), values("B", g.metric)) for g in spec.guardrails]
+    decision = decide(
+        values("A", run.metric), values("B", run.metric),
+        metric=run.metric, direction=run.direction, min_effect_pct=run.min_effect_pct,
+        guardrails=guardrails, failed_runs_a=failed["A"], failed_runs_b=failed["B"],
+        paired=paired, one_sided_alpha=alpha, final_look=final,
+        inconclusive_is_discard=run.sequential and final, look=look,
+    )
+    names = sorted({m for s in ok["A"] + ok["B"] for m in s.metrics})
+    reports = []
+    for name in names:
+        va, vb = values("A", name), values("B", name)
+        if not va or not vb:
+            continue
+        direction = run.direction if name == run.metric else guess_direction(name)
+        comparison = None
+        if len(va) >= 2 and len(vb) >= 2:
+            comparison = stats.compare(va, vb, metric=name, direction=direction,
+                                       paired=paired and len(va) == len(vb)).model_dump(mode="json")
+        reports.append(MetricReport(
+            metric=name, direction=direction,
+            a=ArmReport(values=va, summary=stats.summarize(va).model_dump(mode="json")),
+            b=ArmReport(values=vb, summary=stats.summarize(vb).model_dump(mode="json")),
+            comparison=comparison,
+        ))
+    return ABReport(
+        metric=run.metric, direction=run.direction, n_a=len(ok["A"]), n_b=len(ok["B"]),
+        failed_a=failed["A"], failed_b=failed["B"], paired=paired, metrics=reports,
+        decision=decision.model_dump(mode="json"),
+        drift={arm: stats.drift_slope(values(arm, run.metric)) for arm in ("A", "B")},
+    )
+
+
+def check_runs(runs: int) -> None:
+    if runs < MIN_RUNS:
+        raise RuleViolation(
+            f"runs={runs} is below the minimum of {MIN_RUNS} runs per arm (the methodology's "
+            f"N >= 3 rule; 5 or more are recommended). Ask for runs >= {MIN_RUNS}."
+        )
+
+
+def new_run(spec: TargetSpec, *, backend: str, base: str, patch: str | None, runs: int,
+            warmup: int, order: Order, seed: int | None, sequential: bool, metric: str | None,
+            direction: Direction | None, min_effect: float | None, workload: str | None,
+            allow_constant_tuning: bool) -> ABRun:
+    check_runs(runs)
+    chosen = metric or spec.primary.name
+    looks = [n for n in LOOKS if n < runs] + [runs] if sequential else []
+    seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
+    return ABRun(
+        id=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid4().hex[:6]}",
+        target=spec.name, backend=backend, base=base, patch=patch, runs=runs, warmup=warmup,
+        order=order, seed=seed, sequential=sequential, looks=looks, workload=workload,
+        metric=chosen,
+        direction=direction or (spec.primary.direction if chosen == spec.primary.name
+                                else guess_direction(chosen)),
+        unit=spec.primary.unit if chosen == spec.primary.name else "",
+        min_effect_pct=min_effect if min_effect is not None else spec.min_effect_pct,
+        schedule=make_schedule(runs, warmup, order, seed),
+        allow_constant_tuning=allow_constant_tuning,
+    )
