@@ -232,8 +232,10 @@ class Engine:
                 save_model(folder / "run.json", run)
             raise
         finally:
-            for b in builds.values():
-                self.source(spec).remove_worktree(Path(b.tree))
+            with anyio.CancelScope(shield=True):
+                for b in builds.values():
+                    await impl.discard(b)
+                    self.source(spec).remove_worktree(Path(b.tree))
         return run
 
     def record(self, run_id: str, **kwargs: object) -> ExperimentRecord:

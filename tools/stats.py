@@ -30,6 +30,7 @@ _MAD_Z = 3.5  # modified z-score cut-off (Iglewicz & Hoaglin)
 _RELATIVE_RESOLUTION = 1e-9
 _EXACT_MWU_MAX_N = 50
 _PERMUTATION_MAX = 20_000
+_MAX_ABS = 1e150  # keeps squares and sums of values inside the float range
 _LOG_FLOAT_MAX = math.log(sys.float_info.max)
 _GRID_SPAN = 10.0  # W(t) has sd <= 1, so [-10, boundary] holds all the mass
 
@@ -103,6 +104,8 @@ def _floats(values: Sequence[float], name: str) -> list[float]:
         raise ValueError(f"{name}: no values")
     if not all(math.isfinite(x) for x in xs):
         raise ValueError(f"{name}: every value must be finite (got NaN or inf)")
+    if any(abs(x) > _MAX_ABS for x in xs):
+        raise ValueError(f"{name}: values beyond +-{_MAX_ABS:g} are not measurements")
     return xs
 
 

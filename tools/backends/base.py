@@ -135,6 +135,10 @@ class Backend(Protocol):
         """Reset the service's peak RSS so the next reading belongs to the workload."""
         ...
 
+    async def discard(self, build: Build) -> None:
+        """Remove a build's artifacts (an image) once no run needs them. Idempotent."""
+        ...
+
     def forget_orphans(self) -> list[str]:
         """Remove what a crashed server left behind; what was removed."""
         ...

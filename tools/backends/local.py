@@ -232,6 +232,9 @@ class LocalBackend:
             kill_group(deployment.pid, signal.SIGKILL)
         deployment.journal.add(Step(phase="teardown", shell=TEARDOWN_SH))
 
+    async def discard(self, build: Build) -> None:
+        return None
+
     def forget_orphans(self) -> list[str]:
         return []
 
