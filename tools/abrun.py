@@ -109,6 +109,8 @@ class ABRun(BaseModel):
     error: str | None = None
     plot: str | None = None
     profiled: bool = False
+    path: str = Field(default_factory=lambda: os.environ.get("PATH", "/usr/bin:/bin"),
+                      description="the PATH the server ran the steps with")
 
 
 def make_schedule(runs: int, warmup: int, order: Order, seed: int) -> list[Slot]:

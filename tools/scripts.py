@@ -23,6 +23,7 @@ HEADER = """#!/usr/bin/env bash
 # Run from this directory, in order: build.sh deploy.sh workload.sh collect.sh teardown.sh
 # (each takes arms: a = base, b = base + diff.patch; default both), or reproduce.sh.
 set -euo pipefail
+export PATH="{path}:$PATH"  # the PATH the recorded run used (same interpreters)
 HERE="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)"
 cd "$HERE"
 REPO="$HERE/work/repo"
@@ -50,8 +51,9 @@ FREE_PORT = (
 )
 
 
-def _indent(lines: Iterable[str]) -> str:
-    return "".join(f"  {line}\n" for block in lines for line in block.splitlines())
+def _lines(blocks: Iterable[str]) -> str:
+    """Steps one after another; not indented, so heredocs and multi-line steps stay intact."""
+    return "".join(block.rstrip("\n") + "\n" for block in blocks)
 
 
 def _first_run_steps(run: ABRun, phase: Phase, arm: str) -> list[Step]:
@@ -67,7 +69,7 @@ def _arm_functions(run: ABRun, phase: Phase, *, before: str = "", after: str = "
     out = []
     for arm in ("A", "B"):
         steps = _first_run_steps(run, phase, arm)
-        body = _indent(f"# {s.note}\n{s.shell}" if s.note else s.shell for s in steps)
+        body = _lines(f"# {s.note}\n{s.shell}" if s.note else s.shell for s in steps)
         out.append(f"arm_{arm.lower()}() {{\n{ARM_SETUP}{before}{body or NOOP}{after}}}\n")
     out.append('for ARM in "${ARMS[@]}"; do\n  echo "== $ARM"\n  "arm_$ARM" "$ARM"\ndone\n')
     return "\n".join(out)
@@ -75,7 +77,8 @@ def _arm_functions(run: ABRun, phase: Phase, *, before: str = "", after: str = "
 
 def render_build(run: ABRun, repo_setup: str) -> str:
     parts = [HEADER.format(title="build.sh: both arms from the same base commit " + run.base,
-                           run_id=run.id, target=run.target, backend=run.backend)]
+                           run_id=run.id, target=run.target, backend=run.backend,
+                           path=run.path)]
     parts.append(f"BASE={run.base}\n")
     parts.append("rm -rf work && mkdir -p work/logs\n" + repo_setup + "\n")
     for arm in ("A", "B"):
@@ -89,7 +92,8 @@ def render_build(run: ABRun, repo_setup: str) -> str:
 
 
 def render_phase(run: ABRun, phase: Phase, title: str) -> str:
-    head = HEADER.format(title=title, run_id=run.id, target=run.target, backend=run.backend)
+    head = HEADER.format(title=title, run_id=run.id, target=run.target, backend=run.backend,
+                           path=run.path)
     if phase == "deploy":
         return head + _arm_functions(run, phase, before=FREE_PORT, after=SAVE_STATE)
     if phase == "workload":
@@ -114,7 +118,8 @@ def render_reproduce(run: ABRun) -> str:
     """Replays the recorded schedule (warmups included) and prints each run's metric."""
     order = " ".join(f"{s.arm.lower()}{'w' if s.warmup else ''}" for s in run.schedule)
     head = HEADER.format(title="reproduce.sh: replay the whole recorded A/B schedule",
-                         run_id=run.id, target=run.target, backend=run.backend)
+                         run_id=run.id, target=run.target, backend=run.backend,
+                           path=run.path)
     return head + f"""# Recorded order (seed {run.seed}, {run.order}); 'w' marks a warmup run.
 ORDER=({order})
 [ -d work/a ] || ./build.sh

@@ -231,7 +231,7 @@ class Source:
 
     def bundle(self, commit: str, dest: Path) -> None:
         """A git bundle holding `commit`, so a clean shell can check it out."""
-        ref = "refs/autoopt/bundle"
+        ref = "refs/heads/autoopt-base"
         git(self.repo, "update-ref", ref, commit)
         git(self.repo, "bundle", "create", str(dest), ref)
 

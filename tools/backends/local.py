@@ -19,12 +19,9 @@ from autoopt.tools.process import Child, base_env, kill_group, run, spawn, tail_
 from autoopt.tools.targets import TargetSpec
 from autoopt.tools.workload import parse_metrics
 
-HEALTH_WAIT_PY = (
-    "import sys,time,urllib.request as u\n"
-    "for _ in range(300):\n"
-    "    try: u.urlopen(sys.argv[1], timeout=1); sys.exit(0)\n"
-    "    except Exception: time.sleep(0.1)\n"
-    "sys.exit('service did not become healthy: ' + sys.argv[1])"
+HEALTH_WAIT_SH = (
+    'for _ in $(seq 300); do python3 -c "import sys, urllib.request as u; '
+    'u.urlopen(sys.argv[1], timeout=1)" "{url}" 2>/dev/null && break; sleep 0.1; done'
 )
 
 COLLECT_SH = (
@@ -118,7 +115,7 @@ class LocalBackend:
         health = f"{deployment.endpoint}{spec.local.health or '/'}"
         deployment.journal.add(Step(
             phase="deploy",
-            shell=f"python3 -c {shlex.quote(HEALTH_WAIT_PY)} \"$ENDPOINT{spec.local.health or '/'}\"",
+            shell=HEALTH_WAIT_SH.format(url=f"$ENDPOINT{spec.local.health or '/'}"),
             note="wait for the health check",
         ))
         try:
