@@ -82,22 +82,31 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
 
         return report
 
+    def readiness_of(backend: str) -> views.Readiness:
+        try:
+            reason = engine.backend(backend, check=False).unavailable_reason()
+        except Exception as exc:  # a backend that cannot even start says why, the rest list
+            reason = f"cannot start the {backend} backend: {type(exc).__name__}: {exc}"
+        return views.Readiness(available=reason is None, reason=reason)
+
     @mcp.tool(annotations=READ_ONLY)
     @tool_errors
     async def list_targets() -> views.TargetList:
         """Every target in the workspace: its parsed target.md (metric, scope, guardrails,
         workload), whether each backend can run it, and any problem with its files."""
         infos = []
-        for name in ws.target_names() + _broken_names(ws):
+        for name in sorted(ws.target_names() + _broken_names(ws)):
+            if not (ws.targets_dir / name / "target.md").is_file():
+                infos.append(views.TargetInfo(
+                    name=name, valid=False,
+                    error=f"targets/{name}/ has no target.md; add one (see program.md)"))
+                continue
             try:
                 spec = load_target(ws, name)
             except AutooptError as exc:
                 infos.append(views.TargetInfo(name=name, valid=False, error=str(exc)))
                 continue
-            readiness = {}
-            for backend in BACKENDS:
-                reason = engine.backend(backend, check=False).unavailable_reason()
-                readiness[backend] = views.Readiness(available=reason is None, reason=reason)
+            readiness = {b: readiness_of(b) for b in BACKENDS}
             infos.append(views.TargetInfo(
                 name=name, valid=True, spec=spec, readiness=readiness,
                 has_hints=(ws.targets_dir / name / "hints.md").is_file(),

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run the pyserver optimization loop through an MCP client")
     demo.add_argument("--runs", type=int, default=5, help="runs per arm (>= 3)")
     demo.add_argument("--env", default="local", help="backend: local | docker | kubernetes")
+    demo.add_argument("--workspace", type=Path, default=None,
+                      help="an empty folder for the demo's workspace (default: demo-runs/<time>)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("AUTOOPT_LOG_LEVEL", "WARNING"), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -29,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve_stdio()
     from autoopt.server.demo import run_demo
 
-    return run_demo(runs=args.runs, backend=args.env)
+    return run_demo(runs=args.runs, backend=args.env, workspace=args.workspace)
 
 
 if __name__ == "__main__":

@@ -154,6 +154,12 @@ def parse_number(value: str) -> float:
     return float(value.strip().rstrip("%"))
 
 
+KNOWN_SECTIONS = frozenset({
+    "source", "build", "primary metric", "secondary metrics", "workload", "scope",
+    "constraints", "service", "profiling", "local", "docker", "kubernetes", "decision",
+})
+
+
 class _Section:
     def __init__(self, name: str, line: int) -> None:
         self.name = name
@@ -193,6 +199,8 @@ def _sections(text: str, file: Path) -> dict[str, _Section]:
                 current.items.append(item)
             continue
         key, sep, value = stripped.partition(":")
+        if current.name not in KNOWN_SECTIONS:
+            continue  # a section of prose (## Notes, ...): for people, not parsed
         if not sep or not re.fullmatch(r"[\w -]+", key):
             if current.name in {"profiling", "workload"}:
                 current.items.append((stripped, number))

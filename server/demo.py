@@ -1,0 +1,148 @@
+"""`autoopt demo`: the whole loop on pyserver through a real MCP client session.
+
+It starts `autoopt serve` as a stdio subprocess, exactly as a desktop client would, and
+drives it: targets, a workload check, a baseline profile, an A/A baseline, then three
+experiments (cap history + shallow copy; list -> set for membership; generators for the
+statistics), each run_ab'd and recorded. The workspace is a fresh copy of this checkout's
+targets (default: demo-runs/<timestamp>/), so the demo can run again and again.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+REPO = Path(__file__).resolve().parent.parent
+EXPERIMENTS = [
+    ("exp001", "pyserver-history-cap.patch", "peak_rss_mb",
+     "cap HISTORY and keep shallow copies",
+     "HISTORY keeps a deep copy of the whole store on every /process and is never trimmed; "
+     "capping it and storing shallow copies removes most of the peak"),
+    ("exp002", "pyserver-set-membership.patch", "latency_p99_ms",
+     "set for membership checks in /ingest",
+     "ingest checks membership with `in` on a list (O(n) per item); a set makes it O(1) and "
+     "cuts request latency"),
+    ("exp003", "pyserver-generator-stats.patch", "peak_rss_mb",
+     "generators instead of intermediate lists in /stats",
+     "the statistics materialise several full lists; streaming them may lower the peak"),
+]
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+class Session:
+    """A thin helper over the MCP client that fails loudly on tool errors."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    async def call(self, tool: str, **args: Any) -> dict[str, Any]:
+        async def progress(done: float, total: float | None, message: str | None) -> None:
+            if message:
+                where = f"[{int(done)}/{int(total)}] " if total else ""
+                say(f"    {where}{message}")
+
+        result = await self.client.call_tool(tool, args, progress_callback=progress)
+        if result.is_error:
+            raise SystemExit(f"{tool} failed: {result.content[0].text}")
+        return result.structured_content or {}
+
+
+def prepare_workspace(dest: Path | None) -> Path:
+    root = dest or REPO / "demo-runs" / time.strftime("%Y%m%d-%H%M%S")
+    if root.exists() and any(root.iterdir()):
+        raise SystemExit(f"{root} is not empty; give a new --workspace")
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO / "targets", root / "targets",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy2(REPO / "program.md", root / "program.md")
+    return root
+
+
+async def demo(root: Path, runs: int, backend: str) -> list[dict[str, Any]]:
+    import os
+
+    from mcp import Client, StdioServerParameters
+
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "autoopt.server.cli", "serve"],
+        env={"AUTOOPT_WORKSPACE": str(root), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+             "HOME": os.environ.get("HOME", "/root")},
+    )
+    patches = REPO / "examples" / "patches"
+    rows: list[dict[str, Any]] = []
+    async with Client(params) as client:
+        s = Session(client)
+        say(f"autoopt demo: workspace {root}, backend {backend}, {runs} runs per arm")
+        targets = await s.call("list_targets")
+        spec = next(t for t in targets["targets"] if t["name"] == "pyserver")["spec"]
+        say(f"[setup] pyserver: {spec['primary']['name']} ({spec['primary']['direction']} is "
+            f"better), editable {spec['scope']['editable']}, "
+            f"{len(spec['guardrails'])} guardrails")
+        say("[phase 0] workload check: build, deploy, one workload run, teardown")
+        build = await s.call("build", target="pyserver", backend=backend)
+        dep = await s.call("deploy", build_id=build["build_id"])
+        run = await s.call("run_workload", deployment_id=dep["deployment_id"])
+        await s.call("teardown", deployment_id=dep["deployment_id"])
+        say(f"    workload metrics: {run['metrics']}")
+        tools = {t.name for t in (await client.list_tools()).tools}
+        if "profile_memory" in tools:
+            say("[phase 1] memory profile of the baseline at its peak")
+            prof = await s.call("profile_memory", target="pyserver", label="baseline",
+                                backend=backend)
+            for line in prof.get("top", [])[:5]:
+                say(f"    {line}")
+        say("[baseline] A/A run: the noise floor")
+        aa = await s.call("run_ab", target="pyserver", runs=3, warmup=0, backend=backend, seed=1)
+        await s.call("record_experiment", run_id=aa["run_id"], exp_id="baseline",
+                     description="baseline (A/A, unmodified)", output_type="report",
+                     hypothesis="A/A: both arms are the same commit; measures the noise floor")
+        rows.append(_row("baseline", aa))
+        for exp_id, patch_name, metric, description, hypothesis in EXPERIMENTS:
+            say(f"[phase 3] {exp_id}: {description} (primary metric {metric})")
+            patch = (patches / patch_name).read_text()
+            result = await s.call("run_ab", target="pyserver", patch=patch, runs=runs,
+                                  backend=backend, metric=metric)
+            say(f"    {result['verdict']}: {result['reason']}")
+            record = await s.call("record_experiment", run_id=result["run_id"], exp_id=exp_id,
+                                  description=description, hypothesis=hypothesis,
+                                  output_type="pr" if result["verdict"] == "KEEP" else "report")
+            say(f"    recorded {record['directory']} (frontier moved: {record['frontier_moved']})")
+            rows.append(_row(exp_id, result))
+    return rows
+
+
+def _row(exp_id: str, result: dict[str, Any]) -> dict[str, Any]:
+    primary = ((result.get("report") or {}).get("decision") or {}).get("primary") or {}
+    return {"exp_id": exp_id, "metric": result["metric"], "verdict": result["verdict"],
+            "change": primary.get("change_pct"), "ci": (primary.get("ci_low"), primary.get("ci_high"))}
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    out = ["", "| experiment | metric | decision | change | 95% CI of B/A |",
+           "|---|---|---|---|---|"]
+    for r in rows:
+        change = "-" if r["change"] is None else f"{r['change']:+.1f}%"
+        lo, hi = r["ci"]
+        ci = "-" if lo is None else f"{(lo - 1) * 100:+.1f}% .. {(hi - 1) * 100:+.1f}%"
+        out.append(f"| {r['exp_id']} | {r['metric']} | {r['verdict']} | {change} | {ci} |")
+    return "\n".join(out)
+
+
+def run_demo(runs: int = 5, backend: str = "local", workspace: Path | None = None) -> int:
+    if runs < 3:
+        raise SystemExit("--runs must be at least 3 (the methodology's N >= 3 rule)")
+    started = time.monotonic()
+    root = prepare_workspace(workspace)
+    rows = anyio.run(demo, root, runs, backend)
+    say(summary(rows))
+    say(f"\nresults: {root / 'results' / 'pyserver' / backend}")
+    say(f"demo wall time: {time.monotonic() - started:.1f} s")
+    return 0

@@ -1,0 +1,108 @@
+"""The server as a client sees it: stdio subprocess and in-process, both protocol eras."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from mcp import Client, StdioServerParameters
+
+from autoopt.server.app import create_server
+from autoopt.tools.workspace import Workspace
+
+pytestmark = pytest.mark.anyio
+
+READ_ONLY_TOOLS = {"list_targets", "read_source", "search_source", "get_run", "experiment_status"}
+
+
+def stdio_params(workspace: Workspace) -> StdioServerParameters:
+    return StdioServerParameters(
+        command=sys.executable, args=["-m", "autoopt.server.cli", "serve"],
+        env={"AUTOOPT_WORKSPACE": str(workspace.root), "PATH": "/usr/local/bin:/usr/bin:/bin"},
+    )
+
+
+@pytest.fixture(params=["inproc-auto", "inproc-legacy", "stdio-auto", "stdio-legacy"])
+async def any_client(request: pytest.FixtureRequest, workspace: Workspace):
+    where, mode = request.param.split("-")
+    server = create_server(workspace) if where == "inproc" else stdio_params(workspace)
+    async with Client(server, mode=mode) as c:
+        yield c
+
+
+async def test_tools_are_typed_and_annotated(any_client: Client) -> None:
+    tools = {t.name: t for t in (await any_client.list_tools()).tools}
+    assert {"list_targets", "build", "deploy", "run_workload", "teardown", "run_ab",
+            "record_experiment", "read_source", "search_source"} <= set(tools)
+    for name, tool in tools.items():
+        assert tool.input_schema["type"] == "object", name
+        assert tool.output_schema is not None, f"{name} has no output schema"
+        assert tool.description, name
+        read_only = bool(tool.annotations and tool.annotations.read_only_hint)
+        assert read_only == (name in READ_ONLY_TOOLS), name
+    assert tools["run_ab"].input_schema["properties"]["runs"]["minimum"] == 3
+
+
+async def test_program_and_target_resources(any_client: Client) -> None:
+    program = await any_client.read_resource("autoopt://program.md")
+    text = program.contents[0].text
+    assert "run_ab" in text and "Phase 1" in text
+    assert program.contents[0].mime_type == "text/markdown"
+    target = await any_client.read_resource("autoopt://targets/pyserver/target.md")
+    assert "peak_rss_mb" in target.contents[0].text
+    hints = await any_client.read_resource("autoopt://targets/pyserver/hints.md")
+    assert "HISTORY" in hints.contents[0].text
+    templates = {t.uri_template for t in (await any_client.list_resource_templates()).resource_templates}
+    assert "autoopt://targets/{name}/target.md" in templates
+
+
+async def test_optimize_prompt(any_client: Client) -> None:
+    prompt = await any_client.get_prompt("optimize", {"target": "pyserver", "metric": "peak_rss_mb"})
+    text = prompt.messages[0].content.text
+    assert "pyserver" in text and "program.md" in text
+
+
+async def test_list_targets_shows_pyserver(any_client: Client) -> None:
+    result = await any_client.call_tool("list_targets", {})
+    assert not result.is_error
+    targets = {t["name"]: t for t in result.structured_content["targets"]}
+    spec = targets["pyserver"]["spec"]
+    assert (spec["primary"]["name"], spec["primary"]["direction"], spec["primary"]["unit"]) == (
+        "peak_rss_mb", "lower", "MB")
+    assert spec["scope"]["editable"] == ["server.py"]
+    assert {g["metric"] for g in spec["guardrails"]} == {"latency_p99_ms", "error_rate",
+                                                        "pod_restarts"}
+    assert targets["pyserver"]["readiness"]["local"]["available"] is True
+
+
+@pytest.mark.parametrize("target", ["../../etc", "nope"])
+async def test_bad_target_is_a_clear_tool_error(any_client: Client, target: str) -> None:
+    result = await any_client.call_tool("read_source", {"target": target, "path": "server.py"})
+    assert result.is_error
+    text = result.content[0].text
+    assert target in text and ("pattern" in text or "unknown target" in text)
+
+
+async def test_broken_target_md_is_listed_with_its_error(workspace: Workspace) -> None:
+    broken = workspace.targets_dir / "broken"
+    broken.mkdir()
+    (broken / "target.md").write_text("## Source\nrepo: local\n\n## Primary Metric\nname: x\n"
+                                      "direction: sideways\n")
+    (workspace.targets_dir / "empty").mkdir()
+    async with Client(create_server(workspace)) as c:
+        result = await c.call_tool("list_targets", {})
+    targets = {t["name"]: t for t in result.structured_content["targets"]}
+    assert not targets["broken"]["valid"]
+    assert "target.md:6" in targets["broken"]["error"]
+    assert "no target.md" in targets["empty"]["error"]
+    assert targets["pyserver"]["valid"]
+
+
+async def test_runs_below_three_is_refused(any_client: Client) -> None:
+    result = await any_client.call_tool("run_ab", {"target": "pyserver", "runs": 2})
+    assert result.is_error
+    assert "3" in result.content[0].text
+
+

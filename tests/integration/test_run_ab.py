@@ -1,0 +1,87 @@
+"""run_ab through an MCP client on pyserver: real interleaved runs, real decisions."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+import pytest
+from mcp import Client
+
+from autoopt.tools.workspace import Workspace
+from tests.conftest import patch_text, processes_under
+
+pytestmark = pytest.mark.anyio
+
+
+async def run_ab(client: Client, **args: object) -> dict:
+    result = await client.call_tool("run_ab", {"target": "pyserver", **args})
+    assert not result.is_error, result.content[0].text
+    return result.structured_content
+
+
+async def test_aa_is_not_keep(client: Client) -> None:
+    report = await run_ab(client, runs=5, seed=1)
+    assert report["verdict"] in ("DISCARD", "INCONCLUSIVE"), report["reason"]
+    assert report["commits"]["A"] == report["commits"]["B"] == report["base"]
+    assert len(report["values"]["A"]) == len(report["values"]["B"]) == 5
+
+
+async def test_history_fix_is_keep_with_progress_and_picture(client: Client,
+                                                             workspace: Workspace) -> None:
+    messages: list[str] = []
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        messages.append(message or "")
+
+    result = await client.call_tool(
+        "run_ab", {"target": "pyserver", "runs": 5, "seed": 7,
+                   "patch": patch_text("pyserver-history-cap.patch")},
+        progress_callback=progress)
+    assert not result.is_error, result.content[0].text
+    report = result.structured_content
+    assert report["verdict"] == "KEEP", report["reason"]
+    assert "peak_rss_mb" in report["reason"]
+    assert report["commits"]["A"] == report["base"] != report["commits"]["B"]
+    # one progress message per run (5 per arm + 1 warmup pair), plus build notes
+    assert sum(m.startswith(("run ", "warmup ")) for m in messages) == 12
+    assert any(c.type == "image" for c in result.content)
+    assert processes_under(workspace.root) == []
+    # the run is persisted and readable again
+    again = await client.call_tool("get_run", {"run_id": report["run_id"]})
+    assert again.structured_content["verdict"] == "KEEP"
+
+
+async def test_schedule_is_interleaved_abba(client: Client, workspace: Workspace) -> None:
+    report = await run_ab(client, runs=4, warmup=0, seed=3)
+    run = json.loads((workspace.state_dir / "runs" / report["run_id"] / "run.json").read_text())
+    arms = "".join(slot["arm"] for slot in run["schedule"])
+    assert arms in {"ABBAABBA", "ABBABAAB", "BAABABBA", "BAABBAAB"}
+    assert run["seed"] == 3
+
+
+async def test_broken_patch_discards_and_leaves_nothing(client: Client,
+                                                        workspace: Workspace) -> None:
+    from tests.integration.test_local_backend import _prepend_patch
+
+    server = (workspace.targets_dir / "pyserver/src/server.py").read_text()
+    crash = _prepend_patch(server, "raise SystemExit('broken on purpose')")
+    report = await run_ab(client, runs=3, warmup=0, patch=crash)
+    assert report["verdict"] == "DISCARD", report["reason"]
+    assert report["failed"]["B"] >= 2
+    assert processes_under(workspace.root) == []
+
+
+async def test_cancel_tears_down_and_keeps_partial_run(client: Client,
+                                                       workspace: Workspace) -> None:
+    with anyio.move_on_after(9):
+        await client.call_tool("run_ab", {"target": "pyserver", "runs": 10, "warmup": 0})
+    await anyio.sleep(1.0)
+    assert processes_under(workspace.root) == []
+    runs = list((workspace.state_dir / "runs").glob("*/run.json"))
+    assert len(runs) == 1
+    run = json.loads(runs[0].read_text())
+    assert run["status"] == "cancelled"
+    assert 0 < len(run["samples"]) < 20
+    status = await client.call_tool("experiment_status", {"target": "pyserver"})
+    assert status.structured_content["interrupted_runs"][0]["status"] == "cancelled"
