@@ -9,12 +9,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
-from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.resources import FileResource
-from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
-from pydantic import Field
-
 from autoopt.server import views
 from autoopt.server.errors import tool_errors
 from autoopt.tools.abrun import MIN_RUNS, ABRun, Order
@@ -24,6 +18,11 @@ from autoopt.tools.record import ExperimentRecord, OutputType
 from autoopt.tools.status import ExperimentStatus, append_candidate
 from autoopt.tools.targets import load_target
 from autoopt.tools.workspace import Workspace, check_name
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.resources import FileResource
+from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
+from pydantic import Field
 
 log = logging.getLogger("autoopt")
 
@@ -35,18 +34,34 @@ hints.md resources, profile before reading code, and keep a change only when run
 KEEP. The server enforces the rules (N >= 3 runs per arm, same-commit A/B, editable scope,
 no constant tuning) and writes the reproducible record itself (record_experiment)."""
 
-READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
-                            open_world_hint=False)
-ACTS = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
-                       open_world_hint=False)
-STOPS = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True,
-                        open_world_hint=False)
+READ_ONLY = ToolAnnotations(
+    read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+)
+ACTS = ToolAnnotations(
+    read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+)
+STOPS = ToolAnnotations(
+    read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
+)
 
-TargetName = Annotated[str, Field(description="a target folder name, e.g. 'pyserver'",
-                                  pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=64)]
-Backend = Annotated[str, Field(description="local | docker | kubernetes", pattern=r"^(local|docker|kubernetes)$")]
-Patch = Annotated[str | None, Field(description="a unified diff (git diff) against the source "
-                                                "root; omit for the unmodified base")]
+TargetName = Annotated[
+    str,
+    Field(
+        description="a target folder name, e.g. 'pyserver'",
+        pattern=r"^[a-z0-9][a-z0-9._-]*$",
+        max_length=64,
+    ),
+]
+Backend = Annotated[
+    str, Field(description="local | docker | kubernetes", pattern=r"^(local|docker|kubernetes)$")
+]
+Patch = Annotated[
+    str | None,
+    Field(
+        description="a unified diff (git diff) against the source "
+        "root; omit for the unmodified base"
+    ),
+]
 Base = Annotated[str | None, Field(description="base commit; omit for the target's frontier")]
 
 
@@ -97,9 +112,13 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         infos = []
         for name in sorted(ws.target_names() + _broken_names(ws)):
             if not (ws.targets_dir / name / "target.md").is_file():
-                infos.append(views.TargetInfo(
-                    name=name, valid=False,
-                    error=f"targets/{name}/ has no target.md; add one (see program.md)"))
+                infos.append(
+                    views.TargetInfo(
+                        name=name,
+                        valid=False,
+                        error=f"targets/{name}/ has no target.md; add one (see program.md)",
+                    )
+                )
                 continue
             try:
                 spec = load_target(ws, name)
@@ -107,10 +126,15 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
                 infos.append(views.TargetInfo(name=name, valid=False, error=str(exc)))
                 continue
             readiness = {b: readiness_of(b) for b in BACKENDS}
-            infos.append(views.TargetInfo(
-                name=name, valid=True, spec=spec, readiness=readiness,
-                has_hints=(ws.targets_dir / name / "hints.md").is_file(),
-            ))
+            infos.append(
+                views.TargetInfo(
+                    name=name,
+                    valid=True,
+                    spec=spec,
+                    readiness=readiness,
+                    has_hints=(ws.targets_dir / name / "hints.md").is_file(),
+                )
+            )
         return views.TargetList(workspace=str(ws.root), targets=infos)
 
     @mcp.tool(annotations=ACTS)
@@ -120,19 +144,32 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         patch: Patch = None,
         base: Base = None,
         backend: Backend = "local",
-        allow_constant_tuning: Annotated[bool, Field(
-            description="run a patch that only changes numbers anyway (recorded)")] = False,
+        allow_constant_tuning: Annotated[
+            bool, Field(description="run a patch that only changes numbers anyway (recorded)")
+        ] = False,
         ctx: Context | None = None,
     ) -> views.BuildResult:
         """Build the target at a base commit (default: the frontier), optionally with a patch,
         in a fresh worktree. The patch must stay inside the target's editable scope."""
-        result = await engine.build(target, patch=patch, base=base, backend=backend,
-                                    allow_constant_tuning=allow_constant_tuning,
-                                    progress=await progress_of(ctx))  # type: ignore[arg-type]
-        return views.BuildResult(build_id=result.id, target=result.target,
-                                 backend=result.backend, base=result.base, commit=result.commit,
-                                 patch_sha256=result.patch_sha256, patch_files=result.patch_files,
-                                 duration_s=result.duration_s, log_tail=result.log_tail)
+        result = await engine.build(
+            target,
+            patch=patch,
+            base=base,
+            backend=backend,
+            allow_constant_tuning=allow_constant_tuning,
+            progress=await progress_of(ctx),
+        )  # type: ignore[arg-type]
+        return views.BuildResult(
+            build_id=result.id,
+            target=result.target,
+            backend=result.backend,
+            base=result.base,
+            commit=result.commit,
+            patch_sha256=result.patch_sha256,
+            patch_files=result.patch_files,
+            duration_s=result.duration_s,
+            log_tail=result.log_tail,
+        )
 
     @mcp.tool(annotations=ACTS)
     @tool_errors
@@ -142,22 +179,31 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         """Start a build (a service: on a free port, health-checked; a batch program: its
         tree is prepared). Tear it down with teardown when done."""
         d = await engine.deploy(check_name(build_id, "build id"))
-        return views.DeployResult(deployment_id=d.id, build_id=d.build_id, kind=d.kind,
-                                  endpoint=d.endpoint, pid=d.pid)
+        return views.DeployResult(
+            deployment_id=d.id, build_id=d.build_id, kind=d.kind, endpoint=d.endpoint, pid=d.pid
+        )
 
     @mcp.tool(annotations=ACTS)
     @tool_errors
     async def run_workload(
         deployment_id: Annotated[str, Field(description="from deploy")],
-        workload: Annotated[str | None, Field(
-            description="a targeted workload file in the target's folder, e.g. "
-                        "'workload-ingest.sh'; omit for the target's own workload")] = None,
+        workload: Annotated[
+            str | None,
+            Field(
+                description="a targeted workload file in the target's folder, e.g. "
+                "'workload-ingest.sh'; omit for the target's own workload"
+            ),
+        ] = None,
     ) -> views.WorkloadRun:
         """Run the workload against a deployment once; returns its key=value metrics."""
         r = await engine.run_workload(check_name(deployment_id, "deployment id"), workload)
-        return views.WorkloadRun(deployment_id=deployment_id, metrics=r.metrics,
-                                 exit_code=r.exit_code, duration_s=r.duration_s,
-                                 log_tail=r.log_tail)
+        return views.WorkloadRun(
+            deployment_id=deployment_id,
+            metrics=r.metrics,
+            exit_code=r.exit_code,
+            duration_s=r.duration_s,
+            log_tail=r.log_tail,
+        )
 
     @mcp.tool(annotations=STOPS)
     @tool_errors
@@ -182,16 +228,23 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         source = engine.source(spec)
         end = min(end_line, start_line + 999)
         text, total = source.read(path, start_line, end, revision)
-        return views.SourceText(target=target, path=path, revision=source.resolve(revision),
-                                start_line=start_line, end_line=min(end, total),
-                                total_lines=total, text=text)
+        return views.SourceText(
+            target=target,
+            path=path,
+            revision=source.resolve(revision),
+            start_line=start_line,
+            end_line=min(end, total),
+            total_lines=total,
+            text=text,
+        )
 
     @mcp.tool(annotations=READ_ONLY)
     @tool_errors
     async def search_source(
         target: TargetName,
-        pattern: Annotated[str, Field(description="an extended regular expression",
-                                      min_length=1, max_length=500)],
+        pattern: Annotated[
+            str, Field(description="an extended regular expression", min_length=1, max_length=500)
+        ],
         glob: Annotated[str | None, Field(description="limit to paths, e.g. '*.py'")] = None,
         revision: Base = None,
         limit: Annotated[int, Field(ge=1, le=500)] = 100,
@@ -200,9 +253,13 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         spec = engine.spec(target)
         source = engine.source(spec)
         hits = source.search(pattern, glob, revision, limit + 1)
-        return views.SourceMatches(target=target, revision=source.resolve(revision),
-                                   pattern=pattern, matches=hits[:limit],
-                                   truncated=len(hits) > limit)
+        return views.SourceMatches(
+            target=target,
+            revision=source.resolve(revision),
+            pattern=pattern,
+            matches=hits[:limit],
+            truncated=len(hits) > limit,
+        )
 
     @mcp.tool(annotations=ACTS)
     @tool_errors
@@ -210,23 +267,47 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         target: TargetName,
         patch: Patch = None,
         base: Base = None,
-        runs: Annotated[int, Field(ge=3, le=200, description=(
-            "runs per arm; the methodology requires N >= 3 (5+ recommended)"))] = 5,
+        runs: Annotated[
+            int,
+            Field(
+                ge=3,
+                le=200,
+                description=("runs per arm; the methodology requires N >= 3 (5+ recommended)"),
+            ),
+        ] = 5,
         warmup: Annotated[int, Field(ge=0, le=10, description="discarded warmup pairs")] = 1,
         backend: Backend = "local",
-        order: Annotated[Order, Field(description="abba (randomised ABBA/BAAB blocks), "
-                                                  "random (within pairs) or alternate")] = "abba",
+        order: Annotated[
+            Order,
+            Field(
+                description="abba (randomised ABBA/BAAB blocks), random (within pairs) or alternate"
+            ),
+        ] = "abba",
         seed: Annotated[int | None, Field(description="schedule seed (recorded)")] = None,
-        min_effect: Annotated[float | None, Field(ge=0, description=(
-            "minimum worthwhile gain in %; default from target.md, else 1"))] = None,
-        sequential: Annotated[bool, Field(description=(
-            "planned looks at 5/10/15/20 runs per arm (O'Brien-Fleming); runs is the cap"))] = False,
-        metric: Annotated[str | None, Field(description="primary metric; default target.md's",
-                                            pattern=r"^[A-Za-z_][\w.]*$")] = None,
-        workload: Annotated[str | None, Field(description=(
-            "a targeted workload file in the target's folder"))] = None,
-        allow_constant_tuning: Annotated[bool, Field(
-            description="run a numeric-literal-only patch anyway (recorded)")] = False,
+        min_effect: Annotated[
+            float | None,
+            Field(
+                ge=0, description=("minimum worthwhile gain in %; default from target.md, else 1")
+            ),
+        ] = None,
+        sequential: Annotated[
+            bool,
+            Field(
+                description=(
+                    "planned looks at 5/10/15/20 runs per arm (O'Brien-Fleming); runs is the cap"
+                )
+            ),
+        ] = False,
+        metric: Annotated[
+            str | None,
+            Field(description="primary metric; default target.md's", pattern=r"^[A-Za-z_][\w.]*$"),
+        ] = None,
+        workload: Annotated[
+            str | None, Field(description=("a targeted workload file in the target's folder"))
+        ] = None,
+        allow_constant_tuning: Annotated[
+            bool, Field(description="run a numeric-literal-only patch anyway (recorded)")
+        ] = False,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, views.RunResult]:
         """A/B benchmark of a patch against its base commit: both arms built from the same
@@ -241,9 +322,20 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
                 await ctx.report_progress(done, total, message)
 
         run = await engine.run_ab(
-            target, patch=patch, base=base, runs=runs, warmup=warmup, backend=backend,
-            order=order, seed=seed, min_effect=min_effect, sequential=sequential, metric=metric,
-            workload=workload, allow_constant_tuning=allow_constant_tuning, progress=progress,
+            target,
+            patch=patch,
+            base=base,
+            runs=runs,
+            warmup=warmup,
+            backend=backend,
+            order=order,
+            seed=seed,
+            min_effect=min_effect,
+            sequential=sequential,
+            metric=metric,
+            workload=workload,
+            allow_constant_tuning=allow_constant_tuning,
+            progress=progress,
         )
         return run_result(run)
 
@@ -255,49 +347,96 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         """A persisted A/B run (also one that was cancelled, crashed or is still running)."""
         return run_result(engine.get_run(check_name(run_id, "run id")))
 
-    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False,
-                                          idempotent_hint=False, open_world_hint=False))
+    @mcp.tool(
+        annotations=ToolAnnotations(
+            read_only_hint=False,
+            destructive_hint=False,
+            idempotent_hint=False,
+            open_world_hint=False,
+        )
+    )
     @tool_errors
     async def record_experiment(
         run_id: Annotated[str, Field(description="from run_ab; the record is built from it")],
-        exp_id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=64,
-                                     description="a new experiment id, e.g. 'exp001'")],
+        exp_id: Annotated[
+            str,
+            Field(
+                pattern=r"^[a-z0-9][a-z0-9._-]*$",
+                max_length=64,
+                description="a new experiment id, e.g. 'exp001'",
+            ),
+        ],
         description: Annotated[str, Field(min_length=1, max_length=500)],
         hypothesis: Annotated[str, Field(min_length=1, max_length=5000)],
-        evidence: Annotated[str | None, Field(max_length=20000, description=(
-            "the profile evidence: function, stack, bytes, % of peak"))] = None,
-        output_type: Annotated[OutputType, Field(description=(
-            "pr (a measured fix), issue (a design-level problem), report (a dead end)"))] = "pr",
-        tag: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=32,
-                                  description="branch tag: autoopt/<target>/<tag>-<exp_id>")] = "exp",
+        evidence: Annotated[
+            str | None,
+            Field(
+                max_length=20000,
+                description=("the profile evidence: function, stack, bytes, % of peak"),
+            ),
+        ] = None,
+        output_type: Annotated[
+            OutputType,
+            Field(
+                description=(
+                    "pr (a measured fix), issue (a design-level problem), report (a dead end)"
+                )
+            ),
+        ] = "pr",
+        tag: Annotated[
+            str,
+            Field(
+                pattern=r"^[a-z0-9][a-z0-9._-]*$",
+                max_length=32,
+                description="branch tag: autoopt/<target>/<tag>-<exp_id>",
+            ),
+        ] = "exp",
     ) -> ExperimentRecord:
         """Write results/<target>/<env>/<exp_id>/ from a finished run — scripts rendered from
         what actually ran, metrics.log, diff.patch, README.md — and append its row to
         results.tsv. There is no way to pass metrics: the server records what it measured.
         A KEEP moves the frontier to the experiment's branch; a DISCARD does not."""
-        return engine.record(check_name(run_id, "run id"), exp_id=exp_id,
-                             description=description, hypothesis=hypothesis, evidence=evidence,
-                             output_type=output_type, tag=tag)
+        return engine.record(
+            check_name(run_id, "run id"),
+            exp_id=exp_id,
+            description=description,
+            hypothesis=hypothesis,
+            evidence=evidence,
+            output_type=output_type,
+            tag=tag,
+        )
 
     @mcp.tool(annotations=READ_ONLY)
     @tool_errors
     async def experiment_status(
         target: TargetName,
-        env: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$",
-                                  description="local | docker | kubernetes")] = "local",
+        env: Annotated[
+            str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="local | docker | kubernetes")
+        ] = "local",
     ) -> ExperimentStatus:
         """Where the loop stands (resume): frontier, candidates.md, the last results.tsv rows,
         the latest profiles, and runs interrupted by a crash or a cancel."""
         return engine.status(target, env)
 
-    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False,
-                                          idempotent_hint=False, open_world_hint=False))
+    @mcp.tool(
+        annotations=ToolAnnotations(
+            read_only_hint=False,
+            destructive_hint=False,
+            idempotent_hint=False,
+            open_world_hint=False,
+        )
+    )
     @tool_errors
     async def record_candidate(
         target: TargetName,
         title: Annotated[str, Field(min_length=1, max_length=200)],
-        evidence: Annotated[str, Field(min_length=1, description=(
-            "profile evidence: function, stack, bytes and % of the total"))],
+        evidence: Annotated[
+            str,
+            Field(
+                min_length=1,
+                description=("profile evidence: function, stack, bytes and % of the total"),
+            ),
+        ],
         root_cause: Annotated[str, Field(min_length=1)],
         fix: Annotated[str, Field(min_length=1, description="the structural fix (not a constant)")],
         targeted_workload: Annotated[str, Field(min_length=1)],
@@ -305,9 +444,16 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
     ) -> dict[str, str]:
         """Append a Phase 2 candidate to results/<target>/<env>/candidates.md."""
         engine.spec(target)
-        path = append_candidate(ws, target, env, title=title, evidence=evidence,
-                                root_cause=root_cause, fix=fix,
-                                targeted_workload=targeted_workload)
+        path = append_candidate(
+            ws,
+            target,
+            env,
+            title=title,
+            evidence=evidence,
+            root_cause=root_cause,
+            fix=fix,
+            targeted_workload=targeted_workload,
+        )
         return {"candidates_file": path}
 
     return mcp
@@ -321,21 +467,37 @@ def run_result(run: ABRun) -> CallToolResult:
         if not sample.warmup:
             values[sample.arm].append(sample.metrics.get(run.metric) if sample.ok else None)
     view = views.RunResult(
-        run_id=run.id, target=run.target, backend=run.backend, status=run.status,
-        verdict=decision.get("verdict"), reason=decision.get("reason"),  # type: ignore[arg-type]
+        run_id=run.id,
+        target=run.target,
+        backend=run.backend,
+        status=run.status,
+        verdict=decision.get("verdict"),
+        reason=decision.get("reason"),  # type: ignore[arg-type]
         seed_rule_keep=decision.get("seed_rule_keep"),  # type: ignore[arg-type]
         warnings=decision.get("warnings", []),  # type: ignore[arg-type]
-        base=run.base, commits=run.commits, patch_sha256=run.patch_sha256,
-        patch_files=run.patch_files, runs=run.runs, warmup=run.warmup, order=run.order,
-        seed=run.seed, metric=run.metric, direction=run.direction,
-        min_effect_pct=run.min_effect_pct, values=values,
-        failed={a: sum(1 for s in run.samples if s.arm == a and not s.ok and not s.warmup)
-                for a in ("A", "B")},
+        base=run.base,
+        commits=run.commits,
+        patch_sha256=run.patch_sha256,
+        patch_files=run.patch_files,
+        runs=run.runs,
+        warmup=run.warmup,
+        order=run.order,
+        seed=run.seed,
+        metric=run.metric,
+        direction=run.direction,
+        min_effect_pct=run.min_effect_pct,
+        values=values,
+        failed={
+            a: sum(1 for s in run.samples if s.arm == a and not s.ok and not s.warmup)
+            for a in ("A", "B")
+        },
         report=run.report.model_dump(mode="json") if run.report else None,
-        error=run.error, plot=run.plot,
+        error=run.error,
+        plot=run.plot,
     )
-    summary = (f"{run.id} [{run.status}] {view.verdict or 'no decision'}: "
-               f"{view.reason or run.error or ''}")
+    summary = (
+        f"{run.id} [{run.status}] {view.verdict or 'no decision'}: {view.reason or run.error or ''}"
+    )
     content: list[TextContent | ImageContent] = [
         TextContent(type="text", text=summary),
         TextContent(type="text", text=view.model_dump_json()),
@@ -350,15 +512,24 @@ def _broken_names(ws: Workspace) -> list[str]:
     """Target folders whose name is fine but whose target.md is missing."""
     if not ws.targets_dir.is_dir():
         return []
-    return sorted(p.name for p in ws.targets_dir.iterdir()
-                  if p.is_dir() and not (p / "target.md").exists() and not p.name.startswith("."))
+    return sorted(
+        p.name
+        for p in ws.targets_dir.iterdir()
+        if p.is_dir() and not (p / "target.md").exists() and not p.name.startswith(".")
+    )
 
 
 def _register_resources(mcp: MCPServer, ws: Workspace) -> None:
     program = ws.root / "program.md"
-    mcp.add_resource(FileResource(uri="autoopt://program.md", name="program.md",
-                                  path=program, mime_type="text/markdown",
-                                  description="The methodology: read this first."))
+    mcp.add_resource(
+        FileResource(
+            uri="autoopt://program.md",
+            name="program.md",
+            path=program,
+            mime_type="text/markdown",
+            description="The methodology: read this first.",
+        )
+    )
 
     def target_file(name: str, filename: str) -> str:
         try:
@@ -375,8 +546,9 @@ def _register_resources(mcp: MCPServer, ws: Workspace) -> None:
         """A target's definition: source, metric, workload, scope, constraints."""
         return target_file(name, "target.md")
 
-    @mcp.resource("autoopt://results/{target}/{env}/results.tsv",
-                  mime_type="text/tab-separated-values")
+    @mcp.resource(
+        "autoopt://results/{target}/{env}/results.tsv", mime_type="text/tab-separated-values"
+    )
     def results_tsv(target: str, env: str) -> str:
         """One row per experiment, failures included (the seed's columns + statistics)."""
         path = ws.results_for(target, env) / "results.tsv"

@@ -19,11 +19,18 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run the pyserver optimization loop through an MCP client")
     demo.add_argument("--runs", type=int, default=5, help="runs per arm (>= 3)")
     demo.add_argument("--env", default="local", help="backend: local | docker | kubernetes")
-    demo.add_argument("--workspace", type=Path, default=None,
-                      help="an empty folder for the demo's workspace (default: demo-runs/<time>)")
+    demo.add_argument(
+        "--workspace",
+        type=Path,
+        default=None,
+        help="an empty folder for the demo's workspace (default: demo-runs/<time>)",
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("AUTOOPT_LOG_LEVEL", "WARNING"), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("AUTOOPT_LOG_LEVEL", "WARNING"),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if args.command == "serve":
         from autoopt.server.transport import serve_http, serve_stdio
 

@@ -19,17 +19,29 @@ import anyio
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENTS = [
-    ("exp001", "pyserver-history-cap.patch", "peak_rss_mb",
-     "cap HISTORY and keep shallow copies",
-     "HISTORY keeps a deep copy of the whole store on every /process and is never trimmed; "
-     "capping it and storing shallow copies removes most of the peak"),
-    ("exp002", "pyserver-set-membership.patch", "latency_p99_ms",
-     "set for membership checks in /ingest",
-     "ingest checks membership with `in` on a list (O(n) per item); a set makes it O(1) and "
-     "cuts request latency"),
-    ("exp003", "pyserver-generator-stats.patch", "peak_rss_mb",
-     "generators instead of intermediate lists in /stats",
-     "the statistics materialise several full lists; streaming them may lower the peak"),
+    (
+        "exp001",
+        "pyserver-history-cap.patch",
+        "peak_rss_mb",
+        "cap HISTORY and keep shallow copies",
+        "HISTORY keeps a deep copy of the whole store on every /process and is never trimmed; "
+        "capping it and storing shallow copies removes most of the peak",
+    ),
+    (
+        "exp002",
+        "pyserver-set-membership.patch",
+        "latency_p99_ms",
+        "set for membership checks in /ingest",
+        "ingest checks membership with `in` on a list (O(n) per item); a set makes it O(1) and "
+        "cuts request latency",
+    ),
+    (
+        "exp003",
+        "pyserver-generator-stats.patch",
+        "peak_rss_mb",
+        "generators instead of intermediate lists in /stats",
+        "the statistics materialise several full lists; streaming them may lower the peak",
+    ),
 ]
 
 
@@ -60,8 +72,9 @@ def prepare_workspace(dest: Path | None) -> Path:
     if root.exists() and any(root.iterdir()):
         raise SystemExit(f"{root} is not empty; give a new --workspace")
     root.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(REPO / "targets", root / "targets",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        REPO / "targets", root / "targets", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     shutil.copy2(REPO / "program.md", root / "program.md")
     return root
 
@@ -72,9 +85,13 @@ async def demo(root: Path, runs: int, backend: str) -> list[dict[str, Any]]:
     from mcp import Client, StdioServerParameters
 
     params = StdioServerParameters(
-        command=sys.executable, args=["-m", "autoopt.server.cli", "serve"],
-        env={"AUTOOPT_WORKSPACE": str(root), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-             "HOME": os.environ.get("HOME", "/root")},
+        command=sys.executable,
+        args=["-m", "autoopt.server.cli", "serve"],
+        env={
+            "AUTOOPT_WORKSPACE": str(root),
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/root"),
+        },
     )
     patches = REPO / "examples" / "patches"
     rows: list[dict[str, Any]] = []
@@ -83,9 +100,11 @@ async def demo(root: Path, runs: int, backend: str) -> list[dict[str, Any]]:
         say(f"autoopt demo: workspace {root}, backend {backend}, {runs} runs per arm")
         targets = await s.call("list_targets")
         spec = next(t for t in targets["targets"] if t["name"] == "pyserver")["spec"]
-        say(f"[setup] pyserver: {spec['primary']['name']} ({spec['primary']['direction']} is "
+        say(
+            f"[setup] pyserver: {spec['primary']['name']} ({spec['primary']['direction']} is "
             f"better), editable {spec['scope']['editable']}, "
-            f"{len(spec['guardrails'])} guardrails")
+            f"{len(spec['guardrails'])} guardrails"
+        )
         say("[phase 0] workload check: build, deploy, one workload run, teardown")
         build = await s.call("build", target="pyserver", backend=backend)
         dep = await s.call("deploy", build_id=build["build_id"])
@@ -95,25 +114,37 @@ async def demo(root: Path, runs: int, backend: str) -> list[dict[str, Any]]:
         tools = {t.name for t in (await client.list_tools()).tools}
         if "profile_memory" in tools:
             say("[phase 1] memory profile of the baseline at its peak")
-            prof = await s.call("profile_memory", target="pyserver", label="baseline",
-                                backend=backend)
+            prof = await s.call(
+                "profile_memory", target="pyserver", label="baseline", backend=backend
+            )
             for line in prof.get("top", [])[:5]:
                 say(f"    {line}")
         say("[baseline] A/A run: the noise floor")
         aa = await s.call("run_ab", target="pyserver", runs=3, warmup=0, backend=backend, seed=1)
-        await s.call("record_experiment", run_id=aa["run_id"], exp_id="baseline",
-                     description="baseline (A/A, unmodified)", output_type="report",
-                     hypothesis="A/A: both arms are the same commit; measures the noise floor")
+        await s.call(
+            "record_experiment",
+            run_id=aa["run_id"],
+            exp_id="baseline",
+            description="baseline (A/A, unmodified)",
+            output_type="report",
+            hypothesis="A/A: both arms are the same commit; measures the noise floor",
+        )
         rows.append(_row("baseline", aa))
         for exp_id, patch_name, metric, description, hypothesis in EXPERIMENTS:
             say(f"[phase 3] {exp_id}: {description} (primary metric {metric})")
             patch = (patches / patch_name).read_text()
-            result = await s.call("run_ab", target="pyserver", patch=patch, runs=runs,
-                                  backend=backend, metric=metric)
+            result = await s.call(
+                "run_ab", target="pyserver", patch=patch, runs=runs, backend=backend, metric=metric
+            )
             say(f"    {result['verdict']}: {result['reason']}")
-            record = await s.call("record_experiment", run_id=result["run_id"], exp_id=exp_id,
-                                  description=description, hypothesis=hypothesis,
-                                  output_type="pr" if result["verdict"] == "KEEP" else "report")
+            record = await s.call(
+                "record_experiment",
+                run_id=result["run_id"],
+                exp_id=exp_id,
+                description=description,
+                hypothesis=hypothesis,
+                output_type="pr" if result["verdict"] == "KEEP" else "report",
+            )
             say(f"    recorded {record['directory']} (frontier moved: {record['frontier_moved']})")
             rows.append(_row(exp_id, result))
     return rows
@@ -121,13 +152,21 @@ async def demo(root: Path, runs: int, backend: str) -> list[dict[str, Any]]:
 
 def _row(exp_id: str, result: dict[str, Any]) -> dict[str, Any]:
     primary = ((result.get("report") or {}).get("decision") or {}).get("primary") or {}
-    return {"exp_id": exp_id, "metric": result["metric"], "verdict": result["verdict"],
-            "change": primary.get("change_pct"), "ci": (primary.get("ci_low"), primary.get("ci_high"))}
+    return {
+        "exp_id": exp_id,
+        "metric": result["metric"],
+        "verdict": result["verdict"],
+        "change": primary.get("change_pct"),
+        "ci": (primary.get("ci_low"), primary.get("ci_high")),
+    }
 
 
 def summary(rows: list[dict[str, Any]]) -> str:
-    out = ["", "| experiment | metric | decision | change | 95% CI of B/A |",
-           "|---|---|---|---|---|"]
+    out = [
+        "",
+        "| experiment | metric | decision | change | 95% CI of B/A |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         change = "-" if r["change"] is None else f"{r['change']:+.1f}%"
         lo, hi = r["ci"]

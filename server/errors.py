@@ -7,9 +7,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
-from mcp.server.mcpserver.exceptions import ToolError
-
 from autoopt.tools.errors import AutooptError
+from mcp.server.mcpserver.exceptions import ToolError
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -33,9 +33,16 @@ class BearerAuth:
         if scope["type"] == "http":
             given = dict(scope.get("headers") or []).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
-                await send({"type": "http.response.start", "status": 401,
-                            "headers": [(b"content-type", b"text/plain"),
-                                        (b"www-authenticate", b"Bearer")]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [
+                            (b"content-type", b"text/plain"),
+                            (b"www-authenticate", b"Bearer"),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": b"missing or wrong bearer token"})
                 return
         await self.app(scope, receive, send)
@@ -43,9 +50,8 @@ class BearerAuth:
 
 def http_app(host: str, port: int) -> Any:
     """The ASGI app for `autoopt serve --http`; raises SystemExit on an unsafe setup."""
-    from mcp.server.transport_security import TransportSecuritySettings
-
     from autoopt.server.app import create_server
+    from mcp.server.transport_security import TransportSecuritySettings
 
     token = os.environ.get("AUTOOPT_HTTP_TOKEN", "")
     if host not in LOOPBACK and not token:
@@ -58,9 +64,12 @@ def http_app(host: str, port: int) -> Any:
     if host not in LOOPBACK:
         hosts.append(f"{host}:{port}")
         origins.append(f"http://{host}:{port}")
-    origins += [o.strip() for o in os.environ.get("AUTOOPT_HTTP_ORIGINS", "").split(",") if o.strip()]
-    security = TransportSecuritySettings(enable_dns_rebinding_protection=True,
-                                         allowed_hosts=hosts, allowed_origins=origins)
+    origins += [
+        o.strip() for o in os.environ.get("AUTOOPT_HTTP_ORIGINS", "").split(",") if o.strip()
+    ]
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
     app = create_server().streamable_http_app(transport_security=security, host=host)
     return BearerAuth(app, token) if token else app
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
-
 from autoopt.tools.targets import TargetSpec
+from pydantic import BaseModel, Field
 
 
 class Readiness(BaseModel):
@@ -100,7 +99,8 @@ class RunResult(BaseModel):
     direction: str
     min_effect_pct: float
     values: dict[str, list[float | None]] = Field(
-        default_factory=dict, description="primary metric per arm, in run order (None = failed)")
+        default_factory=dict, description="primary metric per arm, in run order (None = failed)"
+    )
     failed: dict[str, int] = Field(default_factory=dict)
     report: dict[str, object] | None = None
     error: str | None = None

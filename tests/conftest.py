@@ -9,10 +9,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from mcp import Client
-
 from autoopt.server.app import create_server
 from autoopt.tools.workspace import Workspace
+from mcp import Client
 
 REPO = Path(__file__).resolve().parent.parent
 PATCHES = REPO / "examples" / "patches"
@@ -28,8 +27,9 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     """A copy of the repository's targets and program.md in a temporary directory."""
     root = tmp_path / "ws"
     root.mkdir()
-    shutil.copytree(REPO / "targets", root / "targets",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        REPO / "targets", root / "targets", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     shutil.copy2(REPO / "program.md", root / "program.md")
     monkeypatch.delenv("AUTOOPT_STATE_DIR", raising=False)
     monkeypatch.setenv("AUTOOPT_WORKSPACE", str(root))

@@ -18,14 +18,13 @@ from typing import Literal
 from uuid import uuid4
 
 import anyio
-from pydantic import BaseModel, Field
-
 from autoopt.tools.backends.base import Backend, Build, Sample
 from autoopt.tools.errors import AutooptError, NotFound, RuleViolation
 from autoopt.tools.journal import Journal
 from autoopt.tools.state import load_json, save_model
 from autoopt.tools.targets import Direction, TargetSpec
 from autoopt.tools.workload import workload_argv
+from pydantic import BaseModel, Field
 
 MIN_RUNS = 3
 Order = Literal["abba", "random", "alternate"]
@@ -109,8 +108,10 @@ class ABRun(BaseModel):
     error: str | None = None
     plot: str | None = None
     profiled: bool = False
-    path: str = Field(default_factory=lambda: os.environ.get("PATH", "/usr/bin:/bin"),
-                      description="the PATH the server ran the steps with")
+    path: str = Field(
+        default_factory=lambda: os.environ.get("PATH", "/usr/bin:/bin"),
+        description="the PATH the server ran the steps with",
+    )
 
 
 def make_schedule(runs: int, warmup: int, order: Order, seed: int) -> list[Slot]:
@@ -177,8 +178,15 @@ def mark_crashed(state_dir: Path) -> list[str]:
 class ABRunner:
     """Executes one ABRun against a backend; the engine supplies builds and tracking."""
 
-    def __init__(self, spec: TargetSpec, backend: Backend, run: ABRun, folder: Path,
-                 script: Path | None, track: Callable[[object, bool], None]) -> None:
+    def __init__(
+        self,
+        spec: TargetSpec,
+        backend: Backend,
+        run: ABRun,
+        folder: Path,
+        script: Path | None,
+        track: Callable[[object, bool], None],
+    ) -> None:
         self.spec = spec
         self.backend = backend
         self.run = run
@@ -239,8 +247,9 @@ class ABRunner:
     async def one(self, build: Build, slot: Slot) -> Sample:
         """deploy -> reset peak -> workload -> collect -> teardown, never leaving a process."""
         spec, backend = self.spec, self.backend
-        sample = Sample(run=slot.index, arm=slot.arm, build_id=build.id, ok=False,
-                        warmup=slot.warmup)
+        sample = Sample(
+            run=slot.index, arm=slot.arm, build_id=build.id, ok=False, warmup=slot.warmup
+        )
         deployment = None
         t0 = time.monotonic()
         try:
@@ -249,8 +258,9 @@ class ABRunner:
             t1 = time.monotonic()
             await backend.reset_peak(deployment)
             argv, shell = workload_argv(spec, self.script, deployment.endpoint)
-            result = await backend.run_workload(spec, deployment, argv, shell,
-                                                name=f"run{slot.index:03d}-{slot.arm}")
+            result = await backend.run_workload(
+                spec, deployment, argv, shell, name=f"run{slot.index:03d}-{slot.arm}"
+            )
             t2 = time.monotonic()
             collected = await backend.collect(spec, deployment, result)
             t3 = time.monotonic()
@@ -258,8 +268,9 @@ class ABRunner:
             restarts = int(collected.get("restarts", 0))  # type: ignore[call-overload]
             oom = bool(collected.get("oom_killed", False))
             died = bool(collected.get("died", False))
-            metrics.update(pod_restarts=float(restarts), restarts=float(restarts),
-                           oom_killed=float(oom))
+            metrics.update(
+                pod_restarts=float(restarts), restarts=float(restarts), oom_killed=float(oom)
+            )
             sample.metrics = metrics
             sample.smaps = dict(collected.get("smaps", {}))  # type: ignore[call-overload]
             sample.died, sample.restarts, sample.oom_killed = died, restarts, oom
@@ -324,11 +335,19 @@ def analyse(run: ABRun, spec: TargetSpec, look: int | None) -> ABReport:
         alpha = stats.sequential_boundaries(looks)[-1]
     guardrails = [(g, values("A", g.metric), values("B", g.metric)) for g in spec.guardrails]
     decision = decide(
-        values("A", run.metric), values("B", run.metric),
-        metric=run.metric, direction=run.direction, min_effect_pct=run.min_effect_pct,
-        guardrails=guardrails, failed_runs_a=failed["A"], failed_runs_b=failed["B"],
-        paired=paired, one_sided_alpha=alpha, final_look=final,
-        inconclusive_is_discard=run.sequential and final, look=look,
+        values("A", run.metric),
+        values("B", run.metric),
+        metric=run.metric,
+        direction=run.direction,
+        min_effect_pct=run.min_effect_pct,
+        guardrails=guardrails,
+        failed_runs_a=failed["A"],
+        failed_runs_b=failed["B"],
+        paired=paired,
+        one_sided_alpha=alpha,
+        final_look=final,
+        inconclusive_is_discard=run.sequential and final,
+        look=look,
     )
     names = sorted({m for s in ok["A"] + ok["B"] for m in s.metrics})
     reports = []
@@ -339,19 +358,32 @@ def analyse(run: ABRun, spec: TargetSpec, look: int | None) -> ABReport:
         direction = run.direction if name == run.metric else guess_direction(name)
         comparison = None
         if len(va) >= 2 and len(vb) >= 2:
-            comparison = stats.compare(va, vb, metric=name, direction=direction,
-                                       paired=paired and len(va) == len(vb)).model_dump(mode="json")
-        reports.append(MetricReport(
-            metric=name, direction=direction,
-            a=ArmReport(values=va, summary=stats.summarize(va).model_dump(mode="json")),
-            b=ArmReport(values=vb, summary=stats.summarize(vb).model_dump(mode="json")),
-            comparison=comparison,
-        ))
+            comparison = stats.compare(
+                va, vb, metric=name, direction=direction, paired=paired and len(va) == len(vb)
+            ).model_dump(mode="json")
+        reports.append(
+            MetricReport(
+                metric=name,
+                direction=direction,
+                a=ArmReport(values=va, summary=stats.summarize(va).model_dump(mode="json")),
+                b=ArmReport(values=vb, summary=stats.summarize(vb).model_dump(mode="json")),
+                comparison=comparison,
+            )
+        )
     return ABReport(
-        metric=run.metric, direction=run.direction, n_a=len(ok["A"]), n_b=len(ok["B"]),
-        failed_a=failed["A"], failed_b=failed["B"], paired=paired, metrics=reports,
+        metric=run.metric,
+        direction=run.direction,
+        n_a=len(ok["A"]),
+        n_b=len(ok["B"]),
+        failed_a=failed["A"],
+        failed_b=failed["B"],
+        paired=paired,
+        metrics=reports,
         decision=decision.model_dump(mode="json"),
-        drift={arm: stats.drift_slope(values(arm, run.metric)) for arm in ("A", "B")},
+        drift={
+            arm: stats.drift_slope(v) if len(v := values(arm, run.metric)) >= 3 else None
+            for arm in ("A", "B")
+        },
     )
 
 
@@ -363,21 +395,43 @@ def check_runs(runs: int) -> None:
         )
 
 
-def new_run(spec: TargetSpec, *, backend: str, base: str, patch: str | None, runs: int,
-            warmup: int, order: Order, seed: int | None, sequential: bool, metric: str | None,
-            direction: Direction | None, min_effect: float | None, workload: str | None,
-            allow_constant_tuning: bool) -> ABRun:
+def new_run(
+    spec: TargetSpec,
+    *,
+    backend: str,
+    base: str,
+    patch: str | None,
+    runs: int,
+    warmup: int,
+    order: Order,
+    seed: int | None,
+    sequential: bool,
+    metric: str | None,
+    direction: Direction | None,
+    min_effect: float | None,
+    workload: str | None,
+    allow_constant_tuning: bool,
+) -> ABRun:
     check_runs(runs)
     chosen = metric or spec.primary.name
     looks = [n for n in LOOKS if n < runs] + [runs] if sequential else []
     seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
     return ABRun(
         id=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid4().hex[:6]}",
-        target=spec.name, backend=backend, base=base, patch=patch, runs=runs, warmup=warmup,
-        order=order, seed=seed, sequential=sequential, looks=looks, workload=workload,
+        target=spec.name,
+        backend=backend,
+        base=base,
+        patch=patch,
+        runs=runs,
+        warmup=warmup,
+        order=order,
+        seed=seed,
+        sequential=sequential,
+        looks=looks,
+        workload=workload,
         metric=chosen,
-        direction=direction or (spec.primary.direction if chosen == spec.primary.name
-                                else guess_direction(chosen)),
+        direction=direction
+        or (spec.primary.direction if chosen == spec.primary.name else guess_direction(chosen)),
         unit=spec.primary.unit if chosen == spec.primary.name else "",
         min_effect_pct=min_effect if min_effect is not None else spec.min_effect_pct,
         schedule=make_schedule(runs, warmup, order, seed),

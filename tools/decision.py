@@ -4,12 +4,12 @@ The rule (stats-anchors-report, section 3):
 - KEEP only when the primary metric's one-sided bound shows a gain (``gain_bound`` on the
   good side of 1), the point estimate gains at least ``min_effect_pct``, and every
   guardrail passes. This is an intersection-union test: false-KEEP stays <= alpha.
-- DISCARD when a guardrail fails, or when even the best plausible gain (the optimistic
+- DISCARD when a guardrail is shown broken, or when even the best plausible gain (the optimistic
   one-sided bound) is below ``min_effect_pct`` (a non-binding futility stop).
 - INCONCLUSIVE otherwise: add runs. At the run cap of a sequential design
   (``final_look`` and ``inconclusive_is_discard``) INCONCLUSIVE becomes DISCARD.
-At an interim look (``final_look=False``) a guardrail that is merely not yet shown to
-hold keeps the experiment going; one that is shown to be broken discards at once.
+A guardrail that is merely not yet shown to hold (its bound straddles the limit) leaves the
+experiment INCONCLUSIVE — add runs; one that is shown to be broken discards at once.
 """
 
 import math
@@ -226,7 +226,7 @@ def _rule_verdict(
     head = _primary_text(c)
     if c.gain_bound is None or c.ratio_geomean is None:
         return Verdict.INCONCLUSIVE, f"{head}; no % change can be judged"
-    failed = [k for k in checks if k.violated or (final_look and not k.passed)]
+    failed = [k for k in checks if k.violated]
     unproven = [k for k in checks if not k.passed and not k.violated]
     level = _level(c.one_sided_alpha)
     gain = _gain_pct(c.ratio_geomean, c.direction)

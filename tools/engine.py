@@ -13,7 +13,6 @@ from pathlib import Path
 from uuid import uuid4
 
 import anyio
-
 from autoopt.tools.abrun import (
     ABRun,
     ABRunner,
@@ -121,11 +120,16 @@ class Engine:
         try:
             tree_commit = source.worktree(commit, folder / "tree", patch, journal)
             build = Build(
-                id=build_id, target=spec.name, backend=backend, base=commit, commit=tree_commit,
+                id=build_id,
+                target=spec.name,
+                backend=backend,
+                base=commit,
+                commit=tree_commit,
                 patch_sha256=info.sha256 if info else None,
                 patch_files=info.files if info else [],
                 allow_constant_tuning=allow_constant_tuning,
-                tree=str(folder / "tree"), journal=journal,
+                tree=str(folder / "tree"),
+                journal=journal,
             )
             if patch:
                 (folder / "patch.diff").write_text(patch)
@@ -193,10 +197,22 @@ class Engine:
         impl = self.backend(backend)
         script = workload_script(self.workspace, spec, workload)
         base_commit = self.source(spec).resolve(base)
-        run = new_run(spec, backend=backend, base=base_commit, patch=patch, runs=runs,
-                      warmup=warmup, order=order, seed=seed, sequential=sequential,
-                      metric=metric, direction=direction, min_effect=min_effect,
-                      workload=workload, allow_constant_tuning=allow_constant_tuning)
+        run = new_run(
+            spec,
+            backend=backend,
+            base=base_commit,
+            patch=patch,
+            runs=runs,
+            warmup=warmup,
+            order=order,
+            seed=seed,
+            sequential=sequential,
+            metric=metric,
+            direction=direction,
+            min_effect=min_effect,
+            workload=workload,
+            allow_constant_tuning=allow_constant_tuning,
+        )
         run.workload_files = _workload_files(self.workspace, spec, script)
         folder = runs_dir(self.workspace.state_dir) / run.id
         folder.mkdir(parents=True)
@@ -207,11 +223,15 @@ class Engine:
 
         builds: dict[str, Build] = {}
         try:
-            builds["A"] = await self.build(target, base=base_commit, backend=backend,
-                                           progress=note)
-            builds["B"] = await self.build(target, base=base_commit, patch=patch,
-                                           backend=backend, progress=note,
-                                           allow_constant_tuning=allow_constant_tuning)
+            builds["A"] = await self.build(target, base=base_commit, backend=backend, progress=note)
+            builds["B"] = await self.build(
+                target,
+                base=base_commit,
+                patch=patch,
+                backend=backend,
+                progress=note,
+                allow_constant_tuning=allow_constant_tuning,
+            )
             build_b = builds["B"]
             run.patch_sha256, run.patch_files = build_b.patch_sha256, build_b.patch_files
             for arm, b in builds.items():
@@ -270,8 +290,10 @@ class Engine:
 
     def _save_deployments(self) -> None:
         with locked(self.workspace.state_dir / "deployments.lock"):
-            data = {d.id: d.model_dump(mode="json", exclude={"journal"})
-                    for d in self.deployments.values()}
+            data = {
+                d.id: d.model_dump(mode="json", exclude={"journal"})
+                for d in self.deployments.values()
+            }
             write_atomic(self._deployments_file, json.dumps(data, indent=1))
 
     async def recover(self) -> list[str]:

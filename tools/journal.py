@@ -22,7 +22,9 @@ class Step(BaseModel):
 
     phase: Phase
     shell: str = Field(description="the line a human types, using the scripts' variables")
-    argv: list[str] = Field(default_factory=list, description="what really ran (empty for API calls)")
+    argv: list[str] = Field(
+        default_factory=list, description="what really ran (empty for API calls)"
+    )
     cwd: str | None = None
     env: dict[str, str] = Field(default_factory=dict, description="variables set for the step")
     arm: str | None = None

@@ -26,8 +26,14 @@ def plot_run(run: ABRun, dest: Path) -> Path:
         if not sample.ok or value is None:
             left.axvline(sample.run, color=color, linestyle=":", alpha=0.6)
             continue
-        left.scatter(sample.run, value, color=color, marker="o",
-                     facecolors="none" if sample.warmup else color, zorder=3)
+        left.scatter(
+            sample.run,
+            value,
+            color=color,
+            marker="o",
+            facecolors="none" if sample.warmup else color,
+            zorder=3,
+        )
         if not sample.warmup:
             series[sample.arm].append(value)
     unit = f" ({run.unit})" if run.unit else ""

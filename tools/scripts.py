@@ -40,12 +40,14 @@ ARM_SETUP = """  local ARM="$1"
 """
 
 SAVE_STATE = (
-    '  declare -p ' + " ".join(STATE_VARS) + ' 2>/dev/null | sed "s/^declare -[a-z-]* /declare -g /" '
+    "  declare -p "
+    + " ".join(STATE_VARS)
+    + ' 2>/dev/null | sed "s/^declare -[a-z-]* /declare -g /" '
     '> "$HERE/work/$ARM.env" || true\n'
 )
 
 FREE_PORT = (
-    "  PORT=\"$(python3 -c 'import socket; s=socket.socket(); s.bind((\"127.0.0.1\", 0)); "
+    '  PORT="$(python3 -c \'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); '
     "print(s.getsockname()[1])')\"\n"
     '  ENDPOINT="http://127.0.0.1:$PORT"\n'
 )
@@ -60,8 +62,7 @@ def _first_run_steps(run: ABRun, phase: Phase, arm: str) -> list[Step]:
     """The steps of `phase` in the first counted run of `arm` (else its first run)."""
     counted = [s.run for s in run.samples if s.arm == arm and not s.warmup]
     chosen = counted[0] if counted else next((s.run for s in run.samples if s.arm == arm), None)
-    return [s for s in run.journal.steps
-            if s.phase == phase and s.arm == arm and s.run == chosen]
+    return [s for s in run.journal.steps if s.phase == phase and s.arm == arm and s.run == chosen]
 
 
 def _arm_functions(run: ABRun, phase: Phase, *, before: str = "", after: str = "") -> str:
@@ -76,9 +77,15 @@ def _arm_functions(run: ABRun, phase: Phase, *, before: str = "", after: str = "
 
 
 def render_build(run: ABRun, repo_setup: str) -> str:
-    parts = [HEADER.format(title="build.sh: both arms from the same base commit " + run.base,
-                           run_id=run.id, target=run.target, backend=run.backend,
-                           path=run.path)]
+    parts = [
+        HEADER.format(
+            title="build.sh: both arms from the same base commit " + run.base,
+            run_id=run.id,
+            target=run.target,
+            backend=run.backend,
+            path=run.path,
+        )
+    ]
     parts.append(f"BASE={run.base}\n")
     parts.append("rm -rf work && mkdir -p work/logs\n" + repo_setup + "\n")
     for arm in ("A", "B"):
@@ -92,8 +99,9 @@ def render_build(run: ABRun, repo_setup: str) -> str:
 
 
 def render_phase(run: ABRun, phase: Phase, title: str) -> str:
-    head = HEADER.format(title=title, run_id=run.id, target=run.target, backend=run.backend,
-                           path=run.path)
+    head = HEADER.format(
+        title=title, run_id=run.id, target=run.target, backend=run.backend, path=run.path
+    )
     if phase == "deploy":
         return head + _arm_functions(run, phase, before=FREE_PORT, after=SAVE_STATE)
     if phase == "workload":
@@ -108,7 +116,7 @@ def _arm_functions_tee(run: ABRun) -> str:
     out = []
     for arm in ("A", "B"):
         steps = _first_run_steps(run, "workload", arm)
-        body = "".join(f"  {s.shell} | tee \"$LOGS/workload.out\"\n" for s in steps)
+        body = "".join(f'  {s.shell} | tee "$LOGS/workload.out"\n' for s in steps)
         out.append(f"arm_{arm.lower()}() {{\n{ARM_SETUP}{body or NOOP}}}\n")
     out.append('for ARM in "${ARMS[@]}"; do\n  echo "== $ARM"\n  "arm_$ARM" "$ARM"\ndone\n')
     return "\n".join(out)
@@ -117,10 +125,16 @@ def _arm_functions_tee(run: ABRun) -> str:
 def render_reproduce(run: ABRun) -> str:
     """Replays the recorded schedule (warmups included) and prints each run's metric."""
     order = " ".join(f"{s.arm.lower()}{'w' if s.warmup else ''}" for s in run.schedule)
-    head = HEADER.format(title="reproduce.sh: replay the whole recorded A/B schedule",
-                         run_id=run.id, target=run.target, backend=run.backend,
-                           path=run.path)
-    return head + f"""# Recorded order (seed {run.seed}, {run.order}); 'w' marks a warmup run.
+    head = HEADER.format(
+        title="reproduce.sh: replay the whole recorded A/B schedule",
+        run_id=run.id,
+        target=run.target,
+        backend=run.backend,
+        path=run.path,
+    )
+    return (
+        head
+        + f"""# Recorded order (seed {run.seed}, {run.order}); 'w' marks a warmup run.
 ORDER=({order})
 [ -d work/a ] || ./build.sh
 : > work/replay.log
@@ -138,13 +152,18 @@ for slot in "${{ORDER[@]}}"; do
 done
 echo "recorded values: metrics.log; replayed values: work/replay.log"
 """
+    )
 
 
 def bundle_setup(bundle_name: str) -> str:
-    return (f"# The base commit ships with this record as {bundle_name} (a git bundle).\n"
-            f'git clone --quiet --no-checkout "$HERE/{bundle_name}" "$REPO"\n')
+    return (
+        f"# The base commit ships with this record as {bundle_name} (a git bundle).\n"
+        f'git clone --quiet --no-checkout "$HERE/{bundle_name}" "$REPO"\n'
+    )
 
 
 def clone_setup(repo: str, branch: str) -> str:
-    return (f"git clone --quiet --branch {shlex.quote(branch)} {shlex.quote(repo)} \"$REPO\"\n"
-            'git -C "$REPO" fetch --quiet origin "$BASE" 2>/dev/null || true\n')
+    return (
+        f'git clone --quiet --branch {shlex.quote(branch)} {shlex.quote(repo)} "$REPO"\n'
+        'git -C "$REPO" fetch --quiet origin "$BASE" 2>/dev/null || true\n'
+    )

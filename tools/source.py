@@ -13,12 +13,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from pydantic import BaseModel
-
 from autoopt.tools.errors import InvalidName, PatchError, RuleViolation, TargetSpecError
 from autoopt.tools.journal import Journal, Step
 from autoopt.tools.targets import TargetSpec
 from autoopt.tools.workspace import Workspace, inside
+from pydantic import BaseModel
 
 FRONTIER = "refs/autoopt/frontier"
 IMPORTED = "refs/autoopt/imported"
@@ -110,9 +109,16 @@ class Source:
         elif not (self.repo / ".git").exists():
             self.repo.parent.mkdir(parents=True, exist_ok=True)
             proc = subprocess.run(
-                ["git", "clone", "--branch", self.spec.source.branch, self.spec.source.repo,
-                 str(self.repo)],
-                capture_output=True, text=True,
+                [
+                    "git",
+                    "clone",
+                    "--branch",
+                    self.spec.source.branch,
+                    self.spec.source.repo,
+                    str(self.repo),
+                ],
+                capture_output=True,
+                text=True,
             )
             if proc.returncode != 0:
                 raise TargetSpecError(
@@ -142,8 +148,12 @@ class Source:
             return
         parents = ["-p", previous] if previous else []
         commit = git(
-            self.repo, "commit-tree", tree_id, *parents,
-            "-m", f"import {self.spec.source.path}",
+            self.repo,
+            "commit-tree",
+            tree_id,
+            *parents,
+            "-m",
+            f"import {self.spec.source.path}",
         ).strip()
         git(self.repo, "update-ref", IMPORTED, commit)
         git(self.repo, "update-ref", f"refs/heads/{self.spec.source.branch}", commit)
@@ -202,15 +212,22 @@ class Source:
         """Check out `commit` at `dest`, apply and commit `patch`; the tree's commit id."""
         git(self.repo, "worktree", "prune")
         git(self.repo, "worktree", "add", "--detach", "-f", str(dest), commit)
-        journal.add(Step(phase="source", shell=f'git -C "$REPO" worktree add --detach "$TREE" {commit}',
-                         argv=["git", "worktree", "add", "--detach", str(dest), commit]))
+        journal.add(
+            Step(
+                phase="source",
+                shell=f'git -C "$REPO" worktree add --detach "$TREE" {commit}',
+                argv=["git", "worktree", "add", "--detach", str(dest), commit],
+            )
+        )
         if not patch:
             return commit
         patch_file = dest.parent / "patch.diff"
         patch_file.write_text(patch)
         check = subprocess.run(
             ["git", "apply", "--check", "-v", str(patch_file)],
-            cwd=dest, capture_output=True, text=True,
+            cwd=dest,
+            capture_output=True,
+            text=True,
         )
         if check.returncode != 0:
             raise PatchError(
@@ -219,8 +236,9 @@ class Source:
             )
         argv = ["git", "apply", str(patch_file)]
         subprocess.run(argv, cwd=dest, check=True, capture_output=True)
-        journal.add(Step(phase="source", shell='git -C "$TREE" apply "$PATCH"', argv=argv,
-                         cwd=str(dest)))
+        journal.add(
+            Step(phase="source", shell='git -C "$TREE" apply "$PATCH"', argv=argv, cwd=str(dest))
+        )
         git(dest, "add", "-A")
         git(dest, "commit", "-q", "-m", "autoopt: apply patch")
         return git(dest, "rev-parse", "HEAD").strip()
@@ -242,7 +260,8 @@ class Source:
         _check_rel(path)
         proc = subprocess.run(
             ["git", "-C", str(self.repo), "show", f"{commit}:{path}"],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         if proc.returncode != 0:
             raise InvalidName(

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
-
 from autoopt.tools.abrun import runs_dir
 from autoopt.tools.state import load_json
 from autoopt.tools.workspace import Workspace, check_name
+from pydantic import BaseModel, Field
 
 
 class InterruptedRun(BaseModel):
@@ -37,46 +36,85 @@ def tsv_rows(text: str) -> list[dict[str, str]]:
     return [dict(zip(header, line.split("\t"), strict=False)) for line in lines[1:]]
 
 
-def experiment_status(workspace: Workspace, target: str, env: str, frontier: str,
-                      frontier_branch: str, live: list[str], tail: int = 10) -> ExperimentStatus:
+def experiment_status(
+    workspace: Workspace,
+    target: str,
+    env: str,
+    frontier: str,
+    frontier_branch: str,
+    live: list[str],
+    tail: int = 10,
+) -> ExperimentStatus:
     check_name(env, "environment name")
     results = workspace.results_for(target, env)
     tsv = results / "results.tsv"
     rows = tsv_rows(tsv.read_text()) if tsv.exists() else []
     candidates = results / "candidates.md"
     profiles = results / "profiles"
-    profile_files = sorted((p for p in profiles.iterdir() if p.is_file()),
-                           key=lambda p: p.stat().st_mtime, reverse=True) if profiles.is_dir() else []
+    profile_files = (
+        sorted(
+            (p for p in profiles.iterdir() if p.is_file()),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        if profiles.is_dir()
+        else []
+    )
     interrupted = []
     folder = runs_dir(workspace.state_dir)
     for path in sorted(folder.glob("*/run.json")) if folder.is_dir() else []:
         data = load_json(path) or {}
-        if data.get("target") == target and data.get("status") in ("crashed", "cancelled", "failed"):
-            interrupted.append(InterruptedRun(run_id=data["id"], status=data["status"],
-                                              samples=len(data.get("samples", [])),
-                                              error=data.get("error")))
+        if data.get("target") == target and data.get("status") in (
+            "crashed",
+            "cancelled",
+            "failed",
+        ):
+            interrupted.append(
+                InterruptedRun(
+                    run_id=data["id"],
+                    status=data["status"],
+                    samples=len(data.get("samples", [])),
+                    error=data.get("error"),
+                )
+            )
     return ExperimentStatus(
-        target=target, env=env, frontier=frontier, frontier_branch=frontier_branch,
+        target=target,
+        env=env,
+        frontier=frontier,
+        frontier_branch=frontier_branch,
         candidates=candidates.read_text() if candidates.exists() else "",
         results_tail=rows[-tail:],
-        experiments=sorted(p.name for p in results.iterdir()
-                           if p.is_dir() and p.name != "profiles") if results.is_dir() else [],
+        experiments=sorted(p.name for p in results.iterdir() if p.is_dir() and p.name != "profiles")
+        if results.is_dir()
+        else [],
         profiles=[str(p.relative_to(workspace.root)) for p in profile_files[:20]],
-        interrupted_runs=interrupted[-20:], live_deployments=live,
+        interrupted_runs=interrupted[-20:],
+        live_deployments=live,
     )
 
 
-def append_candidate(workspace: Workspace, target: str, env: str, *, title: str, evidence: str,
-                     root_cause: str, fix: str, targeted_workload: str) -> str:
+def append_candidate(
+    workspace: Workspace,
+    target: str,
+    env: str,
+    *,
+    title: str,
+    evidence: str,
+    root_cause: str,
+    fix: str,
+    targeted_workload: str,
+) -> str:
     """Append one candidate to candidates.md (Phase 2); returns the file's path."""
     from autoopt.tools.state import locked
 
     results = workspace.results_for(target, env)
     results.mkdir(parents=True, exist_ok=True)
     path = results / "candidates.md"
-    entry = (f"\n## {title.strip()}\n\n- **Profile evidence:** {evidence.strip()}\n"
-             f"- **Root cause:** {root_cause.strip()}\n- **Proposed structural fix:** "
-             f"{fix.strip()}\n- **Targeted workload:** {targeted_workload.strip()}\n")
+    entry = (
+        f"\n## {title.strip()}\n\n- **Profile evidence:** {evidence.strip()}\n"
+        f"- **Root cause:** {root_cause.strip()}\n- **Proposed structural fix:** "
+        f"{fix.strip()}\n- **Targeted workload:** {targeted_workload.strip()}\n"
+    )
     with locked(path.with_suffix(".md.lock")):
         new = not path.exists()
         with open(path, "a", encoding="utf-8") as f:

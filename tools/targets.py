@@ -14,10 +14,9 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
-
 from autoopt.tools.errors import TargetSpecError
 from autoopt.tools.workspace import Workspace
+from pydantic import BaseModel, Field
 
 Direction = Literal["lower", "higher"]
 Kind = Literal["service", "batch"]
@@ -154,10 +153,23 @@ def parse_number(value: str) -> float:
     return float(value.strip().rstrip("%"))
 
 
-KNOWN_SECTIONS = frozenset({
-    "source", "build", "primary metric", "secondary metrics", "workload", "scope",
-    "constraints", "service", "profiling", "local", "docker", "kubernetes", "decision",
-})
+KNOWN_SECTIONS = frozenset(
+    {
+        "source",
+        "build",
+        "primary metric",
+        "secondary metrics",
+        "workload",
+        "scope",
+        "constraints",
+        "service",
+        "profiling",
+        "local",
+        "docker",
+        "kubernetes",
+        "decision",
+    }
+)
 
 
 class _Section:
@@ -242,8 +254,9 @@ class _Reader:
             )
         return got
 
-    def number(self, section: str, key: str, parse: Callable[[str], float] = parse_number
-               ) -> float | None:
+    def number(
+        self, section: str, key: str, parse: Callable[[str], float] = parse_number
+    ) -> float | None:
         got = self.value(section, key)
         if got is None:
             return None
@@ -307,12 +320,16 @@ def parse_target(path: Path) -> TargetSpec:
         return TargetSpec(
             name=path.name,
             kind=r.choice("local", "kind", "service", ("service", "batch")),  # type: ignore[arg-type]
-            source=SourceSpec(repo=r.need("source", "repo"),
-                              branch=r.value("source", "branch") or "main",
-                              path=r.value("source", "path")),
-            build=BuildSpec(dockerfile=r.value("build", "dockerfile"),
-                            timeout_s=r.number("build", "build_timeout", parse_duration) or 600.0,
-                            args=_build_args(r)),
+            source=SourceSpec(
+                repo=r.need("source", "repo"),
+                branch=r.value("source", "branch") or "main",
+                path=r.value("source", "path"),
+            ),
+            build=BuildSpec(
+                dockerfile=r.value("build", "dockerfile"),
+                timeout_s=r.number("build", "build_timeout", parse_duration) or 600.0,
+                args=_build_args(r),
+            ),
             primary=MetricSpec(
                 name=r.need("primary metric", "name"),
                 direction=r.choice("primary metric", "direction", "", ("lower", "higher")),  # type: ignore[arg-type]
@@ -338,12 +355,16 @@ def parse_target(path: Path) -> TargetSpec:
                 workload=r.value("local", "workload"),
                 measure_children=(r.value("local", "measure_children") or "").lower() == "true",
             ),
-            docker=DockerSpec(base_image_arg=r.value("docker", "base_image_arg", "BASE_IMAGE"),
-                              memory=r.value("docker", "memory"),
-                              cpus=r.number("docker", "cpus")),
-            kubernetes=KubernetesSpec(manifest=r.value("kubernetes", "manifest"),
-                                      memory=r.value("kubernetes", "memory"),
-                                      cpu=r.value("kubernetes", "cpu")),
+            docker=DockerSpec(
+                base_image_arg=r.value("docker", "base_image_arg", "BASE_IMAGE"),
+                memory=r.value("docker", "memory"),
+                cpus=r.number("docker", "cpus"),
+            ),
+            kubernetes=KubernetesSpec(
+                manifest=r.value("kubernetes", "manifest"),
+                memory=r.value("kubernetes", "memory"),
+                cpu=r.value("kubernetes", "cpu"),
+            ),
             min_effect_pct=r.number("decision", "min_effect_pct") or 1.0,
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError

@@ -44,7 +44,8 @@ def workload_script(workspace: Workspace, spec: TargetSpec, script: str | None) 
     if script:
         if "/" in script or script.startswith((".", "-")):
             raise InvalidName(
-                f"workload {script!r}: name a file in targets/{spec.name}/ (e.g. workload-ingest.sh)"
+                f"workload {script!r}: name a file in targets/{spec.name}/ "
+                "(e.g. workload-ingest.sh)"
             )
         path = inside(target_dir, script)
         if not path.is_file():
@@ -56,10 +57,14 @@ def workload_script(workspace: Workspace, spec: TargetSpec, script: str | None) 
     if spec.local.workload:
         return None
     if not spec.workload.script:
-        raise TargetSpecError(f"target {spec.name} has no '## Workload' script: or '## Local' workload")
+        raise TargetSpecError(
+            f"target {spec.name} has no '## Workload' script: or '## Local' workload"
+        )
     path = inside(workspace.root, spec.workload.script)
     if not path.is_file():
-        raise TargetSpecError(f"target {spec.name}: workload script {spec.workload.script} is missing")
+        raise TargetSpecError(
+            f"target {spec.name}: workload script {spec.workload.script} is missing"
+        )
     return path
 
 

@@ -22,7 +22,7 @@ import pytest
 from autoopt.server.app import create_server
 from autoopt.tools.backends.docker import DockerBackend, base_image
 from autoopt.tools.engine import Engine
-from autoopt.tools.errors import BuildFailed
+from autoopt.tools.errors import BuildFailed, DeployFailed
 from autoopt.tools.workload import workload_argv, workload_script
 from autoopt.tools.workspace import Workspace
 from mcp import Client
@@ -42,7 +42,7 @@ class H(http.server.BaseHTTPRequestHandler):
             for block in HOLD:  # touch every page: resident, not just reserved
                 block[::4096] = b"x" * len(block[::4096])
         body = b"ok\\n"
-        self.send_response(200)
+        self.send_response(404 if self.path == "/missing" else 200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -232,8 +232,19 @@ async def test_run_ab_pyserver_history_cap_keeps(ws: Workspace) -> None:
 
 
 # -- (2) a broken Dockerfile ------------------------------------------------------------
+def dangling() -> set[str]:
+    import docker
+
+    client = docker.from_env()
+    try:
+        return {i.id for i in client.images.list(all=True, filters={"dangling": True})}
+    finally:
+        client.close()
+
+
 async def test_broken_dockerfile_is_a_build_error_with_the_log_tail(ws: Workspace) -> None:
     add_target(ws, "tiny-broken", dockerfile=BROKEN_DOCKERFILE)
+    before = dangling()
     async with Client(create_server(ws)) as client:
         result = await client.call_tool("build", {"target": "tiny-broken", "backend": "docker"})
     text = _text(result)
@@ -241,6 +252,7 @@ async def test_broken_dockerfile_is_a_build_error_with_the_log_tail(ws: Workspac
     assert "docker build of tiny-broken failed" in text
     assert "Log tail" in text and "autoopt-broken-marker" in text
     assert "non-zero code: 7" in text
+    assert dangling() <= before, "the failed build's step images were left behind"
 
 
 async def test_missing_from_image_says_what_to_do(ws: Workspace) -> None:
@@ -314,6 +326,51 @@ async def test_batch_target_runs_in_a_fresh_container(ws: Workspace) -> None:
     assert result.metrics["items"] == 40 << 20
     assert 40 < collected["metrics"]["peak_rss_mb"] < 70, collected
     assert collected["died"] is False and collected["oom_killed"] is False
+
+
+async def test_without_host_view_measures_through_docker_exec(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remote engine: no /proc or cgroup of the container here, so docker exec is used."""
+    from autoopt.tools.backends import docker as backend_module
+
+    monkeypatch.setattr(backend_module._Cgroup, "of", classmethod(lambda cls, pid, cid: None))
+    add_target(ws, "tiny-remote", memory="256m")
+    collected, result = await _one_run(Engine(ws), "tiny-remote")
+    metrics = collected["metrics"]
+    assert result.metrics["alloc_ok"] == 1, result.log_tail
+    assert 45 < metrics["peak_rss_mb"] < 80, metrics  # the reset went through docker exec too
+    assert "cgroup_max_usage_mb" not in metrics and collected["died"] is False
+
+
+async def test_unhealthy_service_fails_deploy_and_cancel_removes_the_container(
+    ws: Workspace,
+) -> None:
+    import anyio
+
+    add_target(ws, "tiny-sick", memory="256m")
+    md = ws.targets_dir / "tiny-sick" / "target.md"
+    md.write_text(md.read_text().replace("health: /health", "health: /missing")
+                  .replace("health_timeout: 30", "health_timeout: 2"))
+    engine = Engine(ws)
+    spec = engine.spec("tiny-sick")
+    backend = engine.backend("docker")
+    build = await engine.build("tiny-sick", backend="docker")
+    try:
+        with pytest.raises(DeployFailed) as caught:
+            await backend.deploy(spec, build)
+        message = str(caught.value)
+        assert "did not answer" in message and "health_timeout" in message, message
+        assert "request /missing" in message, "the container's log tail"
+        assert leftovers() == [f"image ['{build.image}']"]
+        spec.local.health_timeout_s = 60
+        with anyio.move_on_after(1.5) as scope:
+            await backend.deploy(spec, build)
+        assert scope.cancelled_caught
+        assert leftovers() == [f"image ['{build.image}']"], "a cancelled deploy left its container"
+    finally:
+        await backend.discard(build)
+        engine.source(spec).remove_worktree(Path(build.tree))
 
 
 # -- cleaning up after a server that is gone --------------------------------------------

@@ -7,10 +7,10 @@ from pathlib import Path
 import anyio
 import psutil
 import pytest
-from mcp import Client
-
 from autoopt.tools import procfs
 from autoopt.tools.workspace import Workspace
+from mcp import Client
+
 from tests.conftest import patch_text, processes_under
 
 pytestmark = pytest.mark.anyio
@@ -24,8 +24,9 @@ async def call(client: Client, tool: str, **args: object) -> dict:
 
 async def test_build_deploy_workload_collect_teardown(client: Client, workspace: Workspace) -> None:
     base = await call(client, "build", target="pyserver")
-    patched = await call(client, "build", target="pyserver",
-                         patch=patch_text("pyserver-history-cap.patch"))
+    patched = await call(
+        client, "build", target="pyserver", patch=patch_text("pyserver-history-cap.patch")
+    )
     assert patched["base"] == base["base"] == base["commit"]
     assert patched["commit"] != base["commit"]
     assert patched["patch_files"] == ["server.py"]
@@ -51,7 +52,7 @@ async def test_build_deploy_workload_collect_teardown(client: Client, workspace:
 
 
 async def test_patch_rules(client: Client) -> None:
-    outside = ("--- a/workload.py\n+++ b/workload.py\n@@ -1 +1 @@\n-x\n+y\n")
+    outside = "--- a/workload.py\n+++ b/workload.py\n@@ -1 +1 @@\n-x\n+y\n"
     result = await client.call_tool("build", {"target": "pyserver", "patch": outside})
     assert result.is_error and "workload.py" in result.content[0].text
     assert "editable" in result.content[0].text
@@ -62,16 +63,20 @@ async def test_patch_rules(client: Client) -> None:
     result = await client.call_tool("build", {"target": "pyserver", "patch": broken})
     assert result.is_error and "does not apply" in result.content[0].text
 
-    number_line = next(x for x in server.splitlines() if any(c.isdigit() for c in x)
-                       and "=" in x and not x.startswith((" ", "#")))
+    number_line = next(
+        x
+        for x in server.splitlines()
+        if any(c.isdigit() for c in x) and "=" in x and not x.startswith((" ", "#"))
+    )
     import re
 
     bumped = re.sub(r"\d+", lambda m: str(int(m.group()) + 1), number_line, count=1)
     numeric = unified(server, server.replace(number_line, bumped, 1))
     result = await client.call_tool("build", {"target": "pyserver", "patch": numeric})
     assert result.is_error and "configuration tuning" in result.content[0].text
-    ok = await client.call_tool("build", {"target": "pyserver", "patch": numeric,
-                                          "allow_constant_tuning": True})
+    ok = await client.call_tool(
+        "build", {"target": "pyserver", "patch": numeric, "allow_constant_tuning": True}
+    )
     assert not ok.is_error, ok.content[0].text
 
 
@@ -90,8 +95,7 @@ async def test_cancel_mid_workload_leaves_no_process(client: Client, workspace: 
     with anyio.move_on_after(0.7):
         await client.call_tool("run_workload", {"deployment_id": dep["deployment_id"]})
     await anyio.sleep(0.5)
-    drivers = [p for p in processes_under(workspace.root)
-               if "workload" in " ".join(p.cmdline())]
+    drivers = [p for p in processes_under(workspace.root) if "workload" in " ".join(p.cmdline())]
     assert drivers == [], f"workload left running: {drivers}"
     await call(client, "teardown", deployment_id=dep["deployment_id"])
     await anyio.sleep(0.3)
@@ -110,12 +114,13 @@ async def test_batch_target(client: Client) -> None:
 def unified(old: str, new: str, path: str = "server.py") -> str:
     import difflib
 
-    return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
-                                        f"a/{path}", f"b/{path}"))
+    return "".join(
+        difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"a/{path}", f"b/{path}")
+    )
 
 
 def _prepend_patch(text: str, statement: str) -> str:
     """A patch adding `statement` right before the first top-level function."""
     lines = text.splitlines(True)
     idx = next(i for i, x in enumerate(lines) if x.startswith("def "))
-    return unified(text, "".join(lines[:idx] + [statement + "\n"] + lines[idx:]))
+    return unified(text, "".join([*lines[:idx], statement + "\n", *lines[idx:]]))

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
 import pytest
-from mcp import Client, StdioServerParameters
-
 from autoopt.server.app import create_server
 from autoopt.tools.workspace import Workspace
+from mcp import Client, StdioServerParameters
 
 pytestmark = pytest.mark.anyio
 
@@ -19,7 +16,8 @@ READ_ONLY_TOOLS = {"list_targets", "read_source", "search_source", "get_run", "e
 
 def stdio_params(workspace: Workspace) -> StdioServerParameters:
     return StdioServerParameters(
-        command=sys.executable, args=["-m", "autoopt.server.cli", "serve"],
+        command=sys.executable,
+        args=["-m", "autoopt.server.cli", "serve"],
         env={"AUTOOPT_WORKSPACE": str(workspace.root), "PATH": "/usr/local/bin:/usr/bin:/bin"},
     )
 
@@ -34,8 +32,17 @@ async def any_client(request: pytest.FixtureRequest, workspace: Workspace):
 
 async def test_tools_are_typed_and_annotated(any_client: Client) -> None:
     tools = {t.name: t for t in (await any_client.list_tools()).tools}
-    assert {"list_targets", "build", "deploy", "run_workload", "teardown", "run_ab",
-            "record_experiment", "read_source", "search_source"} <= set(tools)
+    assert {
+        "list_targets",
+        "build",
+        "deploy",
+        "run_workload",
+        "teardown",
+        "run_ab",
+        "record_experiment",
+        "read_source",
+        "search_source",
+    } <= set(tools)
     for name, tool in tools.items():
         assert tool.input_schema["type"] == "object", name
         assert tool.output_schema is not None, f"{name} has no output schema"
@@ -54,12 +61,16 @@ async def test_program_and_target_resources(any_client: Client) -> None:
     assert "peak_rss_mb" in target.contents[0].text
     hints = await any_client.read_resource("autoopt://targets/pyserver/hints.md")
     assert "HISTORY" in hints.contents[0].text
-    templates = {t.uri_template for t in (await any_client.list_resource_templates()).resource_templates}
+    templates = {
+        t.uri_template for t in (await any_client.list_resource_templates()).resource_templates
+    }
     assert "autoopt://targets/{name}/target.md" in templates
 
 
 async def test_optimize_prompt(any_client: Client) -> None:
-    prompt = await any_client.get_prompt("optimize", {"target": "pyserver", "metric": "peak_rss_mb"})
+    prompt = await any_client.get_prompt(
+        "optimize", {"target": "pyserver", "metric": "peak_rss_mb"}
+    )
     text = prompt.messages[0].content.text
     assert "pyserver" in text and "program.md" in text
 
@@ -70,10 +81,16 @@ async def test_list_targets_shows_pyserver(any_client: Client) -> None:
     targets = {t["name"]: t for t in result.structured_content["targets"]}
     spec = targets["pyserver"]["spec"]
     assert (spec["primary"]["name"], spec["primary"]["direction"], spec["primary"]["unit"]) == (
-        "peak_rss_mb", "lower", "MB")
+        "peak_rss_mb",
+        "lower",
+        "MB",
+    )
     assert spec["scope"]["editable"] == ["server.py"]
-    assert {g["metric"] for g in spec["guardrails"]} == {"latency_p99_ms", "error_rate",
-                                                        "pod_restarts"}
+    assert {g["metric"] for g in spec["guardrails"]} == {
+        "latency_p99_ms",
+        "error_rate",
+        "pod_restarts",
+    }
     assert targets["pyserver"]["readiness"]["local"]["available"] is True
 
 
@@ -88,8 +105,9 @@ async def test_bad_target_is_a_clear_tool_error(any_client: Client, target: str)
 async def test_broken_target_md_is_listed_with_its_error(workspace: Workspace) -> None:
     broken = workspace.targets_dir / "broken"
     broken.mkdir()
-    (broken / "target.md").write_text("## Source\nrepo: local\n\n## Primary Metric\nname: x\n"
-                                      "direction: sideways\n")
+    (broken / "target.md").write_text(
+        "## Source\nrepo: local\n\n## Primary Metric\nname: x\ndirection: sideways\n"
+    )
     (workspace.targets_dir / "empty").mkdir()
     async with Client(create_server(workspace)) as c:
         result = await c.call_tool("list_targets", {})
@@ -104,5 +122,3 @@ async def test_runs_below_three_is_refused(any_client: Client) -> None:
     result = await any_client.call_tool("run_ab", {"target": "pyserver", "runs": 2})
     assert result.is_error
     assert "3" in result.content[0].text
-
-

@@ -6,9 +6,9 @@ import json
 
 import anyio
 import pytest
+from autoopt.tools.workspace import Workspace
 from mcp import Client
 
-from autoopt.tools.workspace import Workspace
 from tests.conftest import patch_text, processes_under
 
 pytestmark = pytest.mark.anyio
@@ -27,17 +27,24 @@ async def test_aa_is_not_keep(client: Client) -> None:
     assert len(report["values"]["A"]) == len(report["values"]["B"]) == 5
 
 
-async def test_history_fix_is_keep_with_progress_and_picture(client: Client,
-                                                             workspace: Workspace) -> None:
+async def test_history_fix_is_keep_with_progress_and_picture(
+    client: Client, workspace: Workspace
+) -> None:
     messages: list[str] = []
 
     async def progress(done: float, total: float | None, message: str | None) -> None:
         messages.append(message or "")
 
     result = await client.call_tool(
-        "run_ab", {"target": "pyserver", "runs": 5, "seed": 7,
-                   "patch": patch_text("pyserver-history-cap.patch")},
-        progress_callback=progress)
+        "run_ab",
+        {
+            "target": "pyserver",
+            "runs": 5,
+            "seed": 7,
+            "patch": patch_text("pyserver-history-cap.patch"),
+        },
+        progress_callback=progress,
+    )
     assert not result.is_error, result.content[0].text
     report = result.structured_content
     assert report["verdict"] == "KEEP", report["reason"]
@@ -60,8 +67,9 @@ async def test_schedule_is_interleaved_abba(client: Client, workspace: Workspace
     assert run["seed"] == 3
 
 
-async def test_broken_patch_discards_and_leaves_nothing(client: Client,
-                                                        workspace: Workspace) -> None:
+async def test_broken_patch_discards_and_leaves_nothing(
+    client: Client, workspace: Workspace
+) -> None:
     from tests.integration.test_local_backend import _prepend_patch
 
     server = (workspace.targets_dir / "pyserver/src/server.py").read_text()
@@ -72,8 +80,9 @@ async def test_broken_patch_discards_and_leaves_nothing(client: Client,
     assert processes_under(workspace.root) == []
 
 
-async def test_cancel_tears_down_and_keeps_partial_run(client: Client,
-                                                       workspace: Workspace) -> None:
+async def test_cancel_tears_down_and_keeps_partial_run(
+    client: Client, workspace: Workspace
+) -> None:
     with anyio.move_on_after(9):
         await client.call_tool("run_ab", {"target": "pyserver", "runs": 10, "warmup": 0})
     await anyio.sleep(1.0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from autoopt.tools.errors import PatchError, RuleViolation
 from autoopt.tools.journal import Journal
 from autoopt.tools.source import Source, is_numeric_only, touched_files
@@ -30,7 +29,10 @@ readonly:
   - lib/vendored.py
 """
 
-APP = "SIZE = 1024\n\n\ndef run(items):\n    out = []\n    for i in items:\n        out.append(i * 2)\n    return out\n"
+APP = (
+    "SIZE = 1024\n\n\ndef run(items):\n    out = []\n    for i in items:\n"
+    "        out.append(i * 2)\n    return out\n"
+)
 
 
 @pytest.fixture
@@ -47,12 +49,15 @@ def source(tmp_path: Path) -> Source:
 def diff(path: str, old: str, new: str) -> str:
     import difflib
 
-    lines = difflib.unified_diff(old.splitlines(True), new.splitlines(True),
-                                 f"a/{path}", f"b/{path}")
+    lines = difflib.unified_diff(
+        old.splitlines(True), new.splitlines(True), f"a/{path}", f"b/{path}"
+    )
     return "".join(lines)
 
 
-def test_local_import_is_deterministic_and_reimports_changes(source: Source, tmp_path: Path) -> None:
+def test_local_import_is_deterministic_and_reimports_changes(
+    source: Source, tmp_path: Path
+) -> None:
     first = source.frontier()
     again = Source(source.workspace, source.spec).frontier()
     assert first == again

@@ -595,7 +595,7 @@ class DockerBackend:
                                              f"({how})"))
         if cgroup is not None and cgroup.reset_peak():
             path = cgroup.shell_path("memory.max_usage_in_bytes", deployment.container)
-            shell = f"echo 0 > {path}"
+            shell = f"[ ! -w {path} ] || echo 0 > {path}"
             deployment.journal.add(Step(phase="deploy", shell=shell,
                                         note="reset the container's cgroup memory peak (root)"))
         return ok
@@ -742,11 +742,12 @@ class DockerBackend:
                   else "peak RSS of the container's PID 1 (the server ran the same command)"),
         ))
         if cgroup is not None:
-            name = "memory.peak" if cgroup.v2 else "memory.max_usage_in_bytes"
+            path = cgroup.shell_path("memory.peak" if cgroup.v2 else "memory.max_usage_in_bytes",
+                                     deployment.container)
             deployment.journal.add(Step(
                 phase="collect",
-                shell=("awk '{printf \"cgroup_max_usage_mb=%.3f\\n\", $1/1048576}' "
-                       f"{cgroup.shell_path(name, deployment.container)}"),
+                shell=(f"[ ! -r {path} ] || "
+                       "awk '{printf \"cgroup_max_usage_mb=%.3f\\n\", $1/1048576}' " + path),
                 note="the container cgroup's memory peak (cross-check; includes page cache)",
             ))
         deployment.journal.add(Step(phase="collect", shell=INSPECT_SH,

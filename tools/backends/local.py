@@ -10,7 +10,6 @@ import urllib.request
 from pathlib import Path
 
 import anyio
-
 from autoopt.tools import procfs
 from autoopt.tools.backends.base import Build, Deployment, Progress, WorkloadResult
 from autoopt.tools.errors import BuildFailed, DeployFailed, WorkloadFailed
@@ -25,8 +24,8 @@ HEALTH_WAIT_SH = (
 )
 
 COLLECT_SH = (
-    "awk '/^VmHWM/ {printf \"peak_rss_mb=%.3f\\n\", $2/1024} "
-    "/^VmRSS/ {printf \"rss_mb=%.3f\\n\", $2/1024}' \"/proc/$PID/status\""
+    'awk \'/^VmHWM/ {printf "peak_rss_mb=%.3f\\n", $2/1024} '
+    '/^VmRSS/ {printf "rss_mb=%.3f\\n", $2/1024}\' "/proc/$PID/status"'
 )
 TEARDOWN_SH = (
     'kill -TERM -- "-$PID" 2>/dev/null || true\n'
@@ -53,7 +52,9 @@ class LocalBackend:
     def unavailable_reason(self) -> str | None:
         return None
 
-    async def build(self, spec: TargetSpec, build: Build, progress: Progress | None = None) -> Build:
+    async def build(
+        self, spec: TargetSpec, build: Build, progress: Progress | None = None
+    ) -> Build:
         tree = Path(build.tree)
         if not spec.local.build:
             build.journal.add(Step(phase="build", shell=": no build step", note="none needed"))
@@ -67,9 +68,16 @@ class LocalBackend:
         )
         build.duration_s = round(done.elapsed_s, 3)
         build.log_tail = child.tail(40)
-        build.journal.add(Step(phase="build", shell=f'(cd "$TREE" && {spec.local.build})',
-                               argv=argv, cwd=str(tree), elapsed_s=done.elapsed_s,
-                               exit_code=done.code))
+        build.journal.add(
+            Step(
+                phase="build",
+                shell=f'(cd "$TREE" && {spec.local.build})',
+                argv=argv,
+                cwd=str(tree),
+                elapsed_s=done.elapsed_s,
+                exit_code=done.code,
+            )
+        )
         if timed_out:
             raise BuildFailed(
                 f"build of {spec.name} timed out after {spec.build.timeout_s:.0f} s "
@@ -88,36 +96,57 @@ class LocalBackend:
         dep_id = f"dep-{uuid4().hex[:10]}"
         logs = Path(build.tree).parent / "deployments" / dep_id
         logs.mkdir(parents=True, exist_ok=True)
-        deployment = Deployment(id=dep_id, build_id=build.id, target=spec.name, backend=self.name,
-                                kind=spec.kind, log_dir=str(logs), tree=build.tree)
+        deployment = Deployment(
+            id=dep_id,
+            build_id=build.id,
+            target=spec.name,
+            backend=self.name,
+            kind=spec.kind,
+            log_dir=str(logs),
+            tree=build.tree,
+        )
         if spec.kind == "batch":
-            deployment.journal.add(Step(phase="deploy", shell=": batch target: nothing to start",
-                                        note="the workload command is the measured process"))
+            deployment.journal.add(
+                Step(
+                    phase="deploy",
+                    shell=": batch target: nothing to start",
+                    note="the workload command is the measured process",
+                )
+            )
             return deployment
         if not spec.local.run:
             raise DeployFailed(f"target {spec.name} is a service but '## Local' has no 'run:'")
         port = free_port()
         command = spec.local.run.replace("{port}", str(port))
         argv = shlex.split(command)
-        child = spawn(argv, cwd=Path(build.tree), env=base_env({"PORT": str(port)}), logs=logs,
-                      name="service")
+        child = spawn(
+            argv, cwd=Path(build.tree), env=base_env({"PORT": str(port)}), logs=logs, name="service"
+        )
         self._children[dep_id] = child
         deployment.port = port
         deployment.endpoint = f"http://127.0.0.1:{port}"
         deployment.pid = child.pid
         deployment.pid_start = _start_time(child.pid)
         shell_run = spec.local.run.replace("{port}", '"$PORT"')
-        deployment.journal.add(Step(
-            phase="deploy",
-            shell=f'(cd "$TREE" && exec setsid {shell_run}) > "$LOGS/service.log" 2>&1 &\nPID=$!',
-            argv=argv, cwd=build.tree, env={"PORT": str(port)},
-        ))
+        deployment.journal.add(
+            Step(
+                phase="deploy",
+                shell=(
+                    f'(cd "$TREE" && exec setsid {shell_run}) > "$LOGS/service.log" 2>&1 &\nPID=$!'
+                ),
+                argv=argv,
+                cwd=build.tree,
+                env={"PORT": str(port)},
+            )
+        )
         health = f"{deployment.endpoint}{spec.local.health or '/'}"
-        deployment.journal.add(Step(
-            phase="deploy",
-            shell=HEALTH_WAIT_SH.format(url=f"$ENDPOINT{spec.local.health or '/'}"),
-            note="wait for the health check",
-        ))
+        deployment.journal.add(
+            Step(
+                phase="deploy",
+                shell=HEALTH_WAIT_SH.format(url=f"$ENDPOINT{spec.local.health or '/'}"),
+                note="wait for the health check",
+            )
+        )
         try:
             await self._wait_healthy(child, health, spec.local.health_timeout_s)
         except BaseException:
@@ -154,42 +183,65 @@ class LocalBackend:
         self._cpu_mark[deployment.id] = _cpu_or_zero(deployment.pid)
         ok = procfs.reset_peak(deployment.pid)
         if ok:
-            deployment.journal.add(Step(phase="deploy", shell='echo 5 > "/proc/$PID/clear_refs"',
-                                        note="reset VmHWM so the peak belongs to the workload"))
+            deployment.journal.add(
+                Step(
+                    phase="deploy",
+                    shell='echo 5 > "/proc/$PID/clear_refs"',
+                    note="reset VmHWM so the peak belongs to the workload",
+                )
+            )
         return ok
 
     async def run_workload(
-        self, spec: TargetSpec, deployment: Deployment, argv: list[str], shell: str, *, name: str,
+        self,
+        spec: TargetSpec,
+        deployment: Deployment,
+        argv: list[str],
+        shell: str,
+        *,
+        name: str,
         timeout: float = 600.0,
     ) -> WorkloadResult:
         logs = Path(deployment.log_dir)
         cwd = Path(deployment.tree or logs) if spec.kind == "batch" else logs
-        child, done, timed_out = await run(argv, cwd=cwd, env=base_env(), logs=logs, name=name,
-                                           timeout=timeout)
-        deployment.journal.add(Step(phase="workload",
-                                    shell=f'(cd "$TREE" && {shell})' if spec.kind == "batch"
-                                    else shell,
-                                    argv=argv, cwd=str(cwd), elapsed_s=done.elapsed_s,
-                                    exit_code=done.code))
+        child, done, timed_out = await run(
+            argv, cwd=cwd, env=base_env(), logs=logs, name=name, timeout=timeout
+        )
+        deployment.journal.add(
+            Step(
+                phase="workload",
+                shell=f'(cd "$TREE" && {shell})' if spec.kind == "batch" else shell,
+                argv=argv,
+                cwd=str(cwd),
+                elapsed_s=done.elapsed_s,
+                exit_code=done.code,
+            )
+        )
         out = tail_text(child.stdout, 200)
         metrics = parse_metrics(out)
-        result = WorkloadResult(metrics=metrics, exit_code=done.code, duration_s=done.elapsed_s,
-                                log_tail=child.tail(30))
+        result = WorkloadResult(
+            metrics=metrics, exit_code=done.code, duration_s=done.elapsed_s, log_tail=child.tail(30)
+        )
         if spec.kind == "batch":
             result.peak_rss_mb = metrics.pop("peak_rss_mb", None)
             result.cpu_s = metrics.pop("cpu_s", None)
         if timed_out:
-            raise WorkloadFailed(f"the workload timed out after {timeout:.0f} s. Log tail:\n"
-                                 f"{result.log_tail}")
+            raise WorkloadFailed(
+                f"the workload timed out after {timeout:.0f} s. Log tail:\n{result.log_tail}"
+            )
         return result
 
     async def collect(
         self, spec: TargetSpec, deployment: Deployment, result: WorkloadResult
     ) -> dict[str, object]:
         if spec.kind == "batch":
-            deployment.journal.add(Step(
-                phase="collect", shell="grep -E '^(peak_rss_mb|cpu_s)=' \"$LOGS/workload.out\"",
-                note="peak RSS of the batch process, from wait4 (ru_maxrss)"))
+            deployment.journal.add(
+                Step(
+                    phase="collect",
+                    shell="grep -E '^(peak_rss_mb|cpu_s)=' \"$LOGS/workload.out\"",
+                    note="peak RSS of the batch process, from wait4 (ru_maxrss)",
+                )
+            )
             metrics = {"peak_rss_mb": result.peak_rss_mb} if result.peak_rss_mb is not None else {}
             if result.cpu_s is not None:
                 metrics["cpu_s"] = result.cpu_s
@@ -198,9 +250,9 @@ class LocalBackend:
         assert deployment.pid is not None
         child = self._children.get(deployment.id)
         died = child is not None and child.poll() is not None
-        deployment.journal.add(Step(phase="collect",
-                                    shell=COLLECT_SH,
-                                    note="peak RSS of the service process"))
+        deployment.journal.add(
+            Step(phase="collect", shell=COLLECT_SH, note="peak RSS of the service process")
+        )
         if died:
             return {"metrics": {}, "died": True, "restarts": 0}
         reading = procfs.read_memory(deployment.pid)
