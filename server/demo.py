@@ -136,7 +136,7 @@ async def demo(root: Path, runs: int, backend: str) -> list[dict[str, Any]]:
             result = await s.call(
                 "run_ab", target="pyserver", patch=patch, runs=runs, backend=backend, metric=metric
             )
-            say(f"    {result['verdict']}: {result['reason']}")
+            say(f"    {result['reason']}")
             record = await s.call(
                 "record_experiment",
                 run_id=result["run_id"],
