@@ -70,7 +70,11 @@ class LocalSpec(BaseModel):
     health: str | None = Field(None, description="HTTP path probed on the service")
     health_timeout_s: float = 30.0
     workload: str | None = Field(None, description="overrides the Workload script")
-    measure_children: bool = False
+    measure_children: bool = Field(
+        False,
+        description="add the VmHWM of the service's live child processes (workers) at collect "
+        "time: an upper bound on the process tree's peak",
+    )
 
 
 class DockerSpec(BaseModel):

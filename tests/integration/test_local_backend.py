@@ -124,3 +124,19 @@ def _prepend_patch(text: str, statement: str) -> str:
     lines = text.splitlines(True)
     idx = next(i for i, x in enumerate(lines) if x.startswith("def "))
     return unified(text, "".join([*lines[:idx], statement + "\n", *lines[idx:]]))
+
+
+async def test_crashing_workload_reports_and_leaves_nothing(client: Client,
+                                                            workspace: Workspace) -> None:
+    crash = workspace.targets_dir / "pyserver" / "workload-crash.sh"
+    crash.write_text('#!/usr/bin/env bash\nsleep 30 &\necho "requests=1"\nkill -SEGV $$\n')
+    build = await call(client, "build", target="pyserver")
+    dep = await call(client, "deploy", build_id=build["build_id"])
+    run = await call(client, "run_workload", deployment_id=dep["deployment_id"],
+                     workload="workload-crash.sh")
+    assert run["exit_code"] != 0
+    await call(client, "teardown", deployment_id=dep["deployment_id"])
+    await anyio.sleep(0.3)
+    assert processes_under(workspace.root) == []
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if p.info["cmdline"] == ["sleep", "30"]], "the workload's child survived"

@@ -94,3 +94,16 @@ async def test_cancel_tears_down_and_keeps_partial_run(
     assert 0 < len(run["samples"]) < 20
     status = await client.call_tool("experiment_status", {"target": "pyserver"})
     assert status.structured_content["interrupted_runs"][0]["status"] == "cancelled"
+
+
+async def test_sequential_stops_at_the_first_decisive_look(client: Client,
+                                                           workspace: Workspace) -> None:
+    report = await run_ab(client, runs=10, sequential=True, seed=5,
+                          patch=patch_text("pyserver-history-cap.patch"))
+    run = json.loads((workspace.state_dir / "runs" / report["run_id"] / "run.json").read_text())
+    assert run["looks"] == [5, 10]
+    decision = report["report"]["decision"]
+    assert report["verdict"] == "KEEP", report["reason"]
+    assert decision["look"] == 5
+    assert decision["one_sided_alpha"] < 0.05  # the O'Brien-Fleming boundary at look 1
+    assert len([s for s in run["samples"] if not s["warmup"]]) == 10

@@ -256,6 +256,11 @@ class LocalBackend:
         if died:
             return {"metrics": {}, "died": True, "restarts": 0}
         reading = procfs.read_memory(deployment.pid)
+        if spec.local.measure_children:
+            reading.peak_rss_mb = round(
+                reading.peak_rss_mb + sum(r.peak_rss_mb for r in _children_memory(deployment.pid)),
+                3,
+            )
         cpu = _cpu_or_zero(deployment.pid) - self._cpu_mark.get(deployment.id, 0.0)
         return {
             "metrics": {
@@ -310,3 +315,20 @@ def _cpu_or_zero(pid: int) -> float:
         return procfs.cpu_seconds(pid)
     except OSError:
         return 0.0
+
+
+def _children_memory(pid: int) -> list[procfs.MemoryReading]:
+    """Readings of every live descendant (for targets whose workers are child processes)."""
+    import psutil
+
+    readings = []
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    for child in children:
+        try:
+            readings.append(procfs.read_memory(child.pid, with_smaps=False))
+        except OSError:
+            continue
+    return readings

@@ -1,0 +1,65 @@
+"""What a crashed server leaves behind is found and cleaned up by the next one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import psutil
+import pytest
+from mcp import Client
+
+from autoopt.server.app import create_server
+from autoopt.tools.abrun import ABRun
+from autoopt.tools.state import save_model
+from autoopt.tools.workspace import Workspace
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_leftover_deployment_is_torn_down_and_run_marked_crashed(
+    workspace: Workspace,
+) -> None:
+    # a "service" a previous server started in its own process group, then crashed
+    orphan = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    state = workspace.state("")
+    (state / "deployments.json").write_text(json.dumps({"dep-orphan": {
+        "id": "dep-orphan", "build_id": "b-x", "target": "pyserver", "backend": "local",
+        "kind": "service", "pid": orphan.pid,
+        "pid_start": psutil.Process(orphan.pid).create_time(),
+    }}))
+    dead_pid = subprocess.Popen(["true"])
+    dead_pid.wait()
+    run = ABRun(id="run-crashed", target="pyserver", backend="local", base="0" * 40, runs=5,
+                warmup=1, order="abba", seed=1, sequential=False, metric="peak_rss_mb",
+                direction="lower", min_effect_pct=1.0, server_pid=dead_pid.pid)
+    save_model(workspace.state("runs", "run-crashed") / "run.json", run)
+
+    async with Client(create_server(workspace)) as client:
+        status = await client.call_tool("experiment_status", {"target": "pyserver"})
+    deadline = time.monotonic() + 5
+    while orphan.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert orphan.poll() is not None, "the orphaned service is still running"
+    interrupted = status.structured_content["interrupted_runs"]
+    assert interrupted[0]["run_id"] == "run-crashed"
+    assert interrupted[0]["status"] == "crashed"
+    assert json.loads((state / "deployments.json").read_text()) == {}
+
+
+async def test_reused_pid_is_not_killed(workspace: Workspace) -> None:
+    """A recorded pid whose start time differs belongs to someone else: left alone."""
+    bystander = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        (workspace.state("") / "deployments.json").write_text(json.dumps({"dep-old": {
+            "id": "dep-old", "build_id": "b-x", "target": "pyserver", "backend": "local",
+            "kind": "service", "pid": bystander.pid, "pid_start": 1.0,
+        }}))
+        async with Client(create_server(workspace)):
+            pass
+        assert bystander.poll() is None
+    finally:
+        os.killpg(bystander.pid, 9)
+        bystander.wait()
