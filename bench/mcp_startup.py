@@ -1,6 +1,6 @@
 """MCP figures over stdio: cold start to initialized, list_targets round trips, tools/list size.
 
-    python -m bench.mcp_startup [--starts 5] [--calls 50]
+python -m bench.mcp_startup [--starts 5] [--calls 50]
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def params() -> StdioServerParameters:
     return StdioServerParameters(
-        command=sys.executable, args=["-m", "autoopt.server.cli", "serve"],
+        command=sys.executable,
+        args=["-m", "autoopt.server.cli", "serve"],
         env={"AUTOOPT_WORKSPACE": str(ROOT), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
     )
 

@@ -220,7 +220,7 @@ def _primary_text(c: Comparison) -> str:
 
 
 def _rule_verdict(
-    c: Comparison, checks: list[GuardrailCheck], min_effect_pct: float, final_look: bool
+    c: Comparison, checks: list[GuardrailCheck], min_effect_pct: float
 ) -> tuple[Verdict, str]:
     """Apply the three-outcome rule (before any run-cap conversion)."""
     head = _primary_text(c)
@@ -394,7 +394,7 @@ def decide(
             one_sided_alpha=one_sided_alpha,
             resolution=resolution,
         )
-        verdict, text = _rule_verdict(primary, checks, min_effect_pct, final_look)
+        verdict, text = _rule_verdict(primary, checks, min_effect_pct)
         reason = f"{verdict.value}: {text}"
     unsettled = verdict is Verdict.INCONCLUSIVE
     if unsettled and final_look and inconclusive_is_discard:

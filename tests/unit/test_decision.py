@@ -176,12 +176,20 @@ def test_no_significant_regression_is_not_enough():
     c = check_guardrail(P99, a, b)
     assert not c.passed and not c.violated
     primary_b = _scaled(A, 0.7)
+    # unproven is not KEEP: add runs (and at a sequential cap it becomes DISCARD)
     final = decide(A, primary_b, metric="rss", direction="lower", guardrails=[(P99, a, b)])
-    assert final.verdict is Verdict.DISCARD and "guardrail failed" in final.reason
-    interim = decide(
-        A, primary_b, metric="rss", direction="lower", guardrails=[(P99, a, b)], final_look=False
+    assert final.verdict is Verdict.INCONCLUSIVE and "not yet shown" in final.reason
+    assert "latency_p99_ms" in final.reason
+    capped = decide(
+        A,
+        primary_b,
+        metric="rss",
+        direction="lower",
+        guardrails=[(P99, a, b)],
+        inconclusive_is_discard=True,
     )
-    assert interim.verdict is Verdict.INCONCLUSIVE and "not yet shown" in interim.reason
+    assert capped.verdict is Verdict.DISCARD
+    assert "INCONCLUSIVE at the run cap is a DISCARD" in capped.reason
 
 
 def test_max_decrease_guardrail():
