@@ -11,7 +11,10 @@ from mcp import Client, StdioServerParameters
 
 pytestmark = pytest.mark.anyio
 
-READ_ONLY_TOOLS = {"list_targets", "read_source", "search_source", "get_run", "experiment_status"}
+READ_ONLY_TOOLS = {
+    "list_targets", "read_source", "search_source", "get_run", "experiment_status",
+    "diff_profiles",
+}
 
 
 def stdio_params(workspace: Workspace) -> StdioServerParameters:
