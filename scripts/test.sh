@@ -14,7 +14,7 @@ log "venv: $VENV"
 
 if [ "$(id -u)" = 0 ]; then
   missing=()
-  for pkg in heaptrack linux-perf gdb git; do
+  for pkg in heaptrack linux-perf gdb git clickhouse-server; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
