@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
-from autoopt.server import views
+from autoopt.server import profiling_tools, trace_log_tools, views
 from autoopt.server.errors import tool_errors
 from autoopt.tools.abrun import MIN_RUNS, ABRun, Order
 from autoopt.tools.engine import BACKENDS, Engine
@@ -85,6 +85,8 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
 
     _register_resources(mcp, ws)
     _register_prompts(mcp)
+    trace_log_tools.register(mcp, engine, ws)
+    profiling_tools.register(mcp, engine, ws)
 
     async def progress_of(ctx: Context | None) -> object:
         count = 0

@@ -110,3 +110,12 @@ def jemalloc_linkage(binary: Path | None) -> str | None:
     if b"je_mallctl" in data or b"_rjem_mallctl" in data or b"jemalloc_version" in data:
         return "static"
     return None
+
+
+_SAFE = re.compile(r"[\w@%+=:,./{}-]+")
+
+
+def join_command(argv: list[str]) -> str:
+    """shlex.join that leaves `{port}`-style placeholders unquoted, so the backend's
+    substitution and its human-readable journal line both stay right."""
+    return " ".join(a if _SAFE.fullmatch(a) else shlex.quote(a) for a in argv)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
-from typing import Any
 
 from autoopt.tools.profiling.model import Profile, human_value
 
@@ -47,34 +46,30 @@ def render(profile: Profile, path: Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    root, depth = _tree(profile)
+    root, _ = _tree(profile)
     total = root.value or 1.0
-    rows = max(depth, 1)
-    fig_h = min(2.0 + 0.26 * rows, 16.0)
-    fig, ax = plt.subplots(figsize=(16, fig_h), dpi=100)
-    boxes: list[Any] = []
+    boxes: list[tuple[float, int, float, str]] = []  # x, level, width, name
 
-    def draw(node: _Node, x: float, level: int) -> None:
+    def layout(node: _Node, x: float, level: int) -> None:
         for name, child in sorted(node.children.items(), key=lambda kv: -kv[1].value):
             width = child.value / total
-            if width < MIN_FRACTION:
-                x += width
-                continue
-            boxes.append(Rectangle((x, level), width, 0.92, facecolor=_color(name),
-                                   edgecolor="white", linewidth=0.3))
-            chars = int(width * 16 * 100 / 6.5)  # about 6.5 px per character at size 7
-            if chars >= 4:
-                pct = 100 * child.value / total
-                text = f"{name} {pct:.1f}%"
-                ax.text(x + 0.002, level + 0.46, text if len(text) <= chars
-                        else text[: chars - 2] + "..", va="center", ha="left", fontsize=7,
-                        clip_on=True)
-            draw(child, x, level + 1)
+            if width >= MIN_FRACTION:
+                boxes.append((x, level, width, name))
+                layout(child, x, level + 1)
             x += width
 
-    draw(root, 0.0, 0)
-    for box in boxes:
-        ax.add_patch(box)
+    layout(root, 0.0, 0)
+    rows = max((b[1] for b in boxes), default=0) + 1
+    fig, ax = plt.subplots(figsize=(16, min(2.0 + 0.26 * rows, 16.0)), dpi=100)
+    for x, level, width, name in boxes:
+        ax.add_patch(Rectangle((x, level), width, 0.92, facecolor=_color(name),
+                               edgecolor="white", linewidth=0.3))
+        chars = int(width * 16 * 100 / 6.5)  # about 6.5 px per character at size 7
+        if chars >= 4:
+            text = f"{name} {100 * width:.1f}%"
+            ax.text(x + 0.002, level + 0.46, text if len(text) <= chars
+                    else text[: chars - 2] + "..", va="center", ha="left", fontsize=7,
+                    clip_on=True)
     ax.set_xlim(0, 1)
     ax.set_ylim(rows, 0)
     ax.set_yticks([])

@@ -13,9 +13,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
-from pydantic import BaseModel, Field
-
 from autoopt.tools.journal import Step
+from pydantic import BaseModel, Field
 
 Kind = Literal["memory", "cpu"]
 Unit = Literal["bytes", "samples"]

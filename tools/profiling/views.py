@@ -6,9 +6,8 @@ import json
 from collections import defaultdict
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
-
 from autoopt.tools.profiling.model import Frame, Profile, Unit, human_value
+from pydantic import BaseModel, Field
 
 PATH_FRAMES = 12  # frames shown per path in the text views (leaf side)
 
@@ -150,8 +149,10 @@ def header(profile: Profile) -> str:
             f"({profile.tool}), total {human_value(profile.total, profile.unit)}\n"
             f"# revision {rev}, workload {profile.workload or '?'}")
     if profile.memory and profile.memory.vm_hwm_mb is not None:
-        head += (f"\n# VmHWM {profile.memory.vm_hwm_mb:.1f} MB, VmRSS "
-                 f"{profile.memory.vm_rss_mb or 0:.1f} MB ({profile.memory.source})")
+        rss = profile.memory.vm_rss_mb
+        head += (f"\n# VmHWM {profile.memory.vm_hwm_mb:.1f} MB"
+                 + (f", VmRSS {rss:.1f} MB" if rss is not None else "")
+                 + f" ({profile.memory.source})")
     if not profile.complete:
         head += f"\n# INCOMPLETE: {profile.error}"
     return head

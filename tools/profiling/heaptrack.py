@@ -1,0 +1,132 @@
+"""heaptrack: native heap profile at the peak, by stack.
+
+The program runs with heaptrack's preload library directly (`env LD_PRELOAD=...
+DUMP_HEAPTRACK_OUTPUT=raw prog`), not through the `heaptrack` shell script, so the pid is
+the real program and no wrapper shell sits between. heaptrack_interpret then symbolizes
+the raw trace (it needs the binaries, so it runs before the build tree goes away), and
+this module replays the interpreted allocations to find the peak and the bytes each stack
+held at that moment (heaptrack_print's "peak" cost).
+"""
+
+from __future__ import annotations
+
+import gzip
+import shlex
+from array import array
+from pathlib import Path
+
+from autoopt.tools.profiling.detect import HEAPTRACK_INTERPRET, HEAPTRACK_PRELOAD, join_command
+from autoopt.tools.profiling.model import Frame, ProfileBuilder, relativize, unresolved
+
+MEASURE = "bytes live at the heap peak"
+OVERHEAD_NOTE = "heaptrack (every malloc/free unwound): high overhead on malloc-heavy code"
+
+
+def wrap(command: str, raw: Path) -> str:
+    return join_command(["env", f"LD_PRELOAD={HEAPTRACK_PRELOAD}",
+                       f"DUMP_HEAPTRACK_OUTPUT={raw}", *shlex.split(command)])
+
+
+def interpret_shell(raw: Path, out: Path) -> str:
+    return f"{HEAPTRACK_INTERPRET} < {shlex.quote(str(raw))} | gzip > {shlex.quote(str(out))}"
+
+
+class _Data:
+    def __init__(self) -> None:
+        self.strings: list[str] = [""]
+        self.ips: list[list[int]] = [[]]  # [module, func, file, line, func, file, line, ...]
+        self.ip_addr: list[str] = [""]
+        self.traces: list[tuple[int, int]] = [(0, 0)]  # (ip index, parent trace index)
+        self.alloc_size: list[int] = []
+        self.alloc_trace: list[int] = []
+        self.events = array("q")  # +(info+1) for an allocation, -(info+1) for a free
+
+
+def _read(path: Path) -> _Data:
+    data = _Data()
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            tag = line[:1]
+            if tag == "+":
+                data.events.append(int(line[2:], 16) + 1)
+            elif tag == "-":
+                data.events.append(-(int(line[2:], 16) + 1))
+            elif tag == "a":
+                size, trace = line[2:].split()
+                data.alloc_size.append(int(size, 16))
+                data.alloc_trace.append(int(trace, 16))
+            elif tag == "t":
+                ip, parent = line[2:].split()
+                data.traces.append((int(ip, 16), int(parent, 16)))
+            elif tag == "i":
+                parts = line[2:].split()
+                data.ip_addr.append(parts[0])
+                data.ips.append([int(p, 16) for p in parts[1:]])
+            elif tag == "s":
+                rest = line[2:].rstrip("\n")
+                _, _, text = rest.partition(" ")
+                data.strings.append(text)
+    return data
+
+
+def _frames_of_ip(data: _Data, ip: int) -> list[Frame]:
+    """Innermost first: the function at the address, then the functions it is inlined in."""
+    fields = data.ips[ip]
+    module = data.strings[fields[0]] if fields else None
+    if len(fields) < 2 or not data.strings[fields[1]]:
+        return [Frame(name=f"0x{data.ip_addr[ip]}", module=module, symbolized=False)]
+    frames = []
+    func = fields[1]
+    rest = fields[2:]
+    file, line = (rest[0], rest[1]) if len(rest) >= 2 else (0, 0)
+    frames.append(Frame(name=data.strings[func], file=data.strings[file] or None,
+                        line=line or None, module=module))
+    inlined = rest[2:]
+    for k in range(0, len(inlined) - 2, 3):
+        f, fi, li = inlined[k:k + 3]
+        frames.append(Frame(name=data.strings[f], file=data.strings[fi] or None,
+                            line=li or None, module=module))
+    for fr in frames:
+        fr.symbolized = not unresolved(fr.name)
+    return frames
+
+
+def parse(path: Path, tree: str | None) -> tuple[ProfileBuilder, dict[str, object]]:
+    """Stacks with the bytes they held when the heap peaked (frames above main dropped)."""
+    data = _read(path)
+    current = peak = 0
+    peak_at = -1
+    sizes = data.alloc_size
+    for i, ev in enumerate(data.events):
+        if ev > 0:
+            current += sizes[ev - 1]
+            if current > peak:
+                peak, peak_at = current, i
+        else:
+            current -= sizes[-ev - 1]
+    live = [0] * len(sizes)
+    for ev in data.events[: peak_at + 1]:
+        if ev > 0:
+            live[ev - 1] += 1
+        else:
+            live[-ev - 1] -= 1
+    by_trace: dict[int, list[int]] = {}
+    for info, n in enumerate(live):
+        if n > 0:
+            entry = by_trace.setdefault(data.alloc_trace[info], [0, 0])
+            entry[0] += n * sizes[info]
+            entry[1] += n
+    builder = ProfileBuilder()
+    for trace, (value, count) in by_trace.items():
+        leaf_first: list[Frame] = []
+        t = trace
+        while t:
+            ip, t = data.traces[t]
+            leaf_first.extend(_frames_of_ip(data, ip))
+        frames = list(reversed(leaf_first))
+        mains = [i for i, f in enumerate(frames) if f.name == "main"]
+        if mains:
+            frames = frames[mains[0]:]
+        builder.add(relativize(frames, tree), float(value), count)
+    return builder, {"peak_bytes": peak, "allocations": sum(1 for e in data.events if e > 0)}

@@ -1,0 +1,633 @@
+"""Profiling sessions: build (or reuse a deployment), run the workload under a profiler,
+read /proc, tear down, parse, store. MCP-agnostic; the server maps tools onto these.
+
+A service runs under the profiler by deploying a copy of its TargetSpec whose `run:` is
+wrapped (memray, the tracemalloc runner, heaptrack's preload); a batch target's workload
+command is wrapped the same way. Sampling profilers (py-spy, perf) attach to the
+deployment's pid instead. Every command is journalled (phase "profile").
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Literal
+from uuid import uuid4
+
+import anyio
+from autoopt.tools.backends.base import Build, Deployment, WorkloadResult
+from autoopt.tools.errors import (
+    BackendUnavailable,
+    InvalidName,
+    ProfilerUnavailable,
+    WorkloadFailed,
+)
+from autoopt.tools.journal import Journal, Step, shell_join
+from autoopt.tools.process import Child, base_env, run, spawn
+from autoopt.tools.profiling import detect, store, views
+from autoopt.tools.profiling.model import (
+    MemoryReadings,
+    Overhead,
+    Profile,
+    ProfileBuilder,
+)
+from autoopt.tools.targets import TargetSpec
+from autoopt.tools.workload import workload_argv, workload_script
+from autoopt.tools.workspace import check_name
+from pydantic import BaseModel, Field
+
+MemoryTool = Literal["auto", "memray", "tracemalloc", "heaptrack", "procfs"]
+CpuTool = Literal["auto", "py-spy", "perf"]
+Note = Callable[[str], Awaitable[None]]
+STOP_GRACE_S = 30.0
+
+
+class ProfileRun(BaseModel):
+    """What a profiling call produced: the stored profile's summary and its views."""
+
+    profile: Profile = Field(description="the stored profile (stacks included)")
+    files: dict[str, str] = Field(description="stacks, folded, speedscope, flamegraph, raw...")
+    top_self: list[views.TopEntry]
+    top_total: list[views.TopEntry]
+    top_paths: list[views.PathEntry]
+    table: str = Field(description="the <label>-stacks.txt text")
+    journal: Journal = Field(description="every command, phase 'profile'")
+
+
+class _Session:
+    """One profiling call: owns (or borrows) a build and a deployment."""
+
+    def __init__(self, engine: Any, target: str, kind: str, *, deployment_id: str | None,
+                 label: str | None, backend: str, workload: str | None,
+                 progress: Note | None) -> None:
+        self.engine = engine
+        self.ws = engine.workspace
+        if deployment_id is not None:
+            self.deployment: Deployment | None = engine.get_deployment(
+                check_name(deployment_id, "deployment id"))
+            if self.deployment.target != target:
+                raise InvalidName(f"deployment {deployment_id} runs {self.deployment.target}, "
+                                  f"not {target}")
+            backend = self.deployment.backend
+        else:
+            self.deployment = None
+        if backend != "local":
+            raise BackendUnavailable(
+                f"profiling runs on the local backend only (asked: {backend}); profile with "
+                "backend='local' (same code, same workload), then A/B on any backend")
+        self.spec: TargetSpec = engine.spec(target)
+        self.env = backend
+        self.impl = engine.backend(backend)
+        self.kind = kind
+        self.label = check_name(label or f"{'mem' if kind == 'memory' else 'cpu'}-"
+                                f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid4().hex[:4]}",
+                                "profile label")
+        store.check_label_free(self.ws, target, self.env, self.label, kind)
+        self.folder = store.profiles_dir(self.ws, target, self.env)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.script = workload_script(self.ws, self.spec, workload)
+        self.workload_name = self.script.name if self.script else self.spec.local.workload
+        self.own = deployment_id is None
+        self._dep_steps = len(self.deployment.journal.steps) if self.deployment else 0
+        self.build: Build | None = None
+        self.progress = progress
+        self.journal = Journal()
+        self.notes: list[str] = []
+        self.raw_files: list[str] = []
+
+    # -- helpers ----------------------------------------------------------------------
+    async def say(self, message: str) -> None:
+        if self.progress:
+            await self.progress(message)
+
+    def raw(self, suffix: str) -> Path:
+        path = self.folder / f"{self.label}-{suffix}"
+        if path.exists():
+            path.unlink()
+        self.raw_files.append(str(path))
+        return path
+
+    @property
+    def tree(self) -> str | None:
+        if self.deployment is not None and self.deployment.tree:
+            return self.deployment.tree
+        return self.build.tree if self.build else None
+
+    def is_python(self) -> bool:
+        if self.spec.kind == "service":
+            return detect.is_python_command(self.spec.local.run)
+        if self.script is None:
+            return detect.is_python_command(self.spec.local.workload)
+        text = self.script.read_text(errors="replace")
+        return "python" in text
+
+    def batch_command(self) -> str:
+        """The batch program's command line (a workload file runs through bash)."""
+        if self.script is not None:
+            return f"bash {detect.join_command([str(self.script)])}"
+        assert self.spec.local.workload is not None
+        return self.spec.local.workload
+
+    def wrapped_spec(self, wrap: Callable[[str], str] | None) -> TargetSpec:
+        """The spec whose service command (or batch command) runs under the profiler."""
+        if wrap is None:
+            return self.spec
+        if self.spec.kind == "service":
+            assert self.spec.local.run is not None
+            local = self.spec.local.model_copy(update={"run": wrap(self.spec.local.run)})
+        else:
+            local = self.spec.local.model_copy(update={"workload": wrap(self.batch_command())})
+        return self.spec.model_copy(update={"local": local})
+
+    def step(self, shell: str, *, argv: list[str] | None = None, note: str | None = None,
+             elapsed_s: float | None = None, exit_code: int | None = None) -> None:
+        target = self.deployment.journal if self.deployment is not None else self.journal
+        target.add(Step(phase="profile", shell=shell, argv=argv or [], note=note,
+                        elapsed_s=elapsed_s, exit_code=exit_code))
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def start(self, spec: TargetSpec, patch: str | None) -> Deployment:
+        if self.deployment is not None:
+            return self.deployment
+        await self.say(f"building {self.spec.name}")
+        self.build = await self.engine.build(self.spec.name, patch=patch, backend=self.env,
+                                             progress=self.progress)
+        await self.say(f"deploying {self.spec.name} for profiling")
+        self.deployment = await self.impl.deploy(spec, self.build)
+        self.engine._track(self.deployment, True)
+        return self.deployment
+
+    async def workload(self, spec: TargetSpec) -> tuple[WorkloadResult | None, str | None]:
+        """Run the workload; (result, error) — a failure is returned, not raised."""
+        assert self.deployment is not None
+        script = None if spec.kind == "batch" and spec is not self.spec else self.script
+        argv, shell = workload_argv(spec, script, self.deployment.endpoint)
+        await self.say(f"running the workload ({self.workload_name})")
+        try:
+            result = await self.impl.run_workload(spec, self.deployment, argv, shell,
+                                                  name="workload")
+        except WorkloadFailed as exc:
+            return None, str(exc)
+        return result, None
+
+    async def collect(self, spec: TargetSpec, result: WorkloadResult | None,
+                      reset: bool) -> tuple[MemoryReadings, bool]:
+        """/proc readings (wait4 for a batch program) and whether the target died."""
+        assert self.deployment is not None
+        if result is None:
+            result = WorkloadResult(exit_code=-1, duration_s=0.0)
+        c = await self.impl.collect(spec, self.deployment, result)
+        metrics = c.get("metrics") or {}
+        died = bool(c.get("died"))
+        if spec.kind == "batch":
+            source = ("wait4 ru_maxrss of the profiled command (the profiler's own processes "
+                      "included)")
+            return MemoryReadings(vm_hwm_mb=metrics.get("peak_rss_mb"), source=source), died
+        if died:
+            return MemoryReadings(source="/proc: the service had exited; nothing to read"), died
+        return MemoryReadings(vm_hwm_mb=metrics.get("peak_rss_mb"),
+                              vm_rss_mb=metrics.get("rss_mb"), smaps=c.get("smaps") or {},
+                              peak_reset=reset,
+                              source=f"/proc/{self.deployment.pid}/status and smaps_rollup "
+                                     "(profiler overhead included)"), died
+
+    async def stop(self) -> None:
+        """Tear down what this session started; keep a borrowed deployment."""
+        with anyio.CancelScope(shield=True):
+            if self.own and self.deployment is not None \
+                    and self.deployment.id in self.engine.deployments:
+                await self.engine.teardown(self.deployment.id)
+
+    async def cleanup(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.stop()
+            if self.own and self.build is not None:
+                await self.impl.discard(self.build)
+                self.engine.source(self.spec).remove_worktree(Path(self.build.tree))
+
+    def full_journal(self) -> Journal:
+        """Build, deploy, profiler, workload, collect and teardown steps, as phase profile."""
+        out = Journal()
+        sources = [self.build.journal] if self.build and self.own else []
+        if self.deployment is not None:
+            sources.append(Journal(steps=self.deployment.journal.steps[self._dep_steps:]))
+        sources.append(self.journal)
+        for journal in sources:
+            for s in journal.steps:
+                if s.phase == "profile":
+                    out.add(s)
+                else:
+                    note = f"[{s.phase}] {s.note}" if s.note else f"[{s.phase}]"
+                    out.add(s.model_copy(update={"phase": "profile", "note": note}))
+        return out
+
+    async def finish(self, *, tool: str, measure: str, unit: Literal["bytes", "samples"],
+                     builder: ProfileBuilder, overhead: Overhead, overhead_note: str,
+                     memory: MemoryReadings | None, result: WorkloadResult | None,
+                     error: str | None, rate: float | None = None) -> ProfileRun:
+        build = self.build or (self.engine.get_build(self.deployment.build_id)
+                               if self.deployment else None)
+        journal = self.full_journal()
+        profile = Profile(
+            kind=self.kind, label=self.label, target=self.spec.name, env=self.env,  # type: ignore[arg-type]
+            revision=build.commit if build else None, base=build.base if build else None,
+            patch_sha256=build.patch_sha256 if build else None, workload=self.workload_name,
+            tool=tool, measure=measure, unit=unit, total=builder.total, frames=builder.frames,
+            stacks=builder.stacks, overhead=overhead, overhead_note=overhead_note,
+            unsymbolized_frames=builder.unsymbolized, sample_rate_hz=rate, memory=memory,
+            workload_s=result.duration_s if result else None,
+            workload_metrics=result.metrics if result else {},
+            complete=error is None, error=error, notes=self.notes,
+            raw_files=[f for f in self.raw_files if Path(f).exists()], steps=journal.steps)
+        if not profile.stacks and error is None and tool != "procfs":
+            profile.notes.append(f"{tool} recorded no stacks")
+        files = store.save(self.ws, profile)
+        for f in profile.raw_files:
+            files.setdefault(Path(f).name.removeprefix(f"{self.label}-"), f)
+        run_ = ProfileRun(profile=profile, files=files,
+                          top_self=views.top_functions(profile, 10, "self"),
+                          top_total=views.top_functions(profile, 10, "total"),
+                          top_paths=views.top_paths(profile, 10),
+                          table=views.stacks_text(profile), journal=journal)
+        if error is not None:
+            raise WorkloadFailed(
+                f"{error}\nWhat was captured is kept as the INCOMPLETE profile {self.label!r} "
+                f"({len(profile.stacks)} stacks, total "
+                f"{views.human_value(profile.total, profile.unit)}): {files['stacks']}")
+        return run_
+
+
+def _died_message(spec: TargetSpec, result: WorkloadResult | None) -> str:
+    if spec.kind == "batch":
+        code = result.exit_code if result else "?"
+        tail = result.log_tail if result else ""
+        return f"the batch program exited with code {code} during the profile. Output tail:\n{tail}"
+    return "the service exited during the profiled workload (it is no longer running)"
+
+
+# -- memory -----------------------------------------------------------------------------
+async def profile_memory(
+    engine: Any, target: str, *, deployment_id: str | None = None, patch: str | None = None,
+    workload: str | None = None, label: str | None = None, tool: MemoryTool = "auto",
+    backend: str = "local", progress: Note | None = None,
+) -> ProfileRun:
+    """Where the memory is at the peak, by stack, plus VmHWM / VmRSS / smaps_rollup."""
+    if deployment_id is not None and patch is not None:
+        raise InvalidName("give either deployment_id (profile what runs) or patch (build one)")
+    s = _Session(engine, target, "memory", deployment_id=deployment_id, label=label,
+                 backend=backend, workload=workload, progress=progress)
+    python = s.is_python()
+    chosen = _memory_tool(s, tool, python)
+    attach = not s.own and s.spec.kind == "service"
+    if attach and chosen not in ("procfs", "memray"):
+        raise ProfilerUnavailable(
+            f"{chosen} cannot attach to a running service here; omit deployment_id so the "
+            f"service starts under {chosen}, or use tool='procfs' for /proc readings only")
+    out: Path | None = None
+    wrap: Callable[[str], str] | None = None
+    if chosen == "memray":
+        from autoopt.tools.profiling import memray
+
+        out = s.raw("memray.bin")
+        if not attach:
+            wrap = lambda cmd: memray.wrap(cmd, out)  # noqa: E731
+    elif chosen == "tracemalloc":
+        from autoopt.tools.profiling import tracemalloc_tool
+
+        out = s.raw("tracemalloc.snapshot")
+        runner = s.folder / f"{s.label}-tracemalloc-runner.py"
+        s.raw_files.append(str(runner))
+        wrap = lambda cmd: tracemalloc_tool.wrap(cmd, out, runner)  # noqa: E731
+    elif chosen == "heaptrack":
+        from autoopt.tools.profiling import heaptrack
+
+        out = s.raw("heaptrack.raw")
+        wrap = lambda cmd: heaptrack.wrap(cmd, out)  # noqa: E731
+    if s.spec.kind == "batch" and wrap is not None and s.script is not None \
+            and chosen != "procfs":
+        raise ProfilerUnavailable(
+            f"{chosen} must start the program itself, but this batch workload is a script "
+            f"({s.script.name}); give the target a `workload:` command in ## Local")
+    spec = s.wrapped_spec(wrap)
+    error: str | None = None
+    result: WorkloadResult | None = None
+    memory: MemoryReadings | None = None
+    attached: Deployment | None = None
+    try:
+        dep = await s.start(spec, patch)
+        if attach and chosen == "memray":
+            await _memray_attach(s, dep, out)  # type: ignore[arg-type]
+            attached = dep
+        reset = await s.impl.reset_peak(dep) if spec.kind == "service" else False
+        result, error = await s.workload(spec)
+        memory, died = await s.collect(spec, result, reset)
+        if attached is not None:
+            attached = None
+            await _memray_detach(s, dep)
+        if died and error is None:
+            error = _died_message(spec, result)
+        await s.stop()
+        builder, measure, overhead, note = await _read_memory(s, chosen, out)
+        if error is not None and chosen == "heaptrack" and not builder.total:
+            s.notes.append("heaptrack buffers its trace inside the process and flushes it at "
+                           "exit: a program killed by a signal loses the unflushed part (here: "
+                           "all of it). The peak RSS above was still measured")
+        return await s.finish(tool=chosen, measure=measure, unit="bytes", builder=builder,
+                              overhead=overhead, overhead_note=note, memory=memory,
+                              result=result, error=error)
+    finally:
+        if attached is not None:
+            with anyio.CancelScope(shield=True):
+                await _memray_detach(s, attached)
+        await s.cleanup()
+
+
+def _memory_tool(s: _Session, tool: MemoryTool, python: bool) -> str:
+    if tool == "procfs":
+        return tool
+    if python:
+        if tool in ("auto", "memray"):
+            reason = detect.memray_reason()
+            if reason is None:
+                return "memray"
+            if tool == "memray":
+                raise ProfilerUnavailable(reason)
+            s.notes.append(f"memray cannot run here ({reason}); tracemalloc used instead: "
+                           "stacks near the peak, high overhead")
+            return "tracemalloc"
+        if tool == "tracemalloc":
+            s.notes.append("tracemalloc chosen explicitly: stacks near the peak, not at it")
+            return tool
+        if tool == "heaptrack":
+            detect.require("heaptrack")
+            s.notes.append("heaptrack on a Python target: native frames only")
+            return tool
+    if tool in ("memray", "tracemalloc"):
+        raise ProfilerUnavailable(f"{tool} profiles Python programs; {s.spec.name} is native: "
+                                  "use tool='heaptrack' (or 'auto')")
+    detect.require("heaptrack")
+    _jemalloc_note(s)
+    return "heaptrack"
+
+
+def _jemalloc_note(s: _Session) -> None:
+    command = s.spec.local.run if s.spec.kind == "service" else s.spec.local.workload
+    if not command:
+        return
+    tree = Path(s.tree) if s.tree else s.ws.targets_dir / s.spec.name
+    try:
+        linkage = detect.jemalloc_linkage(detect.program_path(command, tree))
+    except ValueError:
+        return
+    if linkage == "dynamic":
+        s.notes.append("the program links libjemalloc.so: heaptrack's preload sees its "
+                       "malloc/free calls (jemalloc's own profiling was not used)")
+    elif linkage == "static":
+        s.notes.append("the program has jemalloc linked in statically: heaptrack does not see "
+                       "those allocations. jemalloc heap profiling (MALLOC_CONF=prof:true + "
+                       "jeprof) is NOT implemented here; use /proc readings or a build with "
+                       "the system allocator")
+
+
+async def _read_memory(s: _Session, tool: str, out: Path | None
+                       ) -> tuple[ProfileBuilder, str, Overhead, str]:
+    if tool == "procfs":
+        return ProfileBuilder(), "no stacks (/proc readings only)", "none", "reads /proc only"
+    assert out is not None
+    if tool == "memray":
+        from autoopt.tools.profiling import memray
+
+        if not out.exists():
+            s.notes.append("memray wrote no output file")
+            return ProfileBuilder(), memray.MEASURE, "moderate", memray.OVERHEAD_NOTE
+        s.step(f"{sys.executable} -m memray transform csv -f -o {out.with_suffix('.csv')} {out}",
+               note="the high-water-mark records by stack (the server read them through "
+                    "memray's FileReader API; this command writes the same rows as CSV)")
+        builder, info = await anyio.to_thread.run_sync(memray.parse, out, s.tree)
+        span = "since the attach" if not s.own and s.spec.kind == "service" \
+            else "over the whole process life (startup included)"
+        s.notes.append(f"memray: heap peak {info['peak_memory']} bytes {span}; "
+                       f"{info['total_allocations']} allocations recorded; python allocator "
+                       f"{info['python_allocator']}")
+        return builder, memray.MEASURE, "moderate", memray.OVERHEAD_NOTE
+    if tool == "tracemalloc":
+        from autoopt.tools.profiling import tracemalloc_tool
+
+        if not out.exists():
+            s.notes.append("tracemalloc took no snapshot")
+            return ProfileBuilder(), tracemalloc_tool.MEASURE, "high", \
+                tracemalloc_tool.OVERHEAD_NOTE
+        builder = await anyio.to_thread.run_sync(tracemalloc_tool.parse, out, s.tree)
+        return builder, tracemalloc_tool.MEASURE, "high", tracemalloc_tool.OVERHEAD_NOTE
+    from autoopt.tools.profiling import heaptrack
+
+    interpreted = out.with_name(f"{s.label}-heaptrack.gz")
+    if interpreted.exists():
+        interpreted.unlink()
+    s.raw_files.append(str(interpreted))
+    if out.exists():
+        shell = heaptrack.interpret_shell(out, interpreted)
+        argv = ["bash", "-c", f"set -o pipefail; {shell}"]
+        logs = Path(s.deployment.log_dir) if s.deployment else s.folder
+        _, done, _ = await run(argv, cwd=s.folder, env=base_env(), logs=logs,
+                               name="heaptrack-interpret", timeout=1800)
+        s.step(shell, argv=argv, note="symbolize heaptrack's raw trace",
+               elapsed_s=done.elapsed_s, exit_code=done.code)
+        s.step(f"heaptrack_print -f {interpreted} --print-peaks 1 "
+               f"--flamegraph-cost-type peak -F {s.folder}/{s.label}-heaptrack-peak.folded",
+               note="the peak by stack (the server replays the interpreted trace itself; "
+                    "heaptrack_print reports the same peak costs)")
+        out.unlink()
+    if not interpreted.exists():
+        s.notes.append("heaptrack wrote no trace")
+        return ProfileBuilder(), heaptrack.MEASURE, "high", heaptrack.OVERHEAD_NOTE
+    builder, info = await anyio.to_thread.run_sync(heaptrack.parse, interpreted, s.tree)
+    s.notes.append(f"heaptrack: peak {info['peak_bytes']} bytes; {info['allocations']} "
+                   "allocations traced")
+    return builder, heaptrack.MEASURE, "high", heaptrack.OVERHEAD_NOTE
+
+
+async def _memray_attach(s: _Session, dep: Deployment, out: Path | None) -> None:
+    """`memray attach` (through gdb) into a running service; memray must be importable
+    by that interpreter."""
+    detect.require("gdb")
+    assert dep.pid is not None and out is not None
+    exe = _interpreter(dep.pid)
+    argv = [exe, "-c", "import memray"]
+    logs = Path(dep.log_dir)
+    _, done, _ = await run(argv, cwd=logs, env=base_env(), logs=logs, name="memray-check",
+                           timeout=60)
+    if done.code != 0:
+        raise ProfilerUnavailable(
+            f"memray cannot attach: the service's interpreter {exe} cannot import memray. "
+            "Omit deployment_id so the service starts under memray (recommended: the whole "
+            "workload is then recorded), or use tool='procfs' for /proc readings only")
+    argv = [sys.executable, "-m", "memray", "attach", str(dep.pid), "-o", str(out), "-f"]
+    _, done, _ = await run(argv, cwd=logs, env=base_env(), logs=logs, name="memray-attach",
+                           timeout=120)
+    s.step(shell_join(argv).replace(str(dep.pid), '"$PID"'), argv=argv,
+           note="attach memray (gdb); only allocations after this point are seen",
+           elapsed_s=done.elapsed_s, exit_code=done.code)
+    if done.code != 0:
+        raise ProfilerUnavailable(f"memray attach failed (exit {done.code}); see "
+                                  f"{logs}/memray-attach.err")
+    s.notes.append("memray attached to a running service: allocations made before the "
+                   "attach are not in the stacks")
+
+
+def _interpreter(pid: int) -> str:
+    """The interpreter as the process was started (a venv's python, not its base binary)."""
+    import shutil
+
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        first = proc.cmdline()[0]
+        if not os.path.isabs(first):
+            first = shutil.which(first, path=proc.environ().get("PATH")) or first
+        return first
+    except (psutil.Error, IndexError):
+        return os.path.realpath(f"/proc/{pid}/exe")
+
+
+async def _memray_detach(s: _Session, dep: Deployment) -> None:
+    assert dep.pid is not None
+    argv = [sys.executable, "-m", "memray", "detach", str(dep.pid)]
+    logs = Path(dep.log_dir)
+    _, done, _ = await run(argv, cwd=logs, env=base_env(), logs=logs, name="memray-detach",
+                           timeout=120)
+    s.step(shell_join(argv).replace(str(dep.pid), '"$PID"'), argv=argv,
+           note="stop memray tracking; the capture file is complete",
+           elapsed_s=done.elapsed_s, exit_code=done.code)
+
+
+# -- cpu --------------------------------------------------------------------------------
+async def profile_cpu(
+    engine: Any, target: str, *, deployment_id: str | None = None, patch: str | None = None,
+    workload: str | None = None, label: str | None = None, tool: CpuTool = "auto",
+    backend: str = "local", rate_hz: int = 100, progress: Note | None = None,
+) -> ProfileRun:
+    """Where the CPU time goes under the workload: py-spy (Python) or perf (native)."""
+    if deployment_id is not None and patch is not None:
+        raise InvalidName("give either deployment_id (profile what runs) or patch (build one)")
+    s = _Session(engine, target, "cpu", deployment_id=deployment_id, label=label,
+                 backend=backend, workload=workload, progress=progress)
+    chosen = tool if tool != "auto" else ("py-spy" if s.is_python() else "perf")
+    perf_exe = detect.require("perf") if chosen == "perf" else ""
+    from autoopt.tools.profiling import perf, pyspy
+
+    out = s.raw("pyspy.txt" if chosen == "py-spy" else "perf.data")
+    wrap: Callable[[str], str] | None = None
+    if s.spec.kind == "batch":
+        if chosen == "py-spy":
+            wrap = lambda cmd: pyspy.wrap(cmd, out, rate_hz)  # noqa: E731
+        else:
+            wrap = lambda cmd: perf.wrap(perf_exe, cmd, out, rate_hz)  # noqa: E731
+    spec = s.wrapped_spec(wrap)
+    error: str | None = None
+    result: WorkloadResult | None = None
+    memory: MemoryReadings | None = None
+    sampler: Child | None = None
+    try:
+        dep = await s.start(spec, patch)
+        if spec.kind == "service":
+            assert dep.pid is not None
+            pid = _python_pid(dep.pid) if chosen == "py-spy" else dep.pid
+            argv = pyspy.attach_argv(pid, out, rate_hz) if chosen == "py-spy" \
+                else perf.attach_argv(perf_exe, pid, out, rate_hz)
+            sampler = spawn(argv, cwd=s.folder, env=base_env(), logs=Path(dep.log_dir),
+                            name=chosen)
+            s.step(shell_join(argv).replace(f" {pid}", ' "$PID"') + " &\nSAMPLER=$!",
+                   argv=argv, note=f"start {chosen} on the service's pid")
+            await _wait_sampling(sampler, out, chosen)
+        reset = await s.impl.reset_peak(dep) if spec.kind == "service" else False
+        result, error = await s.workload(spec)
+        if sampler is not None:
+            await _stop_sampler(sampler)
+            s.step('kill -INT "$SAMPLER"; wait "$SAMPLER"',
+                   note=f"stop {chosen}; it writes its output on SIGINT")
+        memory, died = await s.collect(spec, result, reset)
+        if died and error is None:
+            error = _died_message(spec, result)
+        await s.stop()
+        if chosen == "py-spy":
+            builder = await anyio.to_thread.run_sync(pyspy.parse, out, s.tree) \
+                if out.exists() else ProfileBuilder()
+            measure, note = pyspy.MEASURE, pyspy.OVERHEAD_NOTE
+        else:
+            builder = await _perf_script(s, perf_exe, out) if out.exists() else ProfileBuilder()
+            measure, note = perf.MEASURE, perf.OVERHEAD_NOTE
+        if not out.exists():
+            s.notes.append(f"{chosen} wrote no output")
+        return await s.finish(tool=chosen, measure=measure, unit="samples", builder=builder,
+                              overhead="low", overhead_note=note, memory=memory, result=result,
+                              error=error, rate=float(rate_hz))
+    finally:
+        if sampler is not None:
+            await sampler.stop(grace=2.0)
+        await s.cleanup()
+
+
+def _python_pid(pid: int) -> int:
+    """The Python process itself: the pid when it is Python, else its Python descendant."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if detect.is_python_command(os.path.basename(proc.exe())):
+            return pid
+        for child in proc.children(recursive=True):
+            if detect.is_python_command(os.path.basename(child.exe())):
+                return child.pid
+    except psutil.Error:
+        pass
+    return pid
+
+
+async def _wait_sampling(sampler: Child, out: Path, tool: str) -> None:
+    """Give the sampler a moment to attach; fail early when it cannot."""
+    await anyio.sleep(0.5 if tool == "py-spy" else 1.0)
+    done = sampler.poll()
+    if done is not None:
+        raise ProfilerUnavailable(f"{tool} stopped at once (exit {done.code}): "
+                                  f"{sampler.tail(10)}")
+
+
+async def _stop_sampler(sampler: Child) -> None:
+    if sampler.poll() is None:
+        try:
+            os.kill(sampler.pid, signal.SIGINT)
+        except ProcessLookupError:
+            return
+    if await sampler.wait(STOP_GRACE_S) is None:
+        await sampler.stop(grace=2.0)
+
+
+async def _perf_script(s: _Session, perf_exe: str, data: Path) -> ProfileBuilder:
+    from autoopt.tools.profiling import perf
+
+    argv = perf.script_argv(perf_exe, data)
+    logs = Path(s.deployment.log_dir) if s.deployment else s.folder
+    child, done, _ = await run(argv, cwd=s.folder, env=base_env(), logs=logs,
+                               name="perf-script", timeout=1800)
+    s.step(shell_join(argv) + f" > {s.folder}/{s.label}-perf-script.txt", argv=argv,
+           note="decode the samples", elapsed_s=done.elapsed_s, exit_code=done.code)
+    text = child.stdout.read_text(errors="replace")
+    decoded = s.folder / f"{s.label}-perf-script.txt"
+    decoded.write_text(text)
+    s.raw_files.append(str(decoded))
+    return perf.parse_script(text, s.tree)
+
+
+# -- diff -------------------------------------------------------------------------------
+def diff_profiles(engine: Any, target: str, env: str, before: str, after: str,
+                  n: int = 20) -> views.ProfileDiff:
+    """Two stored profiles of a target, compared stack by stack (signed values)."""
+    engine.spec(target)
+    return views.diff(store.load(engine.workspace, target, env, before),
+                      store.load(engine.workspace, target, env, after), n)
