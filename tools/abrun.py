@@ -328,11 +328,11 @@ def analyse(run: ABRun, spec: TargetSpec, look: int | None) -> ABReport:
     looks = run.looks or [run.runs]
     alpha = 0.05
     final = True
-    if run.sequential and look is not None:
-        alpha = stats.sequential_boundaries(looks)[looks.index(look)]
-        final = False
-    elif run.sequential:
-        alpha = stats.sequential_boundaries(looks)[-1]
+    if run.sequential:
+        index = looks.index(look) if look in looks else len(looks) - 1
+        alpha = stats.sequential_boundaries(looks)[index]
+        final = index == len(looks) - 1
+        look = looks[index]
     guardrails = [(g, values("A", g.metric), values("B", g.metric)) for g in spec.guardrails]
     decision = decide(
         values("A", run.metric),

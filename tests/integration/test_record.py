@@ -80,7 +80,7 @@ def test_demo_then_replay_in_clean_shell(tmp_path: Path) -> None:
     """The main job end to end, then one experiment's scripts replayed with no server."""
     demo = tmp_path / "demo"
     out = subprocess.run(
-        [sys.executable, "-m", "autoopt.server.cli", "demo", "--runs", "3", "--workspace",
+        [sys.executable, "-m", "autoopt.server.cli", "demo", "--runs", "5", "--workspace",
          str(demo)], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "| exp001 | peak_rss_mb | KEEP |" in out.stdout
