@@ -53,7 +53,7 @@ ETCD_PEER_PORT=23800
 KUBELET_PORT=10250
 SERVICE_CIDR=10.96.0.0/16
 SERVICE_IP=10.96.0.1
-POD_CIDR=10.244.0.0/24           # lives only on our bridge; pods get no default route
+POD_CIDR=10.244.0.0/24           # a /24 (our_netns relies on it); only on our bridge; pods get no default route
 BRIDGE=aoptk8s0
 PAUSE_IMAGE=localhost/autoopt/pause:${K8S_VERSION}
 BUSYBOX_IMAGE=localhost/autoopt/busybox:local
@@ -372,19 +372,26 @@ start_daemon() {      # name binary args...
     if daemon_pid "$name" >/dev/null; then return 0; fi
     log "starting $name"
     echo "=== $(date -Is) $*" >>"$LOGS/$name.log"
-    setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+    # fd 9 is our flock on $STATE/.lock: a daemon must not inherit (and so hold) it
+    setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
     echo $! >"$RUN/$name.pid"; echo "$bin" >"$RUN/$name.exe"
 }
 
-stop_daemon() {
-    local name=$1 pid i
-    if pid=$(daemon_pid "$name"); then
-        log "stopping $name (pid $pid)"
-        kill "$pid" 2>/dev/null || true
-        for i in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-        kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$RUN/$name.pid" "$RUN/$name.exe"
+stop_daemons() {      # SIGTERM the named components together; SIGKILL what is left after 10 s
+    local name pid pids=() alive
+    for name in "$@"; do
+        if pid=$(daemon_pid "$name"); then
+            log "stopping $name (pid $pid)"; kill "$pid" 2>/dev/null || true; pids+=("$pid")
+        fi
+    done
+    for _ in $(seq 40); do
+        alive=0
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ $alive -eq 0 ] && break
+        sleep 0.25
+    done
+    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    for name in "$@"; do rm -f "$RUN/$name.pid" "$RUN/$name.exe"; done
 }
 
 wait_for() {          # seconds description command... ; on timeout show the component's log
@@ -450,8 +457,9 @@ cmd_up() {
         --authorization-kubeconfig="$k" --bind-address=127.0.0.1 --port=0 --leader-elect=false --profiling=false
 
     wait_for 30 containerd ctr_ version
-    ctr_ images ls -q | grep -qx "$PAUSE_IMAGE" || ctr_ images import "$IMAGES/pause.tar" >/dev/null
-    ctr_ images ls -q | grep -qx "$BUSYBOX_IMAGE" || ctr_ images import "$IMAGES/busybox.tar" >/dev/null
+    # (re)import the offline images: cheap, and the tags then always match the cached tarballs
+    ctr_ images import "$IMAGES/pause.tar" >/dev/null
+    ctr_ images import "$IMAGES/busybox.tar" >/dev/null
 
     if ! daemon_pid kubelet >/dev/null; then
         # remember the host's values of the sysctls the kubelet rewrites, for `down`
@@ -470,12 +478,17 @@ cmd_up() {
     echo "$ADMIN_KUBECONFIG"
 }
 
-our_netns() {         # network namespaces whose eth0 is the peer of a veth on our bridge
-    local ns peer
+our_netns() {         # network namespaces of our pods: eth0 is a veth whose host end is on our
+    local ns peer host  # bridge, or (bridge already gone) an unattached veth and an IP of our pod CIDR
     for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
         peer=$(ip -n "$ns" -o link show eth0 2>/dev/null | sed -n 's/.*eth0@if\([0-9]*\).*/\1/p')
         [ -n "$peer" ] || continue
-        ip -o link show 2>/dev/null | grep -q "^${peer}: .* master ${BRIDGE} " && echo "$ns"
+        host=$(ip -o link show 2>/dev/null | grep "^${peer}: " || true)
+        case $host in
+            *" master ${BRIDGE} "*) echo "$ns" ;;
+            *" master "*) ;;
+            *) ip -n "$ns" -4 -o addr show dev eth0 2>/dev/null | grep -q " inet ${POD_CIDR%.*}\." && echo "$ns" ;;
+        esac
     done
     return 0
 }
@@ -484,29 +497,40 @@ cmd_down() {
     local t0=$SECONDS pid
     [ "$(id -u)" -eq 0 ] || die "must run as root"
     [ -d "$STATE" ] || { log "nothing to do ($STATE absent)"; return 0; }
-    stop_daemon kubelet
+    stop_daemons kubelet
     # kill and remove every pod container (CNI DEL is not run this way: netns/bridge handled below)
     if daemon_pid containerd >/dev/null && ctr_ version >/dev/null 2>&1; then
         local t c
         for t in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true; done
-        for t in $(ctr_ tasks ls -q 2>/dev/null); do
-            for _ in 1 2 3 4 5 6 7 8 9 10; do ctr_ tasks delete "$t" >/dev/null 2>&1 && break; sleep 0.3; done
-        done
+        # containerd's CRI plugin deletes exited tasks itself; force-delete what it leaves
+        for _ in $(seq 20); do [ -z "$(ctr_ tasks ls -q 2>/dev/null)" ] && break; sleep 0.2; done
+        for t in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks delete -f "$t" >/dev/null 2>&1 || true; done
         for c in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers rm "$c" >/dev/null 2>&1 || true; done
     fi
     local ns_list; ns_list=$(our_netns)
-    for n in scheduler controller-manager apiserver containerd etcd; do stop_daemon "$n"; done
+    stop_daemons scheduler controller-manager apiserver
+    stop_daemons containerd etcd
     # containerd-shim processes serving OUR containerd (identified by our socket path)
-    for pid in $(grep -lsF -- "$SOCK" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3); do
-        [ "$pid" != $$ ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q '^[^ ]*containerd-shim' &&
-            { log "killing leftover shim $pid"; kill -9 "$pid" 2>/dev/null || true; }
+    local f cl
+    for f in /proc/[0-9]*/cmdline; do
+        { cl=$(tr '\0' ' ' <"$f"); } 2>/dev/null || continue
+        case $cl in
+            *containerd-shim*" -address $SOCK "*)
+                pid=${f#/proc/}; pid=${pid%/cmdline}
+                # its children are container init processes (each pid namespace dies with its init)
+                local kids=()
+                read -ra kids <<<"$(ps -o pid= --ppid "$pid" 2>/dev/null | tr '\n' ' ')"
+                log "killing leftover containerd shim $pid and its containers: ${kids[*]}"
+                [ ${#kids[@]} -eq 0 ] || kill -9 "${kids[@]}" 2>/dev/null || true
+                kill -9 "$pid" 2>/dev/null || true ;;
+        esac
     done
     for n in $ns_list; do log "deleting netns $n"; ip netns delete "$n" 2>/dev/null || true; done
     if ip link show "$BRIDGE" >/dev/null 2>&1; then log "deleting bridge $BRIDGE"; ip link delete "$BRIDGE"; fi
     rm -rf "$STATE/cni-ipam"
     # kubelet (secret tmpfs volumes, subpaths) and containerd (rootfs, shm) mounts under $STATE
     local m
-    for m in $(awk -v r="$STATE/" 'index($2, r) == 1 {print $2}' /proc/mounts | sort -r); do
+    awk -v r="$STATE/" 'index($2, r) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
         umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
     done
     if ! awk -v r="$STATE/" 'index($2, r) == 1 {f=1} END {exit !f}' /proc/mounts; then
@@ -519,7 +543,7 @@ cmd_down() {
     # empty pod cgroups the kubelet leaves behind (cgroup v1, cgroupfs driver)
     local d
     for d in /sys/fs/cgroup/*/kubepods; do
-        [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+        if [ -d "$d" ]; then find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true; fi
     done
     if [ -f "$STATE/sysctl.saved" ]; then
         sysctl -q -p "$STATE/sysctl.saved" >/dev/null 2>&1 || true
@@ -541,8 +565,12 @@ cmd_status() {
 
 cmd_load_image() {
     local tar=${1:-}
-    [ -n "$tar" ] && [ -f "$tar" ] || die "usage: $0 load-image TARBALL (a docker-archive, e.g. from docker save)"
-    daemon_pid containerd >/dev/null && ctr_ version >/dev/null 2>&1 || die "cluster containerd is not running (run: $0 up)"
+    if [ -z "$tar" ] || [ ! -f "$tar" ]; then
+        die "usage: $0 load-image TARBALL (a docker-archive, e.g. from docker save)"
+    fi
+    if ! daemon_pid containerd >/dev/null || ! ctr_ version >/dev/null 2>&1; then
+        die "the cluster's containerd is not running (run: $0 up)"
+    fi
     ctr_ images import "$tar"
 }
 

@@ -9,6 +9,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.resources import FileResource
+from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
+from pydantic import Field
+
 from autoopt.server import profiling_tools, trace_log_tools, views
 from autoopt.server.errors import tool_errors
 from autoopt.tools.abrun import MIN_RUNS, ABRun, Order
@@ -18,11 +24,6 @@ from autoopt.tools.record import ExperimentRecord, OutputType
 from autoopt.tools.status import ExperimentStatus, append_candidate
 from autoopt.tools.targets import load_target
 from autoopt.tools.workspace import Workspace, check_name
-from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
-from mcp.server.mcpserver.resources import FileResource
-from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
-from pydantic import Field
 
 log = logging.getLogger("autoopt")
 
@@ -385,6 +386,15 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
                 )
             ),
         ] = "pr",
+        profile: Annotated[
+            str | None,
+            Field(
+                pattern=r"^[a-z0-9][a-z0-9._-]*$",
+                max_length=64,
+                description="label of a stored profile (the evidence): adds profile.sh and "
+                "its stacks to the record",
+            ),
+        ] = None,
         tag: Annotated[
             str,
             Field(
@@ -406,6 +416,7 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
             evidence=evidence,
             output_type=output_type,
             tag=tag,
+            profile=profile,
         )
 
     @mcp.tool(annotations=READ_ONLY)

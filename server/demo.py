@@ -111,14 +111,29 @@ async def demo(root: Path, runs: int, backend: str) -> list[dict[str, Any]]:
         run = await s.call("run_workload", deployment_id=dep["deployment_id"])
         await s.call("teardown", deployment_id=dep["deployment_id"])
         say(f"    workload metrics: {run['metrics']}")
-        tools = {t.name for t in (await client.list_tools()).tools}
-        if "profile_memory" in tools:
-            say("[phase 1] memory profile of the baseline at its peak")
-            prof = await s.call(
-                "profile_memory", target="pyserver", label="baseline", backend=backend
+        say("[phase 1] memory profile of the baseline at its peak (memray)")
+        prof = await s.call("profile_memory", target="pyserver", label="baseline", backend=backend)
+        for line in prof["top"][:3]:
+            say(f"    {line}")
+        top = prof["top_paths"][0]
+        say("[phase 2] candidates from the profile")
+        for exp_id, _, _, description, hypothesis in EXPERIMENTS:
+            evidence = (
+                f"top path at the peak: {' > '.join(f.split(' (')[0] for f in top['frames'][-6:])}"
+                f" = {top['pct']:.1f}% of the peak"
+                if exp_id == "exp001"
+                else "profile_cpu / latency: see hints.md"
             )
-            for line in prof.get("top", [])[:5]:
-                say(f"    {line}")
+            await s.call(
+                "record_candidate",
+                target="pyserver",
+                env=backend,
+                title=description,
+                evidence=evidence,
+                root_cause=hypothesis,
+                fix=description,
+                targeted_workload="workload.sh (full mix)",
+            )
         say("[baseline] A/A run: the noise floor")
         aa = await s.call("run_ab", target="pyserver", runs=3, warmup=0, backend=backend, seed=1)
         await s.call(
@@ -128,6 +143,7 @@ async def demo(root: Path, runs: int, backend: str) -> list[dict[str, Any]]:
             description="baseline (A/A, unmodified)",
             output_type="report",
             hypothesis="A/A: both arms are the same commit; measures the noise floor",
+            profile="baseline",
         )
         rows.append(_row("baseline", aa))
         for exp_id, patch_name, metric, description, hypothesis in EXPERIMENTS:
@@ -144,9 +160,29 @@ async def demo(root: Path, runs: int, backend: str) -> list[dict[str, Any]]:
                 description=description,
                 hypothesis=hypothesis,
                 output_type="pr" if result["verdict"] == "KEEP" else "report",
+                **({"profile": "baseline"} if exp_id == "exp001" else {}),
             )
             say(f"    recorded {record['directory']} (frontier moved: {record['frontier_moved']})")
             rows.append(_row(exp_id, result))
+            if exp_id == "exp001" and result["verdict"] == "KEEP":
+                say("[phase 1 again] profile at the new frontier, diffed against the baseline")
+                await s.call(
+                    "profile_memory", target="pyserver", label="after-exp001", backend=backend
+                )
+                diff = await s.call(
+                    "diff_profiles",
+                    target="pyserver",
+                    env=backend,
+                    before="baseline",
+                    after="after-exp001",
+                )
+                pct = diff["delta_total_pct"]
+                say(
+                    f"    heap at the peak: {diff['before_total'] / 2**20:.1f} MiB -> "
+                    f"{diff['after_total'] / 2**20:.1f} MiB ({pct:+.1f}%)"
+                    if pct is not None
+                    else "    (no total to compare)"
+                )
     return rows
 
 

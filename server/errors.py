@@ -7,8 +7,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
-from autoopt.tools.errors import AutooptError
 from mcp.server.mcpserver.exceptions import ToolError
+
+from autoopt.tools.errors import AutooptError
 
 P = ParamSpec("P")
 R = TypeVar("R")

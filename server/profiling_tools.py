@@ -7,6 +7,10 @@ import base64
 from pathlib import Path
 from typing import Annotated
 
+from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field
+
 from autoopt.server.errors import tool_errors
 from autoopt.tools.engine import Engine
 from autoopt.tools.errors import NotFound
@@ -16,9 +20,6 @@ from autoopt.tools.profiling import store
 from autoopt.tools.profiling.model import MemoryReadings, human_value
 from autoopt.tools.profiling.views import PathEntry, ProfileDiff, TopEntry
 from autoopt.tools.workspace import Workspace, check_name
-from mcp.server.mcpserver import Context, MCPServer
-from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
-from pydantic import BaseModel, Field
 
 PROFILES = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
                            open_world_hint=False)

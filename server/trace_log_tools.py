@@ -5,6 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import anyio
+from mcp.server.mcpserver import MCPServer
+from mcp_types import ToolAnnotations
+from pydantic import Field
+
 from autoopt.server.errors import tool_errors
 from autoopt.tools import trace_log
 from autoopt.tools.engine import Engine
@@ -19,9 +23,6 @@ from autoopt.tools.trace_log import (
     TraceType,
 )
 from autoopt.tools.workspace import Workspace
-from mcp.server.mcpserver import MCPServer
-from mcp_types import ToolAnnotations
-from pydantic import Field
 
 # Reads a ClickHouse server (open world) and, given a target, stores the stacks as a profile.
 QUERIES = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,

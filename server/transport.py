@@ -50,8 +50,9 @@ class BearerAuth:
 
 def http_app(host: str, port: int) -> Any:
     """The ASGI app for `autoopt serve --http`; raises SystemExit on an unsafe setup."""
-    from autoopt.server.app import create_server
     from mcp.server.transport_security import TransportSecuritySettings
+
+    from autoopt.server.app import create_server
 
     token = os.environ.get("AUTOOPT_HTTP_TOKEN", "")
     if host not in LOOPBACK and not token:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from autoopt.tools.targets import TargetSpec
 from pydantic import BaseModel, Field
+
+from autoopt.tools.targets import TargetSpec
 
 
 class Readiness(BaseModel):

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from mcp import Client
+
 from autoopt.server.app import create_server
 from autoopt.tools.workspace import Workspace
-from mcp import Client
 
 REPO = Path(__file__).resolve().parent.parent
 PATCHES = REPO / "examples" / "patches"

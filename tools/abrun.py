@@ -18,13 +18,14 @@ from typing import Literal
 from uuid import uuid4
 
 import anyio
+from pydantic import BaseModel, Field
+
 from autoopt.tools.backends.base import Backend, Build, Sample
 from autoopt.tools.errors import AutooptError, NotFound, RuleViolation
 from autoopt.tools.journal import Journal
 from autoopt.tools.state import load_json, save_model
 from autoopt.tools.targets import Direction, TargetSpec
 from autoopt.tools.workload import workload_argv
-from pydantic import BaseModel, Field
 
 MIN_RUNS = 3
 Order = Literal["abba", "random", "alternate"]
@@ -107,7 +108,6 @@ class ABRun(BaseModel):
     report: ABReport | None = None
     error: str | None = None
     plot: str | None = None
-    profiled: bool = False
     path: str = Field(
         default_factory=lambda: os.environ.get("PATH", "/usr/bin:/bin"),
         description="the PATH the server ran the steps with",

@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from autoopt.tools.stats import Comparison, Direction, compare, seed_rule, summarize
 from autoopt.tools.targets import Guardrail
-from pydantic import BaseModel, ConfigDict
 
 MIN_RUNS = 3
 RECOMMENDED_RUNS = 5

@@ -13,6 +13,7 @@ from pathlib import Path
 from uuid import uuid4
 
 import anyio
+
 from autoopt.tools.abrun import (
     ABRun,
     ABRunner,

@@ -13,14 +13,17 @@ import time
 from pathlib import Path
 from typing import Literal
 
+from pydantic import BaseModel
+
 from autoopt.tools import scripts
 from autoopt.tools.abrun import ABRun
 from autoopt.tools.errors import AlreadyExists, RuleViolation
+from autoopt.tools.profiling import store
+from autoopt.tools.profiling.model import Profile
 from autoopt.tools.source import Source, git
 from autoopt.tools.state import locked, write_atomic
 from autoopt.tools.targets import TargetSpec
 from autoopt.tools.workspace import Workspace, check_name
-from pydantic import BaseModel
 
 OutputType = Literal["pr", "issue", "report"]
 COLUMNS = [
@@ -288,10 +291,12 @@ def record(
     evidence: str | None,
     output_type: OutputType,
     tag: str,
+    profile: str | None = None,
 ) -> ExperimentRecord:
     """Write the experiment's directory and results.tsv row; move the frontier on KEEP."""
     check_name(exp_id, "exp_id")
     check_name(tag, "tag")
+    stored = store.load(workspace, run.target, env_name(run.backend), profile) if profile else None
     if run.status == "running":
         raise RuleViolation(f"run {run.id} is still running; record it when it has finished")
     env = env_name(run.backend)
@@ -318,6 +323,7 @@ def record(
             hypothesis=hypothesis,
             evidence=evidence,
             output_type=output_type,
+            profile=stored,
         )
         staging.rename(folder)
     except BaseException:
@@ -365,6 +371,7 @@ def _write(
     hypothesis: str,
     evidence: str | None,
     output_type: OutputType,
+    profile: Profile | None,
 ) -> str:
     branch = f"autoopt/{run.target}/{tag}-{exp_id}"
     git(source.repo, "branch", "-f", branch, run.commits.get("B", run.base))
@@ -389,8 +396,13 @@ def _write(
         "teardown.sh": scripts.render_phase(run, "teardown", "teardown.sh: stop each arm"),
         "reproduce.sh": scripts.render_reproduce(run),
     }
-    if run.profiled:
-        files["profile.sh"] = scripts.render_phase(run, "profile", "profile.sh: the profiler run")
+    if profile is not None:
+        files["profile.sh"] = scripts.render_profile(
+            run, profile.steps, label=profile.label, revision=profile.revision
+        )
+        src = store.file_of(workspace, profile.target, profile.env, profile.label, "stacks")
+        if src.is_file():
+            shutil.copy2(src, folder / "profile-stacks.txt")
     for name, text in files.items():
         (folder / name).write_text(text)
         (folder / name).chmod(0o755)

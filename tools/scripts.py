@@ -167,3 +167,31 @@ def clone_setup(repo: str, branch: str) -> str:
         f'git clone --quiet --branch {shlex.quote(branch)} {shlex.quote(repo)} "$REPO"\n'
         'git -C "$REPO" fetch --quiet origin "$BASE" 2>/dev/null || true\n'
     )
+
+
+def render_profile(run: ABRun, steps: list[Step], *, label: str, revision: str | None) -> str:
+    """profile.sh: the recorded profiler run, on the arm whose commit it profiled."""
+    arm = "b" if revision and revision == run.commits.get("B") != run.base else "a"
+    head = HEADER.format(
+        title=f"profile.sh: the profile '{label}' (run after build.sh)",
+        run_id=run.id,
+        target=run.target,
+        backend=run.backend,
+        path=run.path,
+    )
+    lines = [
+        head,
+        f"ARM={arm}  # the profiled commit: {revision or 'unknown'}\n",
+        'TREE="$HERE/work/$ARM"\nLOGS="$HERE/work/logs/profile"\nmkdir -p "$LOGS"\n',
+        FREE_PORT.replace("  ", ""),
+    ]
+    if revision not in (run.base, run.commits.get("B")):
+        lines.append(
+            "# note: the profile was taken at a commit other than this experiment's "
+            "arms; the steps below run on arm a\n"
+        )
+    for step in steps:
+        if (step.note or "").startswith(("[source]", "[build]")):
+            continue  # build.sh already checked out and built the tree
+        lines.append(_lines([f"# {step.note}\n{step.shell}" if step.note else step.shell]))
+    return "".join(lines)

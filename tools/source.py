@@ -13,11 +13,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from autoopt.tools.errors import InvalidName, PatchError, RuleViolation, TargetSpecError
 from autoopt.tools.journal import Journal, Step
 from autoopt.tools.targets import TargetSpec
 from autoopt.tools.workspace import Workspace, inside
-from pydantic import BaseModel
 
 FRONTIER = "refs/autoopt/frontier"
 IMPORTED = "refs/autoopt/imported"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pydantic import BaseModel, Field
+
 from autoopt.tools.abrun import runs_dir
 from autoopt.tools.state import load_json
 from autoopt.tools.workspace import Workspace, check_name
-from pydantic import BaseModel, Field
 
 
 class InterruptedRun(BaseModel):

@@ -14,9 +14,10 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Literal
 
+from pydantic import BaseModel, Field
+
 from autoopt.tools.errors import TargetSpecError
 from autoopt.tools.workspace import Workspace
-from pydantic import BaseModel, Field
 
 Direction = Literal["lower", "higher"]
 Kind = Literal["service", "batch"]

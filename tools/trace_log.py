@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 from urllib.parse import urlencode
 
+from pydantic import BaseModel, Field
+
 from autoopt.tools.clickhouse_executor import (
     URL_ENV,
     ClickHouseError,
@@ -39,7 +41,6 @@ from autoopt.tools.errors import InvalidName
 from autoopt.tools.journal import Step
 from autoopt.tools.profiling.model import Frame, Profile, ProfileBuilder
 from autoopt.tools.workspace import Workspace, check_name
-from pydantic import BaseModel, Field
 
 TraceType = Literal["Memory", "MemorySample", "MemoryPeak", "CPU", "Real", "JemallocSample"]
 MemoryContext = Literal["Global", "User", "Process", "Thread"]

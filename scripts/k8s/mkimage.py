@@ -22,9 +22,11 @@ import tarfile
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def _root_owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+def _normalize(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    # root-owned, fixed mtime: the same rootfs always gives the same image digest
     info.uid = info.gid = 0
     info.uname = info.gname = "root"
+    info.mtime = 0
     return info
 
 
@@ -40,7 +42,7 @@ def build(
     layer = io.BytesIO()
     with tarfile.open(fileobj=layer, mode="w", format=tarfile.PAX_FORMAT) as t:
         for name in sorted(os.listdir(rootfs)):
-            t.add(os.path.join(rootfs, name), arcname=name, filter=_root_owned)
+            t.add(os.path.join(rootfs, name), arcname=name, filter=_normalize)
     layer_bytes = layer.getvalue()
     diff_id = "sha256:" + hashlib.sha256(layer_bytes).hexdigest()
     config = {

@@ -58,8 +58,15 @@ def delete_service(core: client.CoreV1Api, name: str, ns: str) -> None:
 def exec_in_pod(core: client.CoreV1Api, pod: str, ns: str, cmd: list[str]) -> tuple[int, str, str]:
     """Run cmd in the pod's first container; return (exit code, stdout, stderr)."""
     ws = stream(
-        core.connect_get_namespaced_pod_exec, pod, ns, command=cmd,
-        stdin=False, stdout=True, stderr=True, tty=False, _preload_content=False,
+        core.connect_get_namespaced_pod_exec,
+        pod,
+        ns,
+        command=cmd,
+        stdin=False,
+        stdout=True,
+        stderr=True,
+        tty=False,
+        _preload_content=False,
     )
     ws.run_forever(timeout=60)
     out, err = ws.read_stdout(), ws.read_stderr()
@@ -91,7 +98,7 @@ def pod_ready(p: client.V1Pod) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))
 
 
-def main() -> int:  # noqa: PLR0915 - a linear script reads best as one function
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--kubeconfig", default=None)
     ap.add_argument("--load", metavar="TARBALL", help="load-image this docker-archive first")
@@ -99,8 +106,10 @@ def main() -> int:  # noqa: PLR0915 - a linear script reads best as one function
     ap.add_argument("--no-oom", action="store_true", help="skip the OOMKilled check")
     a = ap.parse_args()
 
-    kubeconfig = a.kubeconfig or subprocess.check_output(
-        ["bash", CLUSTER_SH, "kubeconfig"], text=True).strip()
+    kubeconfig = (
+        a.kubeconfig
+        or subprocess.check_output(["bash", CLUSTER_SH, "kubeconfig"], text=True).strip()
+    )
     if a.load:
         step(f"load-image {a.load}")
         subprocess.run(["bash", CLUSTER_SH, "load-image", a.load], check=True)
@@ -115,30 +124,50 @@ def main() -> int:  # noqa: PLR0915 - a linear script reads best as one function
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
     try:
         # pods need the namespace's default ServiceAccount (made by the controller-manager)
-        wait("default serviceaccount", lambda: any(
-            s.metadata.name == "default" for s in core.list_namespaced_service_account(ns).items), 60)
+        def has_default_sa() -> bool:
+            sas = core.list_namespaced_service_account(ns).items
+            return any(s.metadata.name == "default" for s in sas)
+
+        wait("default serviceaccount", has_default_sa, 60)
         step(f"namespace {ns} ready")
 
         container = client.V1Container(
-            name="web", image=a.image, image_pull_policy="Never",
+            name="web",
+            image=a.image,
+            image_pull_policy="Never",
             command=["httpd", "-f", "-p", "8080", "-h", "/www"],
             ports=[client.V1ContainerPort(container_port=8080)],
             resources=client.V1ResourceRequirements(
-                requests={"cpu": "50m", "memory": "32Mi"}, limits={"cpu": "500m", "memory": "64Mi"}),
+                requests={"cpu": "50m", "memory": "32Mi"}, limits={"cpu": "500m", "memory": "64Mi"}
+            ),
             readiness_probe=client.V1Probe(
-                tcp_socket=client.V1TCPSocketAction(port=8080), period_seconds=1))
+                tcp_socket=client.V1TCPSocketAction(port=8080), period_seconds=1
+            ),
+        )
         dep = client.V1Deployment(
             metadata=client.V1ObjectMeta(name=name, labels=labels),
             spec=client.V1DeploymentSpec(
-                replicas=1, selector=client.V1LabelSelector(match_labels=labels),
+                replicas=1,
+                selector=client.V1LabelSelector(match_labels=labels),
                 template=client.V1PodTemplateSpec(
                     metadata=client.V1ObjectMeta(labels=labels),
                     # busybox httpd as PID 1 ignores SIGTERM: keep the grace period short
-                    spec=client.V1PodSpec(termination_grace_period_seconds=1, containers=[container]))))
+                    spec=client.V1PodSpec(
+                        termination_grace_period_seconds=1, containers=[container]
+                    ),
+                ),
+            ),
+        )
         apps.create_namespaced_deployment(ns, dep)
-        core.create_namespaced_service(ns, client.V1Service(
-            metadata=client.V1ObjectMeta(name=name),
-            spec=client.V1ServiceSpec(selector=labels, ports=[client.V1ServicePort(port=80, target_port=8080)])))
+        core.create_namespaced_service(
+            ns,
+            client.V1Service(
+                metadata=client.V1ObjectMeta(name=name),
+                spec=client.V1ServiceSpec(
+                    selector=labels, ports=[client.V1ServicePort(port=80, target_port=8080)]
+                ),
+            ),
+        )
 
         def ready_pod() -> client.V1Pod | None:
             pods = core.list_namespaced_pod(ns, label_selector=f"app={name}").items
@@ -154,7 +183,8 @@ def main() -> int:  # noqa: PLR0915 - a linear script reads best as one function
         rc, out, err = exec_in_pod(core, pname, ns, ["cat", "/proc/1/status"])
         assert rc == 0 and out.startswith("Name:\thttpd"), (rc, out[:200], err)
         step(f"exec cat /proc/1/status -> rc {rc}, {out.splitlines()[0]!r}")
-        rc, out, _ = exec_in_pod(core, pname, ns, ["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"])
+        limit_file = "/sys/fs/cgroup/memory/memory.limit_in_bytes"  # cgroup v1
+        rc, out, _ = exec_in_pod(core, pname, ns, ["cat", limit_file])
         assert rc == 0 and out.strip() == str(64 * 1024 * 1024), (rc, out)
         step(f"memory cgroup limit in the pod: {out.strip()} bytes")
         rc, _, _ = exec_in_pod(core, pname, ns, ["sh", "-c", "exit 3"])
@@ -168,12 +198,21 @@ def main() -> int:  # noqa: PLR0915 - a linear script reads best as one function
         if not a.no_oom:
             oom = client.V1Pod(
                 metadata=client.V1ObjectMeta(name="oom"),
-                spec=client.V1PodSpec(restart_policy="Never", termination_grace_period_seconds=1,
-                                      containers=[client.V1Container(
-                    name="hog", image=a.image, image_pull_policy="Never",
-                    # dd reads 256 MiB of /dev/zero into one buffer: far over the 32 MiB limit
-                    command=["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
-                    resources=client.V1ResourceRequirements(limits={"memory": "32Mi"}))]))
+                spec=client.V1PodSpec(
+                    restart_policy="Never",
+                    termination_grace_period_seconds=1,
+                    containers=[
+                        client.V1Container(
+                            name="hog",
+                            image=a.image,
+                            image_pull_policy="Never",
+                            # dd reads 256 MiB of /dev/zero into one buffer: over the 32 MiB limit
+                            command=["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
+                            resources=client.V1ResourceRequirements(limits={"memory": "32Mi"}),
+                        )
+                    ],
+                ),
+            )
             core.create_namespaced_pod(ns, oom)
 
             def terminated() -> client.V1ContainerStateTerminated | None:
@@ -186,10 +225,13 @@ def main() -> int:  # noqa: PLR0915 - a linear script reads best as one function
             step(f"oom pod: phase {phase}, reason {term.reason}, exit code {term.exit_code}")
             assert term.reason == "OOMKilled" and term.exit_code == 137, term
 
-        apps.delete_namespaced_deployment(name, ns, propagation_policy="Foreground")
+        apps.delete_namespaced_deployment(name, ns, propagation_policy="Background")
         delete_service(core, name, ns)
-        wait("pods gone", lambda: not core.list_namespaced_pod(
-            ns, label_selector=f"app={name}").items, 60)
+        wait(
+            "pods gone",
+            lambda: not core.list_namespaced_pod(ns, label_selector=f"app={name}").items,
+            60,
+        )
         assert not core.list_namespaced_service(ns).items
         step("deployment, service and pods deleted")
     finally:

@@ -7,10 +7,10 @@ from pathlib import Path
 import anyio
 import psutil
 import pytest
-from autoopt.tools import procfs
-from autoopt.tools.workspace import Workspace
 from mcp import Client
 
+from autoopt.tools import procfs
+from autoopt.tools.workspace import Workspace
 from tests.conftest import patch_text, processes_under
 
 pytestmark = pytest.mark.anyio

@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from autoopt.tools.workspace import Workspace
 from mcp import Client
 
+from autoopt.tools.workspace import Workspace
 from tests.conftest import patch_text, processes_under
 
 pytestmark = pytest.mark.anyio

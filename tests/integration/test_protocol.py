@@ -5,9 +5,10 @@ from __future__ import annotations
 import sys
 
 import pytest
+from mcp import Client, StdioServerParameters
+
 from autoopt.server.app import create_server
 from autoopt.tools.workspace import Workspace
-from mcp import Client, StdioServerParameters
 
 pytestmark = pytest.mark.anyio
 

@@ -11,10 +11,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from autoopt.tools.record import COLUMNS, append_row
-from autoopt.tools.workspace import Workspace
 from mcp import Client
 
+from autoopt.tools.record import COLUMNS, append_row
+from autoopt.tools.workspace import Workspace
 from tests.conftest import processes_under
 
 pytestmark = pytest.mark.anyio

@@ -6,9 +6,9 @@ import json
 
 import anyio
 import pytest
-from autoopt.tools.workspace import Workspace
 from mcp import Client
 
+from autoopt.tools.workspace import Workspace
 from tests.conftest import patch_text, processes_under
 
 pytestmark = pytest.mark.anyio

@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from mcp import Client
+
 from autoopt.tools.clickhouse_executor import (
     ChdbExecutor,
     ClickHouseAuthError,
@@ -40,7 +42,6 @@ from autoopt.tools.clickhouse_executor import (
 from autoopt.tools.profiling import store
 from autoopt.tools.trace_log import run_query, validate
 from autoopt.tools.workspace import Workspace
-from mcp import Client
 
 pytestmark = pytest.mark.anyio
 

@@ -4,11 +4,12 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from autoopt.tools.decision import Decision, Verdict, check_guardrail, decide
 from autoopt.tools.stats import sequential_boundaries
 from autoopt.tools.targets import Guardrail
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 A = [100.0, 101.0, 99.0, 100.5, 99.5, 100.2, 99.8, 100.9, 99.1, 100.0]  # CV ~0.7%
 

@@ -8,6 +8,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+
 from autoopt.tools.errors import AlreadyExists, InvalidName, NotFound, ProfilerUnavailable
 from autoopt.tools.profiling import detect, heaptrack, memray, perf, pyspy, store, views
 from autoopt.tools.profiling.model import (

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from autoopt.tools.errors import PatchError, RuleViolation
 from autoopt.tools.journal import Journal
 from autoopt.tools.source import Source, is_numeric_only, touched_files

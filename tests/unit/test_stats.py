@@ -6,6 +6,10 @@ import statistics
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
 from autoopt.tools.stats import (
     compare,
     drift_slope,
@@ -13,9 +17,6 @@ from autoopt.tools.stats import (
     sequential_boundaries,
     summarize,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from scipy import stats
 
 RNG = np.random.default_rng(2024)
 TOL = 1e-9

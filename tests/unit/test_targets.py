@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from autoopt.tools.errors import InvalidName, TargetNotFound, TargetSpecError
 from autoopt.tools.targets import glob_matches, parse_constraint, parse_target
 from autoopt.tools.workspace import Workspace, check_name, inside

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+
 from autoopt.tools.clickhouse_executor import (
     ClickHouseAuthError,
     ClickHouseError,

@@ -12,9 +12,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from pydantic import BaseModel, Field
+
 from autoopt.tools.journal import Journal
 from autoopt.tools.targets import TargetSpec
-from pydantic import BaseModel, Field
 
 Progress = Callable[[str], Awaitable[None]]
 

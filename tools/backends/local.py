@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import anyio
+
 from autoopt.tools import procfs
 from autoopt.tools.backends.base import Build, Deployment, Progress, WorkloadResult
 from autoopt.tools.errors import BuildFailed, DeployFailed, WorkloadFailed

@@ -13,8 +13,9 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
-from autoopt.tools.journal import Step
 from pydantic import BaseModel, Field
+
+from autoopt.tools.journal import Step
 
 Kind = Literal["memory", "cpu"]
 Unit = Literal["bytes", "samples"]

@@ -19,6 +19,8 @@ from typing import Any, Literal
 from uuid import uuid4
 
 import anyio
+from pydantic import BaseModel, Field
+
 from autoopt.tools.backends.base import Build, Deployment, WorkloadResult
 from autoopt.tools.errors import (
     BackendUnavailable,
@@ -38,7 +40,6 @@ from autoopt.tools.profiling.model import (
 from autoopt.tools.targets import TargetSpec
 from autoopt.tools.workload import workload_argv, workload_script
 from autoopt.tools.workspace import check_name
-from pydantic import BaseModel, Field
 
 MemoryTool = Literal["auto", "memray", "tracemalloc", "heaptrack", "procfs"]
 CpuTool = Literal["auto", "py-spy", "perf"]

@@ -6,8 +6,9 @@ import json
 from collections import defaultdict
 from typing import Any, Literal
 
-from autoopt.tools.profiling.model import Frame, Profile, Unit, human_value
 from pydantic import BaseModel, Field
+
+from autoopt.tools.profiling.model import Frame, Profile, Unit, human_value
 
 PATH_FRAMES = 12  # frames shown per path in the text views (leaf side)
 
