@@ -18,9 +18,10 @@ import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from scipy import stats
+
 from autoopt.tools.decision import Verdict, decide
 from autoopt.tools.stats import sequential_boundaries
-from scipy import stats
 
 MIN_EFFECT_PCT = 1.0
 NS = (3, 5, 10)
