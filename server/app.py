@@ -17,6 +17,7 @@ from pydantic import Field
 
 from autoopt.server import profiling_tools, trace_log_tools, views
 from autoopt.server.errors import tool_errors
+from autoopt.server.progress import progress_of
 from autoopt.tools.abrun import MIN_RUNS, ABRun, Order
 from autoopt.tools.engine import BACKENDS, Engine
 from autoopt.tools.errors import AutooptError, TargetNotFound
@@ -89,17 +90,6 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
     trace_log_tools.register(mcp, engine, ws)
     profiling_tools.register(mcp, engine, ws)
 
-    async def progress_of(ctx: Context | None) -> object:
-        count = 0
-
-        async def report(message: str) -> None:
-            nonlocal count
-            count += 1
-            if ctx is not None:
-                await ctx.report_progress(count, None, message)
-
-        return report
-
     def readiness_of(backend: str) -> views.Readiness:
         try:
             reason = engine.backend(backend, check=False).unavailable_reason()
@@ -160,7 +150,7 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
             base=base,
             backend=backend,
             allow_constant_tuning=allow_constant_tuning,
-            progress=await progress_of(ctx),
+            progress=progress_of(ctx),
         )  # type: ignore[arg-type]
         return views.BuildResult(
             build_id=result.id,

@@ -12,6 +12,7 @@ from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from autoopt.server.errors import tool_errors
+from autoopt.server.progress import progress_of
 from autoopt.tools.engine import Engine
 from autoopt.tools.errors import NotFound
 from autoopt.tools.journal import Step
@@ -21,27 +22,55 @@ from autoopt.tools.profiling.model import MemoryReadings, human_value
 from autoopt.tools.profiling.views import PathEntry, ProfileDiff, TopEntry
 from autoopt.tools.workspace import Workspace, check_name
 
-PROFILES = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
-                           open_world_hint=False)
-READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
-                            open_world_hint=False)
+PROFILES = ToolAnnotations(
+    read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+)
+READ_ONLY = ToolAnnotations(
+    read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+)
 
-TargetName = Annotated[str, Field(description="a target folder name, e.g. 'pyserver'",
-                                  pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=64)]
-Label = Annotated[str | None, Field(
-    description="profile name, stored as results/<target>/<env>/profiles/<label>-*; e.g. "
-                "'baseline' (the methodology's baseline-stacks.txt). Default: mem-/cpu-<time>",
-    pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=64)]
-DeploymentId = Annotated[str | None, Field(
-    description="profile a running deployment (from deploy) instead of building one")]
-Patch = Annotated[str | None, Field(
-    description="a unified diff applied on the frontier before building (not with "
-                "deployment_id)")]
-Workload = Annotated[str | None, Field(
-    description="a targeted workload file in the target's folder, e.g. 'workload-process.sh'; "
-                "omit for the target's own workload")]
-Backend = Annotated[str, Field(description="where the target runs; profiling supports local",
-                               pattern=r"^(local|docker|kubernetes)$")]
+TargetName = Annotated[
+    str,
+    Field(
+        description="a target folder name, e.g. 'pyserver'",
+        pattern=r"^[a-z0-9][a-z0-9._-]*$",
+        max_length=64,
+    ),
+]
+Label = Annotated[
+    str | None,
+    Field(
+        description="profile name, stored as results/<target>/<env>/profiles/<label>-*; e.g. "
+        "'baseline' (the methodology's baseline-stacks.txt). Default: mem-/cpu-<time>",
+        pattern=r"^[a-z0-9][a-z0-9._-]*$",
+        max_length=64,
+    ),
+]
+DeploymentId = Annotated[
+    str | None,
+    Field(description="profile a running deployment (from deploy) instead of building one"),
+]
+Patch = Annotated[
+    str | None,
+    Field(
+        description="a unified diff applied on the frontier before building (not with "
+        "deployment_id)"
+    ),
+]
+Workload = Annotated[
+    str | None,
+    Field(
+        description="a targeted workload file in the target's folder, e.g. 'workload-process.sh'; "
+        "omit for the target's own workload"
+    ),
+]
+Backend = Annotated[
+    str,
+    Field(
+        description="where the target runs; profiling supports local",
+        pattern=r"^(local|docker|kubernetes)$",
+    ),
+]
 
 
 class ProfileView(BaseModel):
@@ -63,7 +92,8 @@ class ProfileView(BaseModel):
     frames: int = Field(description="distinct frames")
     stacks: int = Field(description="distinct stacks")
     memory: MemoryReadings | None = Field(
-        None, description="VmHWM / VmRSS / smaps_rollup (MB), independent of the profiler")
+        None, description="VmHWM / VmRSS / smaps_rollup (MB), independent of the profiler"
+    )
     workload_s: float | None
     workload_metrics: dict[str, float]
     top: list[str] = Field(description="one line per top path: % of total, value, leaf side")
@@ -88,17 +118,38 @@ def _result(r: profiling.ProfileRun) -> CallToolResult:
     p = r.profile
     png = r.files.get("flamegraph")
     view = ProfileView(
-        label=p.label, kind=p.kind, target=p.target, env=p.env, revision=p.revision,
-        workload=p.workload, tool=p.tool, measure=p.measure, unit=p.unit, total=p.total,
-        overhead=p.overhead, overhead_note=p.overhead_note,
-        unsymbolized_frames=p.unsymbolized_frames, frames=len(p.frames),
-        stacks=len(p.stacks), memory=p.memory, workload_s=p.workload_s,
-        workload_metrics=p.workload_metrics, top=[_line(e, p.unit) for e in r.top_paths],
-        top_paths=r.top_paths, top_self=r.top_self,
-        top_total=r.top_total, table=r.table, files=r.files, flamegraph=png,
+        label=p.label,
+        kind=p.kind,
+        target=p.target,
+        env=p.env,
+        revision=p.revision,
+        workload=p.workload,
+        tool=p.tool,
+        measure=p.measure,
+        unit=p.unit,
+        total=p.total,
+        overhead=p.overhead,
+        overhead_note=p.overhead_note,
+        unsymbolized_frames=p.unsymbolized_frames,
+        frames=len(p.frames),
+        stacks=len(p.stacks),
+        memory=p.memory,
+        workload_s=p.workload_s,
+        workload_metrics=p.workload_metrics,
+        top=[_line(e, p.unit) for e in r.top_paths],
+        top_paths=r.top_paths,
+        top_self=r.top_self,
+        top_total=r.top_total,
+        table=r.table,
+        files=r.files,
+        flamegraph=png,
         resource_uri=f"autoopt://profiles/{p.target}/{p.env}/{p.label}/flamegraph.png"
-        if png else None,
-        notes=p.notes, complete=p.complete, journal=r.journal.steps)
+        if png
+        else None,
+        notes=p.notes,
+        complete=p.complete,
+        journal=r.journal.steps,
+    )
     content: list[TextContent | ImageContent] = [
         TextContent(type="text", text=r.table),
         TextContent(type="text", text=view.model_dump_json()),
@@ -112,17 +163,6 @@ def _result(r: profiling.ProfileRun) -> CallToolResult:
 def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
     """Declare the profiling tools and the flame graph resource on `mcp`."""
 
-    def progress_of(ctx: Context | None) -> profiling.Note:
-        count = 0
-
-        async def report(message: str) -> None:
-            nonlocal count
-            count += 1
-            if ctx is not None:
-                await ctx.report_progress(count, None, message)
-
-        return report
-
     @mcp.tool(annotations=PROFILES)
     @tool_errors
     async def profile_memory(
@@ -131,9 +171,15 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         patch: Patch = None,
         workload: Workload = None,
         label: Label = None,
-        tool: Annotated[profiling.MemoryTool, Field(description=(
-            "auto: memray for Python (tracemalloc only where memray cannot run), heaptrack "
-            "for native; procfs: /proc readings only"))] = "auto",
+        tool: Annotated[
+            profiling.MemoryTool,
+            Field(
+                description=(
+                    "auto: memray for Python (tracemalloc only where memray cannot run), heaptrack "
+                    "for native; procfs: /proc readings only"
+                )
+            ),
+        ] = "auto",
         backend: Backend = "local",
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, ProfileView]:
@@ -143,8 +189,16 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         smaps_rollup, tears down. Stores <label>-stacks.txt (top-10 paths), folded stacks,
         speedscope JSON and a flame graph PNG under results/<target>/<env>/profiles/."""
         r = await profiling.profile_memory(
-            engine, target, deployment_id=deployment_id, patch=patch, workload=workload,
-            label=label, tool=tool, backend=backend, progress=progress_of(ctx))
+            engine,
+            target,
+            deployment_id=deployment_id,
+            patch=patch,
+            workload=workload,
+            label=label,
+            tool=tool,
+            backend=backend,
+            progress=progress_of(ctx),
+        )
         return _result(r)
 
     @mcp.tool(annotations=PROFILES)
@@ -155,8 +209,14 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         patch: Patch = None,
         workload: Workload = None,
         label: Label = None,
-        tool: Annotated[profiling.CpuTool, Field(description=(
-            "auto: py-spy for Python (the real Python pid), perf cpu-clock for native"))] = "auto",
+        tool: Annotated[
+            profiling.CpuTool,
+            Field(
+                description=(
+                    "auto: py-spy for Python (the real Python pid), perf cpu-clock for native"
+                )
+            ),
+        ] = "auto",
         backend: Backend = "local",
         rate_hz: Annotated[int, Field(ge=10, le=2000, description="samples per second")] = 100,
         ctx: Context | None = None,
@@ -165,32 +225,47 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         for native), the top functions by self and total samples, folded stacks, speedscope
         JSON and a flame graph PNG. Same build/deploy/teardown as profile_memory."""
         r = await profiling.profile_cpu(
-            engine, target, deployment_id=deployment_id, patch=patch, workload=workload,
-            label=label, tool=tool, backend=backend, rate_hz=rate_hz,
-            progress=progress_of(ctx))
+            engine,
+            target,
+            deployment_id=deployment_id,
+            patch=patch,
+            workload=workload,
+            label=label,
+            tool=tool,
+            backend=backend,
+            rate_hz=rate_hz,
+            progress=progress_of(ctx),
+        )
         return _result(r)
 
     @mcp.tool(annotations=READ_ONLY)
     @tool_errors
     async def diff_profiles(
         target: TargetName,
-        before: Annotated[str, Field(description="label of the earlier profile, e.g. baseline",
-                                     pattern=r"^[a-z0-9][a-z0-9._-]*$")],
-        after: Annotated[str, Field(description="label of the later profile",
-                                    pattern=r"^[a-z0-9][a-z0-9._-]*$")],
-        env: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$",
-                                  description="local | docker | kubernetes")] = "local",
+        before: Annotated[
+            str,
+            Field(
+                description="label of the earlier profile, e.g. baseline",
+                pattern=r"^[a-z0-9][a-z0-9._-]*$",
+            ),
+        ],
+        after: Annotated[
+            str, Field(description="label of the later profile", pattern=r"^[a-z0-9][a-z0-9._-]*$")
+        ],
+        env: Annotated[
+            str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="local | docker | kubernetes")
+        ] = "local",
     ) -> ProfileDiff:
         """Compare two stored profiles: call paths that grew, shrank, appeared or disappeared
         (signed bytes or samples), the same for functions (inclusive), and the totals."""
         return profiling.diff_profiles(engine, target, env, before, after)
 
-    @mcp.resource("autoopt://profiles/{target}/{env}/{label}/flamegraph.png",
-                  mime_type="image/png")
+    @mcp.resource("autoopt://profiles/{target}/{env}/{label}/flamegraph.png", mime_type="image/png")
     def flamegraph_png(target: str, env: str, label: str) -> bytes:
         """A stored profile's flame graph (icicle: root on top)."""
-        path = store.file_of(ws, check_name(target, "target name"), check_name(env, "env"),
-                             label, "flamegraph")
+        path = store.file_of(
+            ws, check_name(target, "target name"), check_name(env, "env"), label, "flamegraph"
+        )
         if not path.is_file():
             raise NotFound(f"no flame graph for profile {label} of {target}/{env}")
         return path.read_bytes()
