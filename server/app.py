@@ -151,7 +151,7 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
             backend=backend,
             allow_constant_tuning=allow_constant_tuning,
             progress=progress_of(ctx),
-        )  # type: ignore[arg-type]
+        )
         return views.BuildResult(
             build_id=result.id,
             target=result.target,

@@ -19,20 +19,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mcp import Client
+
 from autoopt.server.app import create_server
 from autoopt.tools.backends.docker import DockerBackend, base_image
 from autoopt.tools.engine import Engine
 from autoopt.tools.errors import BuildFailed, DeployFailed
 from autoopt.tools.workload import workload_argv, workload_script
 from autoopt.tools.workspace import Workspace
-from mcp import Client
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]
 
 REPO = Path(__file__).resolve().parents[2]
 INSTANCE = f"{socket.gethostname()}-{os.getpid()}"
 
-TINY_SERVER = '''\
+TINY_SERVER = """\
 import http.server, os, sys
 HOLD = []
 class H(http.server.BaseHTTPRequestHandler):
@@ -50,9 +51,9 @@ class H(http.server.BaseHTTPRequestHandler):
         sys.stderr.write("request %s\\n" % self.path)
 port = int(os.environ.get("PORT", "8080"))
 http.server.ThreadingHTTPServer(("0.0.0.0", port), H).serve_forever()
-'''
+"""
 
-TINY_WORKLOAD = '''\
+TINY_WORKLOAD = """\
 #!/usr/bin/env bash
 # usage: workload.sh ENDPOINT   -- makes the service hold ALLOC_MB more memory
 set -u
@@ -62,40 +63,57 @@ if python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], ti
 else
   echo "alloc_ok=0"
 fi
-'''
+"""
 
-TINY_BATCH = '''\
+TINY_BATCH = """\
 import sys
 block = bytearray(int(sys.argv[1]) << 20)
 block[::4096] = b"x" * len(block[::4096])
 print("items=%d" % len(block))
-'''
+"""
 
-DOCKERFILE = """\
+# Every layer of the tests' own images carries this label, so that any step image a build
+# leaves behind (the legacy builder keeps them as cache) can be found: see leftovers().
+TEST_LABEL = f"LABEL autoopt.test={INSTANCE}"
+
+DOCKERFILE = f"""\
 ARG BASE_IMAGE=autoopt/python-base:bookworm
-FROM ${BASE_IMAGE}
+FROM ${{BASE_IMAGE}}
+{TEST_LABEL}
 WORKDIR /app
 COPY . /app
 EXPOSE 8080
 CMD ["python3", "/app/server.py"]
 """
 
-BROKEN_DOCKERFILE = """\
+BROKEN_DOCKERFILE = f"""\
 ARG BASE_IMAGE=autoopt/python-base:bookworm
-FROM ${BASE_IMAGE}
+FROM ${{BASE_IMAGE}}
+{TEST_LABEL}
 COPY . /app
 RUN echo "autoopt-broken-marker: this step fails on purpose" && exit 7
 """
 
 
-def target_md(name: str, *, kind: str = "service", memory: str | None = None,
-              workload: str = "script: targets/{name}/workload.sh", dockerfile: str = "Dockerfile",
-              metric: str = "alloc_ok", direction: str = "higher") -> str:
+def target_md(
+    name: str,
+    *,
+    kind: str = "service",
+    memory: str | None = None,
+    workload: str = "script: targets/{name}/workload.sh",
+    dockerfile: str = "Dockerfile",
+    metric: str = "alloc_ok",
+    direction: str = "higher",
+) -> str:
     docker = f"\n## Docker\nmemory: {memory}\n" if memory else ""
-    local = ("kind: service\nrun: python3 server.py\nhealth: /health\nhealth_timeout: 30"
-             if kind == "service" else "kind: batch\nworkload: python3 /app/batch.py 40")
+    local = (
+        "kind: service\nrun: python3 server.py\nhealth: /health\nhealth_timeout: 30"
+        if kind == "service"
+        else "kind: batch\nworkload: python3 /app/batch.py 40"
+    )
     service = "\n## Service\nport: 8080\n" if kind == "service" else ""
-    return textwrap.dedent(f"""\
+    return (
+        textwrap.dedent(f"""\
         # {name}: a tiny target of the Docker backend's tests
 
         ## Source
@@ -118,7 +136,12 @@ def target_md(name: str, *, kind: str = "service", memory: str | None = None,
           - server.py
 
         ## Local
-        """) + local + "\n" + service + docker
+        """)
+        + local
+        + "\n"
+        + service
+        + docker
+    )
 
 
 def add_target(ws: Workspace, name: str, *, dockerfile: str = DOCKERFILE, **kwargs: object) -> None:
@@ -171,12 +194,24 @@ def leftovers() -> list[str]:
     client = docker.from_env()
     try:
         selector = {"label": ["autoopt.managed=true", f"autoopt.instance={INSTANCE}"]}
-        found = [f"container {c.name} ({c.status})"
-                 for c in client.containers.list(all=True, filters=selector)]
+        found = [
+            f"container {c.name} ({c.status})"
+            for c in client.containers.list(all=True, filters=selector)
+        ]
         found += [f"image {i.tags or i.short_id}" for i in client.images.list(filters=selector)]
+        layers = client.images.list(all=True, filters={"label": f"autoopt.test={INSTANCE}"})
+        found += [
+            f"layer {i.short_id} of a test image"
+            for i in layers
+            if not any(f"image {i.tags}" == f for f in found)
+        ]
         return found
     finally:
         client.close()
+
+
+def containers_left() -> list[str]:
+    return [x for x in leftovers() if x.startswith("container ")]
 
 
 @pytest.fixture
@@ -184,8 +219,9 @@ def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine_ready: None) -> I
     """A copy of the repository's targets and program.md; checks for leftovers after."""
     root = tmp_path / "ws"
     root.mkdir()
-    shutil.copytree(REPO / "targets", root / "targets",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        REPO / "targets", root / "targets", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     shutil.copy2(REPO / "program.md", root / "program.md")
     monkeypatch.delenv("AUTOOPT_STATE_DIR", raising=False)
     monkeypatch.setenv("AUTOOPT_WORKSPACE", str(root))
@@ -198,21 +234,53 @@ def _text(result: object) -> str:
 
 
 # -- (1) a whole A/B run through the MCP server -----------------------------------------
+async def _run_ab(client: Client, patch: str, runs: int) -> dict:
+    result = await client.call_tool(
+        "run_ab",
+        {
+            "target": "pyserver",
+            "backend": "docker",
+            "runs": runs,
+            "patch": patch,
+            "seed": 7,
+        },
+    )
+    assert not result.is_error, _text(result)
+    return result.structured_content
+
+
+def _only_latency_noise(view: dict) -> bool:
+    """The primary metric passed and only the latency guardrail was not shown to hold."""
+    decision = view["report"]["decision"]
+    primary = decision.get("primary") or {}
+    unsettled = [g for g in decision.get("guardrails", []) if not g.get("passed")]
+    return (
+        bool(primary)
+        and view["failed"] == {"A": 0, "B": 0}
+        and [g["guardrail"]["metric"] for g in unsettled] == ["latency_p99_ms"]
+    )
+
+
 async def test_run_ab_pyserver_history_cap_keeps(ws: Workspace) -> None:
     patch_file = REPO / "examples" / "patches" / "pyserver-history-cap.patch"
     if not (ws.targets_dir / "pyserver" / "target.md").is_file() or not patch_file.is_file():
-        pytest.fail("targets/pyserver/target.md or examples/patches/pyserver-history-cap.patch "
-                    "is missing from the repository")
+        pytest.fail(
+            "targets/pyserver/target.md or examples/patches/pyserver-history-cap.patch "
+            "is missing from the repository"
+        )
     server = create_server(ws)
     t0 = time.monotonic()
     async with Client(server) as client:
-        result = await client.call_tool("run_ab", {
-            "target": "pyserver", "backend": "docker", "runs": 3,
-            "patch": patch_file.read_text(), "seed": 7,
-        })
+        view = await _run_ab(client, patch_file.read_text(), runs=3)
+        if view["verdict"] != "KEEP" and _only_latency_noise(view):
+            # p99 of ~200 requests is the 2nd-slowest request: on a busy 2-core host one
+            # slow run leaves n=3 unable to bound the latency guardrail. Say so, run 5.
+            print(
+                f"runs=3 was {view['verdict']} on latency noise alone ({view['reason']}); "
+                "again with runs=5"
+            )
+            view = await _run_ab(client, patch_file.read_text(), runs=5)
     elapsed = time.monotonic() - t0
-    assert not result.is_error, _text(result)
-    view = result.structured_content
     assert view["verdict"] == "KEEP", json.dumps(view, indent=1)[:4000]
     assert view["backend"] == "docker" and view["status"] == "done"
     run = server.engine.get_run(view["run_id"])  # type: ignore[attr-defined]
@@ -224,27 +292,16 @@ async def test_run_ab_pyserver_history_cap_keeps(ws: Workspace) -> None:
         assert "cpu_s" in s.metrics
     shells = "\n".join(step.shell for step in run.journal.steps)
     assert 'docker build -f "$HERE/Dockerfile"' in shells
-    assert 'CONTAINER=$(docker run -d -p 127.0.0.1::8080' in shells
+    assert "CONTAINER=$(docker run -d -p 127.0.0.1::8080" in shells
     assert "docker exec \"$CONTAINER\" sh -c 'echo 5 > /proc/1/clear_refs'" in shells
     assert 'docker exec "$CONTAINER" cat /proc/1/status' in shells
     assert 'docker rm -f "$CONTAINER"' in shells
-    print(f"run_ab pyserver/docker runs=3: {elapsed:.1f} s, {view['reason']}")
+    print(f"run_ab pyserver/docker runs={view['runs']}: {elapsed:.1f} s, {view['reason']}")
 
 
 # -- (2) a broken Dockerfile ------------------------------------------------------------
-def dangling() -> set[str]:
-    import docker
-
-    client = docker.from_env()
-    try:
-        return {i.id for i in client.images.list(all=True, filters={"dangling": True})}
-    finally:
-        client.close()
-
-
 async def test_broken_dockerfile_is_a_build_error_with_the_log_tail(ws: Workspace) -> None:
     add_target(ws, "tiny-broken", dockerfile=BROKEN_DOCKERFILE)
-    before = dangling()
     async with Client(create_server(ws)) as client:
         result = await client.call_tool("build", {"target": "tiny-broken", "backend": "docker"})
     text = _text(result)
@@ -252,7 +309,7 @@ async def test_broken_dockerfile_is_a_build_error_with_the_log_tail(ws: Workspac
     assert "docker build of tiny-broken failed" in text
     assert "Log tail" in text and "autoopt-broken-marker" in text
     assert "non-zero code: 7" in text
-    assert dangling() <= before, "the failed build's step images were left behind"
+    assert leftovers() == [], "the failed build's step images were left behind"
 
 
 async def test_missing_from_image_says_what_to_do(ws: Workspace) -> None:
@@ -319,8 +376,15 @@ async def test_service_peak_belongs_to_the_workload(ws: Workspace) -> None:
 
 
 async def test_batch_target_runs_in_a_fresh_container(ws: Workspace) -> None:
-    add_target(ws, "tiny-batch", kind="batch", memory="256m", workload="duration: 5s",
-               metric="peak_rss_mb", direction="lower")
+    add_target(
+        ws,
+        "tiny-batch",
+        kind="batch",
+        memory="256m",
+        workload="duration: 5s",
+        metric="peak_rss_mb",
+        direction="lower",
+    )
     collected, result = await _one_run(Engine(ws), "tiny-batch")
     assert result.exit_code == 0, result.log_tail
     assert result.metrics["items"] == 40 << 20
@@ -350,8 +414,11 @@ async def test_unhealthy_service_fails_deploy_and_cancel_removes_the_container(
 
     add_target(ws, "tiny-sick", memory="256m")
     md = ws.targets_dir / "tiny-sick" / "target.md"
-    md.write_text(md.read_text().replace("health: /health", "health: /missing")
-                  .replace("health_timeout: 30", "health_timeout: 2"))
+    md.write_text(
+        md.read_text()
+        .replace("health: /health", "health: /missing")
+        .replace("health_timeout: 30", "health_timeout: 2")
+    )
     engine = Engine(ws)
     spec = engine.spec("tiny-sick")
     backend = engine.backend("docker")
@@ -362,15 +429,29 @@ async def test_unhealthy_service_fails_deploy_and_cancel_removes_the_container(
         message = str(caught.value)
         assert "did not answer" in message and "health_timeout" in message, message
         assert "request /missing" in message, "the container's log tail"
-        assert leftovers() == [f"image ['{build.image}']"]
+        assert containers_left() == []
         spec.local.health_timeout_s = 60
         with anyio.move_on_after(1.5) as scope:
             await backend.deploy(spec, build)
         assert scope.cancelled_caught
-        assert leftovers() == [f"image ['{build.image}']"], "a cancelled deploy left its container"
+        assert containers_left() == [], "a cancelled deploy left its container"
     finally:
         await backend.discard(build)
         engine.source(spec).remove_worktree(Path(build.tree))
+
+
+async def test_cancelled_run_ab_leaves_nothing_behind(ws: Workspace) -> None:
+    """Cancel while building, and while a container runs: no container, no image is left."""
+    import anyio
+
+    add_target(ws, "tiny-cancel", memory="256m")
+    engine = Engine(ws)
+    for delay in (0.4, 4.0):
+        with anyio.move_on_after(delay) as scope:
+            await engine.run_ab("tiny-cancel", runs=3, warmup=0, backend="docker", seed=1)
+        assert scope.cancelled_caught, f"run_ab finished within {delay} s: cancel it earlier"
+        assert leftovers() == [], f"cancelled after {delay} s"
+        assert engine.deployments == {}
 
 
 # -- cleaning up after a server that is gone --------------------------------------------
@@ -379,8 +460,12 @@ async def test_forget_orphans_removes_what_a_dead_server_left(ws: Workspace) -> 
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    labels = {"autoopt.managed": "true", "autoopt.target": "tiny", "autoopt.build": "b-x",
-              "autoopt.instance": f"{socket.gethostname()}-{dead.pid}"}
+    labels = {
+        "autoopt.managed": "true",
+        "autoopt.target": "tiny",
+        "autoopt.build": "b-x",
+        "autoopt.instance": f"{socket.gethostname()}-{dead.pid}",
+    }
     foreign = dict(labels, **{"autoopt.instance": f"some-other-host-{dead.pid}"})
     client = docker.from_env()
     orphan = client.containers.create(base_image(), ["sleep", "60"], labels=labels)
@@ -404,8 +489,9 @@ async def test_unreachable_engine_is_reported_and_list_targets_works(
 ) -> None:
     root = tmp_path / "ws"
     root.mkdir()
-    shutil.copytree(REPO / "targets", root / "targets",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        REPO / "targets", root / "targets", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     shutil.copy2(REPO / "program.md", root / "program.md")
     monkeypatch.delenv("AUTOOPT_STATE_DIR", raising=False)
     socket_path = tmp_path / "no-such-dir" / "docker.sock"

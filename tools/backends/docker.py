@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import http.client
 import logging
 import os
 import shlex
@@ -26,6 +27,7 @@ from typing import Any, TypeVar
 from uuid import uuid4
 
 import anyio
+
 from autoopt.tools import procfs
 from autoopt.tools.backends.base import Build, Deployment, Progress, WorkloadResult
 from autoopt.tools.backends.local import HEALTH_WAIT_SH, _probe
@@ -56,13 +58,15 @@ WORKLOAD_MOUNT = "/autoopt/workload"
 SETUP_HINT = "run scripts/setup-docker.sh"
 
 STATUS_AWK = (
-    "awk '/^VmHWM/ {printf \"peak_rss_mb=%.3f\\n\", $2/1024} "
-    "/^VmRSS/ {printf \"rss_mb=%.3f\\n\", $2/1024}'"
+    'awk \'/^VmHWM/ {printf "peak_rss_mb=%.3f\\n", $2/1024} '
+    '/^VmRSS/ {printf "rss_mb=%.3f\\n", $2/1024}\''
 )
 COLLECT_SH = f'docker exec "$CONTAINER" cat /proc/1/status | {STATUS_AWK}'
 RESET_SH = "docker exec \"$CONTAINER\" sh -c 'echo 5 > /proc/1/clear_refs'"
-INSPECT_SH = ("docker inspect -f 'running={{.State.Running}} oom_killed={{.State.OOMKilled}} "
-              "restarts={{.RestartCount}}' \"$CONTAINER\"")
+INSPECT_SH = (
+    "docker inspect -f 'running={{.State.Running}} oom_killed={{.State.OOMKilled}} "
+    'restarts={{.RestartCount}}\' "$CONTAINER"'
+)
 TEARDOWN_SH = 'docker rm -f "$CONTAINER" >/dev/null 2>&1 || true'
 
 
@@ -120,10 +124,6 @@ async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
 
-def _next(iterator: Any) -> Any:
-    return next(iterator, None)
-
-
 def _is_read_timeout(exc: BaseException) -> bool:
     import requests
     import urllib3.exceptions
@@ -131,19 +131,76 @@ def _is_read_timeout(exc: BaseException) -> bool:
     return isinstance(exc, requests.exceptions.ReadTimeout | urllib3.exceptions.ReadTimeoutError)
 
 
-def _close_stream(stream: Any) -> None:
-    """Close a streamed API response, also while a worker thread is blocked reading it."""
-    if stream is None:
-        return
-    frame = getattr(stream, "gi_frame", None)  # the SDK's generator holds the HTTP response
-    response = frame.f_locals.get("response") if frame is not None else None
-    if response is not None:
-        with contextlib.suppress(Exception):
-            response.raw.shutdown()  # urllib3 >= 2.3: unblocks a read in progress
-        with contextlib.suppress(Exception):
-            response.close()
-    with contextlib.suppress(Exception):
-        stream.close()  # ValueError while the abandoned thread is still inside it
+class _BuildStream:
+    """A legacy build's JSON stream, read to its end by a thread of its own that writes the
+    build log. stop() half-closes the connection: the engine sees the client go, aborts the
+    build (a running step is killed), reports it and ends the stream, so the log names every
+    image the build made. Only when the engine does not answer is the connection dropped."""
+
+    def __init__(self, stream: Any, log_path: Path) -> None:
+        import queue
+        import threading
+
+        self.stream = stream
+        frame = getattr(stream, "gi_frame", None)  # the SDK's generator holds the response
+        self.response = frame.f_locals.get("response") if frame is not None else None
+        self.log_path = log_path
+        self.lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self.done = threading.Event()
+        self.error: str | None = None  # the build's own error message
+        self.exc: BaseException | None = None  # reading the stream failed
+        self.drained = False  # the engine ended the stream (nothing more can follow)
+        self.stopped = False  # stop() was called
+        threading.Thread(target=self._read, name="autoopt-docker-build", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            with open(self.log_path, "w", encoding="utf-8") as out:
+                for chunk in self.stream:
+                    text = str(chunk.get("stream") or "")
+                    if chunk.get("error"):
+                        self.error = str(chunk["error"])
+                        text += f"ERROR: {self.error}\n"
+                    if text:
+                        out.write(text)
+                        out.flush()
+                        self.lines.put(text)
+            self.drained = True
+        except BaseException as exc:
+            self.exc = exc
+        finally:
+            self.done.set()
+            self.lines.put(None)
+
+    async def next_line(self) -> str | None:
+        """The next piece of output; None at the end of the stream."""
+        import queue
+
+        while True:
+            try:
+                return self.lines.get_nowait()
+            except queue.Empty:
+                await anyio.sleep(0.05)
+
+    async def stop(self, grace: float = 15.0) -> None:
+        import socket as sockets
+
+        self.stopped = True
+        try:
+            self.response.raw._sock_shutdown(sockets.SHUT_WR)  # type: ignore[union-attr]
+        except Exception:
+            grace = 0.0  # no half-close here: drop the connection
+        deadline = time.monotonic() + grace
+        while not self.done.is_set() and time.monotonic() < deadline:
+            await anyio.sleep(0.05)
+        if not self.done.is_set():
+            if self.response is not None:
+                with contextlib.suppress(Exception):
+                    self.response.raw.shutdown()  # urllib3 >= 2.3: unblocks the reader
+                with contextlib.suppress(Exception):
+                    self.response.close()
+            while not self.done.is_set() and time.monotonic() < deadline + 5:
+                await anyio.sleep(0.05)
 
 
 def _process_started(pid: int) -> float | None:
@@ -191,9 +248,10 @@ class _Cgroup:
         if memory is not None:
             return cls(memory, cpu, v2=False)
         root = mounts.get("")
-        if unified is not None and root is not None and (root / "memory.current").exists():
+        if unified is not None and root is not None:
             target = root / unified.lstrip("/")
-            return cls(target, target, v2=True)
+            if (target / "memory.current").exists():  # the memory controller is on v2
+                return cls(target, target, v2=True)
         return None
 
     def peak_bytes(self) -> int | None:
@@ -275,8 +333,11 @@ class DockerBackend:
             if self.unavailable_reason() is None:
                 removed = self.forget_orphans()
                 if removed:
-                    log.warning("docker: removed %d leftover(s) of earlier servers: %s",
-                                len(removed), ", ".join(removed))
+                    log.warning(
+                        "docker: removed %d leftover(s) of earlier servers: %s",
+                        len(removed),
+                        ", ".join(removed),
+                    )
         except Exception as exc:  # never fail construction over a cleanup
             log.warning("docker: could not clean up leftovers of earlier servers: %s", exc)
 
@@ -289,8 +350,7 @@ class DockerBackend:
                 self._client = docker.from_env(timeout=int(API_TIMEOUT_S))
             except Exception as exc:
                 raise BackendUnavailable(
-                    f"no Docker engine reachable at {engine_address()}: {_short(exc)}; "
-                    f"{SETUP_HINT}"
+                    f"no Docker engine reachable at {engine_address()}: {_short(exc)}; {SETUP_HINT}"
                 ) from exc
         return self._client
 
@@ -322,8 +382,13 @@ class DockerBackend:
         return None
 
     def _labels(self, target: str, build_id: str, deployment: str | None = None) -> dict[str, str]:
-        labels = {MANAGED: "true", "autoopt.target": target, "autoopt.build": build_id,
-                  "autoopt.instance": self.instance, "autoopt.instance_started": self.started}
+        labels = {
+            MANAGED: "true",
+            "autoopt.target": target,
+            "autoopt.build": build_id,
+            "autoopt.instance": self.instance,
+            "autoopt.instance_started": self.started,
+        }
         if deployment:
             labels["autoopt.deployment"] = deployment
         return labels
@@ -336,8 +401,10 @@ class DockerBackend:
         except docker.errors.ImageNotFound as exc:
             if image == base_image():
                 raise BackendUnavailable(f"base image {image} missing; {SETUP_HINT}") from exc
-            raise error(f"image {image} is missing (removed by a cleanup, or never built); "
-                        "build again (build, run_ab)") from exc
+            raise error(
+                f"image {image} is missing (removed by a cleanup, or never built); "
+                "build again (build, run_ab)"
+            ) from exc
         except Exception as exc:
             raise _translate(exc, error, doing) from exc
 
@@ -346,12 +413,16 @@ class DockerBackend:
         self, spec: TargetSpec, build: Build, progress: Progress | None = None
     ) -> Build:
         if not spec.build.dockerfile:
-            raise BuildFailed(f"target {spec.name} has no 'dockerfile:' in '## Build'; the docker "
-                              "backend builds an image from it (relative to the workspace)")
+            raise BuildFailed(
+                f"target {spec.name} has no 'dockerfile:' in '## Build'; the docker "
+                "backend builds an image from it (relative to the workspace)"
+            )
         dockerfile = inside(self.workspace.root, spec.build.dockerfile)
         if not dockerfile.is_file():
-            raise BuildFailed(f"target {spec.name}: Dockerfile {spec.build.dockerfile} not found "
-                              f"in {self.workspace.root}")
+            raise BuildFailed(
+                f"target {spec.name}: Dockerfile {spec.build.dockerfile} not found "
+                f"in {self.workspace.root}"
+            )
         base = base_image()
         await self._image_exists(base, BuildFailed, "checking the base image")
         tag = f"autoopt/{spec.name}:{build.id}"
@@ -362,51 +433,61 @@ class DockerBackend:
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / "build.log"
         args_sh = "".join(f" --build-arg {shlex.quote(f'{k}={v}')}" for k, v in buildargs.items())
-        build.journal.add(Step(phase="build", shell=image_shell(spec.name),
-                               note="this arm's image tag"))
-        step = build.journal.add(Step(
-            phase="build", shell=f'docker build -f "$HERE/Dockerfile"{args_sh} -t "$IMAGE" "$TREE"',
-            cwd=build.tree, note=f"the server built {tag} (Docker API, context $TREE)",
-        ))
+        build.journal.add(
+            Step(phase="build", shell=image_shell(spec.name), note="this arm's image tag")
+        )
+        step = build.journal.add(
+            Step(
+                phase="build",
+                shell=f'docker build -f "$HERE/Dockerfile"{args_sh} -t "$IMAGE" "$TREE"',
+                cwd=build.tree,
+                note=f"the server built {tag} (Docker API, context $TREE)",
+            )
+        )
         if progress:
             await progress(f"docker build {tag} ({spec.name} at {build.commit[:12]})")
         client = self._docker()
-        t0 = time.monotonic()
+        t0, started = time.monotonic(), time.time()
         timed_out = False
-        error: str | None = None
-        stream = None
+        started_reader: list[_BuildStream] = []  # set in the worker thread: a cancel can't lose it
+        reader: _BuildStream | None = None
+
+        def start_build() -> _BuildStream:
+            stream = client.api.build(
+                path=build.tree,
+                dockerfile=str(dockerfile),
+                tag=tag,
+                buildargs=buildargs,
+                labels=self._labels(spec.name, build.id),
+                rm=True,
+                forcerm=True,
+                decode=True,
+                timeout=int(spec.build.timeout_s) + 60,
+            )
+            started_reader.append(_BuildStream(stream, log_path))
+            return started_reader[0]
+
         try:
             try:
-                stream = await _call(
-                    client.api.build, path=build.tree, dockerfile=str(dockerfile), tag=tag,
-                    buildargs=buildargs, labels=self._labels(spec.name, build.id), rm=True,
-                    forcerm=True, decode=True, timeout=int(spec.build.timeout_s) + 60,
-                )
-                with open(log_path, "w", encoding="utf-8") as out, \
-                        anyio.fail_after(max(0.0, spec.build.timeout_s - (time.monotonic() - t0))):
-                    while True:
-                        # abandoned on cancel or timeout: _close_stream then unblocks the thread
-                        chunk = await anyio.to_thread.run_sync(_next, stream,
-                                                               abandon_on_cancel=True)
-                        if chunk is None:
-                            break
-                        text = chunk.get("stream") or ""
-                        if text:
-                            out.write(text)
-                            if progress and text.startswith("Step "):
-                                await progress(f"docker build {spec.name}: {text.strip()[:160]}")
-                        if chunk.get("error"):
-                            error = str(chunk["error"])
-                            out.write(f"ERROR: {error}\n")
-                        out.flush()
+                reader = await _call(start_build)
+                with anyio.fail_after(max(0.0, spec.build.timeout_s - (time.monotonic() - t0))):
+                    while (line := await reader.next_line()) is not None:
+                        if progress and line.startswith("Step "):
+                            await progress(f"docker build {spec.name}: {line.strip()[:160]}")
             except TimeoutError:
                 timed_out = True
             except Exception as exc:
-                if not _is_read_timeout(exc):
-                    raise _translate(exc, BuildFailed, f"docker build of {spec.name}") from exc
-                timed_out = True
+                raise _translate(exc, BuildFailed, f"docker build of {spec.name}") from exc
             finally:
-                _close_stream(stream)  # a dropped connection makes the engine abort the build
+                reader = started_reader[0] if started_reader else None
+                if reader is not None and not reader.done.is_set():
+                    with anyio.CancelScope(shield=True):
+                        await reader.stop()  # the engine aborts the build, then says so
+            assert reader is not None
+            if reader.exc is not None and not reader.stopped:
+                if not _is_read_timeout(reader.exc):
+                    raise _translate(reader.exc, BuildFailed, f"docker build of {spec.name}")
+                timed_out = True
             build.duration_s = round(time.monotonic() - t0, 3)
             build.log_tail = tail_text(log_path, 40)
             step.elapsed_s = build.duration_s
@@ -415,17 +496,23 @@ class DockerBackend:
                     f"docker build of {spec.name} timed out after {spec.build.timeout_s:.0f} s "
                     f"(build_timeout in target.md). Log tail:\n{build.log_tail}"
                 )
-            if error is not None:
+            if reader.error is not None:
                 step.exit_code = 1
                 raise BuildFailed(
-                    f"docker build of {spec.name} failed: {error}{_pull_hint(error)}\n"
-                    f"Log tail ({log_path}):\n{build.log_tail}"
+                    f"docker build of {spec.name} failed: {reader.error}"
+                    f"{_pull_hint(reader.error)}\nLog tail:\n{build.log_tail}"
                 )
             await self._image_exists(tag, BuildFailed, f"docker build of {spec.name}")
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self._remove_image(tag)
-                await _call(self._remove_step_images, log_path)
+                await _call(
+                    self._remove_failed_build,
+                    build.id,
+                    tag,
+                    log_path,
+                    aborted=reader is None or not reader.drained,
+                    started=started,
+                )
             raise
         step.exit_code = 0
         build.image = tag
@@ -446,8 +533,10 @@ class DockerBackend:
             try:
                 parse_bytes(memory)
             except DockerException as exc:
-                raise DeployFailed(f"target {spec.name}: Docker memory {memory!r} is not a size; "
-                                   "write e.g. 256m or 1g") from exc
+                raise DeployFailed(
+                    f"target {spec.name}: Docker memory {memory!r} is not a size; "
+                    "write e.g. 256m or 1g"
+                ) from exc
             kwargs.update(mem_limit=memory, memswap_limit=memory)  # no swap: a limit is a limit
             flags += f" --memory {shlex.quote(memory)} --memory-swap {shlex.quote(memory)}"
         if spec.docker.cpus:
@@ -459,51 +548,83 @@ class DockerBackend:
         dep_id = f"dep-{uuid4().hex[:10]}"
         logs = Path(build.tree).parent / "deployments" / dep_id
         logs.mkdir(parents=True, exist_ok=True)
-        deployment = Deployment(id=dep_id, build_id=build.id, target=spec.name, backend=self.name,
-                                kind=spec.kind, log_dir=str(logs), tree=build.tree)
+        deployment = Deployment(
+            id=dep_id,
+            build_id=build.id,
+            target=spec.name,
+            backend=self.name,
+            kind=spec.kind,
+            log_dir=str(logs),
+            tree=build.tree,
+        )
         image = build.image or f"autoopt/{spec.name}:{build.id}"
         await self._image_exists(image, DeployFailed, f"deploying {spec.name}")
-        deployment.journal.add(Step(phase="deploy", shell=image_shell(spec.name),
-                                    note="this arm's image (tagged by build.sh)"))
+        deployment.journal.add(
+            Step(
+                phase="deploy",
+                shell=image_shell(spec.name),
+                note="this arm's image (tagged by build.sh)",
+            )
+        )
         if spec.kind == "batch":
-            deployment.journal.add(Step(phase="deploy", shell=": batch target: nothing to start",
-                                        note="the workload runs in a fresh container"))
+            deployment.journal.add(
+                Step(
+                    phase="deploy",
+                    shell=": batch target: nothing to start",
+                    note="the workload runs in a fresh container",
+                )
+            )
             return deployment
         port = spec.service_port or await self._exposed_port(image)
         if port is None:
-            raise DeployFailed(f"target {spec.name}: no service port; add 'port: <n>' to "
-                               "'## Service' in target.md (or EXPOSE it in the Dockerfile)")
+            raise DeployFailed(
+                f"target {spec.name}: no service port; add 'port: <n>' to "
+                "'## Service' in target.md (or EXPOSE it in the Dockerfile)"
+            )
         limits, flags = self._limits(spec)
         client = self._docker()
-        step = deployment.journal.add(Step(
-            phase="deploy",
-            shell=(f'CONTAINER=$(docker run -d -p 127.0.0.1::{port} -e PORT={port}{flags} '
-                   '"$IMAGE")'),
-            env={"PORT": str(port)},
-            note=f"the server ran {image} (Docker API), labelled autoopt.*",
-        ))
-        deployment.journal.add(Step(
-            phase="deploy",
-            shell=(f"PORT=$(docker port \"$CONTAINER\" {port}/tcp | head -1 | sed 's/.*://')\n"
-                   'ENDPOINT="http://127.0.0.1:$PORT"'),
-            note="the host port Docker picked",
-        ))
+        step = deployment.journal.add(
+            Step(
+                phase="deploy",
+                shell=(
+                    f"CONTAINER=$(docker run -d -p 127.0.0.1::{port} -e PORT={port}{flags} "
+                    '"$IMAGE")'
+                ),
+                env={"PORT": str(port)},
+                note=f"the server ran {image} (Docker API), labelled autoopt.*",
+            )
+        )
+        deployment.journal.add(
+            Step(
+                phase="deploy",
+                shell=(
+                    f"PORT=$(docker port \"$CONTAINER\" {port}/tcp | head -1 | sed 's/.*://')\n"
+                    'ENDPOINT="http://127.0.0.1:$PORT"'
+                ),
+                note="the host port Docker picked",
+            )
+        )
         health_path = spec.local.health or "/"
-        deployment.journal.add(Step(
-            phase="deploy",
-            shell=HEALTH_WAIT_SH.format(url=f"$ENDPOINT{health_path}"),
-            note="wait for the health check",
-        ))
+        deployment.journal.add(
+            Step(
+                phase="deploy",
+                shell=HEALTH_WAIT_SH.format(url=f"$ENDPOINT{health_path}"),
+                note="wait for the health check",
+            )
+        )
         container = None
         t0 = time.monotonic()
         try:
             try:
                 container = await _call(
-                    client.containers.create, image, detach=True,
+                    client.containers.create,
+                    image,
+                    detach=True,
                     name=f"autoopt-{spec.name}-{dep_id}",
                     ports={f"{port}/tcp": ("127.0.0.1", None)},
                     environment={"PORT": str(port)},
-                    labels=self._labels(spec.name, build.id, dep_id), **limits,
+                    labels=self._labels(spec.name, build.id, dep_id),
+                    **limits,
                 )
                 deployment.container = container.id
                 await _call(container.start)
@@ -512,16 +633,19 @@ class DockerBackend:
                 raise _translate(exc, DeployFailed, f"starting a container of {image}") from exc
             host_port = _host_port(container.attrs, port)
             if host_port is None:
-                raise DeployFailed(f"Docker published no host port for {port}/tcp of {image}; "
-                                   f"container state: {container.status}")
+                raise DeployFailed(
+                    f"Docker published no host port for {port}/tcp of {image}; "
+                    f"container state: {container.status}"
+                )
             deployment.port = host_port
             deployment.endpoint = f"http://127.0.0.1:{host_port}"
             pid = int(container.attrs["State"].get("Pid") or 0)
             deployment.pid = pid or None
             deployment.pid_start = _process_started(pid) if pid else None
             self._cgroups[dep_id] = _Cgroup.of(pid, container.id) if pid else None
-            await self._wait_healthy(container, f"{deployment.endpoint}{health_path}",
-                                     spec.local.health_timeout_s)
+            await self._wait_healthy(
+                container, f"{deployment.endpoint}{health_path}", spec.local.health_timeout_s
+            )
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._remove_container(deployment)
@@ -558,8 +682,8 @@ class DockerBackend:
             try:
                 if await anyio.to_thread.run_sync(_probe, url):
                     return
-            except OSError as exc:
-                last = str(exc)
+            except (OSError, http.client.HTTPException) as exc:  # not listening yet, reset, ...
+                last = f"{type(exc).__name__}: {exc}"
             if time.monotonic() > deadline:
                 raise DeployFailed(
                     f"the container did not answer {url} within {timeout:.0f} s (health_timeout "
@@ -590,14 +714,23 @@ class DockerBackend:
             ok = done is not None
             how = "the server ran the same command"
         if ok:
-            deployment.journal.add(Step(phase="deploy", shell=RESET_SH,
-                                        note=f"reset VmHWM so the peak belongs to the workload "
-                                             f"({how})"))
+            deployment.journal.add(
+                Step(
+                    phase="deploy",
+                    shell=RESET_SH,
+                    note=f"reset VmHWM so the peak belongs to the workload ({how})",
+                )
+            )
         if cgroup is not None and cgroup.reset_peak():
             path = cgroup.shell_path("memory.max_usage_in_bytes", deployment.container)
             shell = f"[ ! -w {path} ] || echo 0 > {path}"
-            deployment.journal.add(Step(phase="deploy", shell=shell,
-                                        note="reset the container's cgroup memory peak (root)"))
+            deployment.journal.add(
+                Step(
+                    phase="deploy",
+                    shell=shell,
+                    note="reset the container's cgroup memory peak (root)",
+                )
+            )
         return ok
 
     async def _exec(self, deployment: Deployment, argv: list[str]) -> str | None:
@@ -610,23 +743,42 @@ class DockerBackend:
         return bytes(output).decode("utf-8", "replace") if code == 0 else None
 
     async def run_workload(
-        self, spec: TargetSpec, deployment: Deployment, argv: list[str], shell: str, *, name: str,
+        self,
+        spec: TargetSpec,
+        deployment: Deployment,
+        argv: list[str],
+        shell: str,
+        *,
+        name: str,
         timeout: float = 600.0,
     ) -> WorkloadResult:
         if spec.kind == "batch":
             return await self._run_batch(spec, deployment, argv, shell, name=name, timeout=timeout)
         logs = Path(deployment.log_dir)
-        child, done, timed_out = await run(argv, cwd=logs, env=base_env(), logs=logs, name=name,
-                                           timeout=timeout)
-        deployment.journal.add(Step(phase="workload", shell=shell, argv=argv, cwd=str(logs),
-                                    elapsed_s=done.elapsed_s, exit_code=done.code,
-                                    note="the driver runs on the host, against $ENDPOINT"))
-        result = WorkloadResult(metrics=parse_metrics(tail_text(child.stdout, 200)),
-                                exit_code=done.code, duration_s=done.elapsed_s,
-                                log_tail=child.tail(30))
+        child, done, timed_out = await run(
+            argv, cwd=logs, env=base_env(), logs=logs, name=name, timeout=timeout
+        )
+        deployment.journal.add(
+            Step(
+                phase="workload",
+                shell=shell,
+                argv=argv,
+                cwd=str(logs),
+                elapsed_s=done.elapsed_s,
+                exit_code=done.code,
+                note="the driver runs on the host, against $ENDPOINT",
+            )
+        )
+        result = WorkloadResult(
+            metrics=parse_metrics(tail_text(child.stdout, 200)),
+            exit_code=done.code,
+            duration_s=done.elapsed_s,
+            log_tail=child.tail(30),
+        )
         if timed_out:
-            raise WorkloadFailed(f"the workload timed out after {timeout:.0f} s. Log tail:\n"
-                                 f"{result.log_tail}")
+            raise WorkloadFailed(
+                f"the workload timed out after {timeout:.0f} s. Log tail:\n{result.log_tail}"
+            )
         return result
 
     def _mounted(self, argv: list[str], shell: str) -> tuple[list[str], str, dict[str, Any], str]:
@@ -651,7 +803,13 @@ class DockerBackend:
         return out, shell, volumes, flag
 
     async def _run_batch(
-        self, spec: TargetSpec, deployment: Deployment, argv: list[str], shell: str, *, name: str,
+        self,
+        spec: TargetSpec,
+        deployment: Deployment,
+        argv: list[str],
+        shell: str,
+        *,
+        name: str,
         timeout: float,
     ) -> WorkloadResult:
         build_image = f"autoopt/{spec.name}:{deployment.build_id}"
@@ -662,17 +820,25 @@ class DockerBackend:
         t0 = time.monotonic()
         container = None
         timed_out = False
-        step = deployment.journal.add(Step(
-            phase="workload", shell=f'docker run --rm{flags}{mount_flag} "$IMAGE" {shell_in}',
-            argv=command, note="the measured process runs in a fresh container of this arm",
-        ))
+        step = deployment.journal.add(
+            Step(
+                phase="workload",
+                shell=f'docker run --rm{flags}{mount_flag} "$IMAGE" {shell_in}',
+                argv=command,
+                note="the measured process runs in a fresh container of this arm",
+            )
+        )
         try:
             try:
                 container = await _call(
-                    client.containers.create, build_image, command=command, detach=True,
+                    client.containers.create,
+                    build_image,
+                    command=command,
+                    detach=True,
                     name=f"autoopt-{spec.name}-{deployment.id}-{name}".lower(),
                     labels=self._labels(spec.name, deployment.build_id, deployment.id),
-                    volumes=volumes, **limits,
+                    volumes=volumes,
+                    **limits,
                 )
                 deployment.container = container.id
                 await _call(container.start)
@@ -687,8 +853,9 @@ class DockerBackend:
                 stdout = await _call(container.logs, stdout=True, stderr=False)
                 stderr = await _call(container.logs, stdout=False, stderr=True)
             except Exception as exc:
-                raise _translate(exc, WorkloadFailed, f"running the workload of {spec.name}") \
-                    from exc
+                raise _translate(
+                    exc, WorkloadFailed, f"running the workload of {spec.name}"
+                ) from exc
             state = container.attrs.get("State") or {}
         finally:
             with anyio.CancelScope(shield=True):
@@ -706,22 +873,26 @@ class DockerBackend:
         tail = tail_text(err_path, 30) or tail_text(out_path, 30)
         if oom:
             tail = f"{tail}\n(the container was killed for memory: OOM)".strip()
-        result = WorkloadResult(metrics=metrics, exit_code=code, duration_s=elapsed,
-                                log_tail=tail)
+        result = WorkloadResult(metrics=metrics, exit_code=code, duration_s=elapsed, log_tail=tail)
         result.peak_rss_mb = metrics.pop("peak_rss_mb", None)
         result.cpu_s = metrics.pop("cpu_s", None)
         if timed_out:
-            raise WorkloadFailed(f"the workload timed out after {timeout:.0f} s. Log tail:\n"
-                                 f"{result.log_tail}")
+            raise WorkloadFailed(
+                f"the workload timed out after {timeout:.0f} s. Log tail:\n{result.log_tail}"
+            )
         return result
 
     async def collect(
         self, spec: TargetSpec, deployment: Deployment, result: WorkloadResult
     ) -> dict[str, object]:
         if spec.kind == "batch":
-            deployment.journal.add(Step(
-                phase="collect", shell="grep -E '^(peak_rss_mb|cpu_s)=' \"$LOGS/workload.out\"",
-                note="peak RSS of the batch process, from wait4 (ru_maxrss) inside the container"))
+            deployment.journal.add(
+                Step(
+                    phase="collect",
+                    shell="grep -E '^(peak_rss_mb|cpu_s)=' \"$LOGS/workload.out\"",
+                    note="peak RSS of the batch process: wait4 (ru_maxrss) inside the container",
+                )
+            )
             state = self._batch.pop(deployment.id, {})
             metrics: dict[str, float] = {}
             if result.peak_rss_mb is not None:
@@ -729,29 +900,45 @@ class DockerBackend:
             if result.cpu_s is not None:
                 metrics["cpu_s"] = result.cpu_s
                 metrics["cpu_pct"] = round(100 * result.cpu_s / max(result.duration_s, 1e-9), 2)
-            return {"metrics": metrics, "died": result.exit_code != 0, "restarts": 0,
-                    "oom_killed": bool(state.get("oom"))}
+            return {
+                "metrics": metrics,
+                "died": result.exit_code != 0,
+                "restarts": 0,
+                "oom_killed": bool(state.get("oom")),
+            }
         import docker.errors
 
         assert deployment.container is not None
         cgroup = self._cgroups.get(deployment.id)
-        deployment.journal.add(Step(
-            phase="collect", shell=COLLECT_SH,
-            note=("peak RSS of the container's PID 1 (the server read the same file on the host: "
-                  f"/proc/{deployment.pid}/status)" if cgroup is not None
-                  else "peak RSS of the container's PID 1 (the server ran the same command)"),
-        ))
-        if cgroup is not None:
-            path = cgroup.shell_path("memory.peak" if cgroup.v2 else "memory.max_usage_in_bytes",
-                                     deployment.container)
-            deployment.journal.add(Step(
+        deployment.journal.add(
+            Step(
                 phase="collect",
-                shell=(f"[ ! -r {path} ] || "
-                       "awk '{printf \"cgroup_max_usage_mb=%.3f\\n\", $1/1048576}' " + path),
-                note="the container cgroup's memory peak (cross-check; includes page cache)",
-            ))
-        deployment.journal.add(Step(phase="collect", shell=INSPECT_SH,
-                                    note="died / OOM-killed / restarted?"))
+                shell=COLLECT_SH,
+                note=(
+                    "peak RSS of the container's PID 1 (the server read the same file on the host: "
+                    f"/proc/{deployment.pid}/status)"
+                    if cgroup is not None
+                    else "peak RSS of the container's PID 1 (the server ran the same command)"
+                ),
+            )
+        )
+        if cgroup is not None:
+            path = cgroup.shell_path(
+                "memory.peak" if cgroup.v2 else "memory.max_usage_in_bytes", deployment.container
+            )
+            deployment.journal.add(
+                Step(
+                    phase="collect",
+                    shell=(
+                        f"[ ! -r {path} ] || "
+                        "awk '{printf \"cgroup_max_usage_mb=%.3f\\n\", $1/1048576}' " + path
+                    ),
+                    note="the container cgroup's memory peak (cross-check; includes page cache)",
+                )
+            )
+        deployment.journal.add(
+            Step(phase="collect", shell=INSPECT_SH, note="died / OOM-killed / restarted?")
+        )
         try:
             container = await _call(self._docker().containers.get, deployment.container)
         except docker.errors.NotFound:
@@ -784,8 +971,10 @@ class DockerBackend:
                 alive = False
             else:
                 fields = procfs.parse_status(status)
-                metrics.update(peak_rss_mb=round(fields.get("VmHWM", 0.0) / 1024, 3),
-                               rss_mb=round(fields.get("VmRSS", 0.0) / 1024, 3))
+                metrics.update(
+                    peak_rss_mb=round(fields.get("VmHWM", 0.0) / 1024, 3),
+                    rss_mb=round(fields.get("VmRSS", 0.0) / 1024, 3),
+                )
         if not alive:  # the engine may not have noticed the exit yet: let it settle
             await self._settle(container)
         state = container.attrs.get("State") or {}
@@ -793,8 +982,13 @@ class DockerBackend:
         oom = bool(state.get("OOMKilled")) or (cgroup_ooms or 0) > 0
         if not alive:
             return {"metrics": {}, "died": True, "restarts": restarts, "oom_killed": oom}
-        return {"metrics": metrics, "smaps": smaps, "died": False, "restarts": restarts,
-                "oom_killed": oom}
+        return {
+            "metrics": metrics,
+            "smaps": smaps,
+            "died": False,
+            "restarts": restarts,
+            "oom_killed": oom,
+        }
 
     async def _settle(self, container: Any, timeout: float = 3.0) -> None:
         """Reload until the engine reports the container stopped (or `timeout` passed)."""
@@ -814,8 +1008,9 @@ class DockerBackend:
         self._cgroups.pop(deployment.id, None)
         self._batch.pop(deployment.id, None)
         if deployment.kind == "batch":
-            deployment.journal.add(Step(phase="teardown",
-                                        shell=": nothing to stop (the workload ran with --rm)"))
+            deployment.journal.add(
+                Step(phase="teardown", shell=": nothing to stop (the workload ran with --rm)")
+            )
             return
         await self._remove_container(deployment, keep_log=True)
         deployment.journal.add(Step(phase="teardown", shell=TEARDOWN_SH))
@@ -837,13 +1032,15 @@ class DockerBackend:
         except docker.errors.APIError as exc:
             if "already in progress" in str(exc):
                 return
-            raise _translate(exc, DeployFailed, f"removing container {deployment.container[:12]}") \
-                from exc
+            raise _translate(
+                exc, DeployFailed, f"removing container {deployment.container[:12]}"
+            ) from exc
         except AutooptError:
             raise
         except Exception as exc:
-            raise _translate(exc, DeployFailed, f"removing container {deployment.container[:12]}") \
-                from exc
+            raise _translate(
+                exc, DeployFailed, f"removing container {deployment.container[:12]}"
+            ) from exc
 
     async def _remove_image(self, image: str) -> None:
         import docker.errors
@@ -855,22 +1052,60 @@ class DockerBackend:
         except Exception as exc:
             log.warning("docker: could not remove image %s: %s", image, _short(exc))
 
-    def _remove_step_images(self, log_path: Path) -> None:
-        """After a failed build: the untagged images of its finished steps (the legacy
-        builder keeps them as cache; nothing else refers to them). Shared ones stay."""
-        import re
+    def _remove_failed_build(
+        self, build_id: str, tag: str, log_path: Path, *, aborted: bool, started: float
+    ) -> None:
+        """Everything a failed, cancelled or timed-out build left: its tag, its labelled
+        images, and the untagged images of its steps (the legacy builder keeps them as
+        cache; nothing else refers to them). Images shared with other builds stay."""
+        client = self._docker()
+        if aborted:  # a dropped build finishes its current step (or even tags) a moment later
+            time.sleep(1.0)
+        with contextlib.suppress(Exception):
+            client.images.remove(tag, force=True)
+        with contextlib.suppress(Exception):
+            labelled = client.images.list(all=True, filters={"label": f"autoopt.build={build_id}"})
+            for image in sorted(labelled, key=lambda i: i.attrs.get("Created", ""), reverse=True):
+                with contextlib.suppress(Exception):
+                    client.images.remove(image.id, force=True)
+        logged, running = _build_steps(tail_text(log_path, 10000, 1 << 22))
+        ours: list[str] = []  # untagged step images, children first
+        parents: dict[str, bool] = {}  # full id -> untagged (ours)
+        for short in logged:
+            with contextlib.suppress(Exception):
+                image = client.images.get(short)
+                parents[image.id] = not image.tags
+                if not image.tags:
+                    ours.insert(0, image.id)
+        last = next(reversed(parents), None) if parents else None
+        with contextlib.suppress(Exception):
+            for image in client.images.list(all=True, filters={"dangling": True}):
+                parent = image.attrs.get("Parent")
+                if image.id in ours or parent not in parents:
+                    continue
+                child_of_ours = parents[parent]
+                dropped_step = (  # the step that was running when we dropped the build
+                    aborted
+                    and parent == last
+                    and running is not None
+                    and _created_after(image.attrs.get("Created", ""), started)
+                    and _same_instruction(running, image.attrs)
+                )
+                if child_of_ours or dropped_step:
+                    ours.insert(0, image.id)
+        if ours:
+            self._remove_untagged(ours)
 
+    def _remove_untagged(self, pending: list[str]) -> None:
+        """Remove images, children first; retry while a container is still on its way out."""
         import docker.errors
 
-        text = tail_text(log_path, 10000, 1 << 22)
-        pending = list(reversed(re.findall(r"^ ---> ([0-9a-f]{12,64})\s*$", text, re.M)))
         client = self._docker()
-        for _ in range(20):  # an aborted step's container may still be on its way out
+        for _ in range(20):
             busy = []
             for image_id in pending:
                 try:
-                    if not client.images.get(image_id).tags:
-                        client.images.remove(image_id)  # refused while children use it
+                    client.images.remove(image_id)  # refused while children use it
                 except docker.errors.APIError as exc:
                     if "container" in str(exc):
                         busy.append(image_id)
@@ -921,6 +1156,46 @@ class DockerBackend:
         return removed
 
 
+def _build_steps(log: str) -> tuple[list[str], str | None]:
+    """The image ids a legacy build log names (in order), and the instruction of a step
+    that started after the last of them (the one running when the log ends), if any."""
+    import re
+
+    ids: list[str] = []
+    running: str | None = None
+    for line in log.splitlines():
+        step = re.match(r"^Step \d+/\d+ : (.*)$", line)
+        image = re.match(r"^ ---> ([0-9a-f]{12,64})\s*$", line)
+        if step:
+            running = step[1].strip()
+        elif image:
+            ids.append(image[1])
+            running = None
+    return ids, running
+
+
+def _created_after(created: str, started: float) -> bool:
+    """Docker's RFC 3339 `Created` (nanoseconds) at or after `started` (2 s of slack)."""
+    from datetime import datetime
+
+    try:
+        stamp = datetime.fromisoformat(created[:26].rstrip("Z") + "+00:00").timestamp()
+    except ValueError:
+        return False
+    return stamp >= started - 2.0
+
+
+def _same_instruction(instruction: str, attrs: dict[str, Any]) -> bool:
+    """Whether a legacy-builder image was committed by `instruction` (RUN runs a command;
+    the others are recorded as `#(nop) <INSTRUCTION> ...`)."""
+    config = attrs.get("ContainerConfig") or {}
+    cmd = " ".join(config.get("Cmd") or [])
+    keyword = instruction.split(maxsplit=1)[0].upper() if instruction else ""
+    if keyword == "RUN":
+        return "#(nop)" not in cmd
+    return "#(nop)" in cmd and keyword in cmd
+
+
 def _host_port(attrs: dict[str, Any], port: int) -> int | None:
     bindings = ((attrs.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{port}/tcp") or []
     for binding in bindings:
@@ -931,10 +1206,20 @@ def _host_port(attrs: dict[str, Any], port: int) -> int | None:
 
 def _pull_hint(error: str) -> str:
     text = error.lower()
-    if any(s in text for s in ("pull access denied", "no such host", "lookup ", "dial tcp",
-                               "manifest unknown", "repository does not exist")):
-        return (f" -- the Dockerfile's FROM names an image this engine does not have, and no "
-                f"registry can be reached; build FROM the offline base (ARG BASE_IMAGE, "
-                f"{base_image()}) or {SETUP_HINT}")
+    if any(
+        s in text
+        for s in (
+            "pull access denied",
+            "no such host",
+            "lookup ",
+            "dial tcp",
+            "manifest unknown",
+            "repository does not exist",
+        )
+    ):
+        return (
+            f" -- the Dockerfile's FROM names an image this engine does not have, and no "
+            f"registry can be reached; build FROM the offline base (ARG BASE_IMAGE, "
+            f"{base_image()}) or {SETUP_HINT}"
+        )
     return ""
-
