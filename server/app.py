@@ -80,7 +80,7 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         try:
             yield engine
         finally:
-            await engine.teardown_all()
+            await engine.shutdown()
 
     mcp = MCPServer("autoopt", version="0.1.0", instructions=INSTRUCTIONS, lifespan=lifespan)
     mcp.engine = engine  # type: ignore[attr-defined]  # for in-process tests and the demo
@@ -143,7 +143,8 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         ctx: Context | None = None,
     ) -> views.BuildResult:
         """Build the target at a base commit (default: the frontier), optionally with a patch,
-        in a fresh worktree. The patch must stay inside the target's editable scope."""
+        in a fresh worktree. The patch must stay inside the target's editable scope. Builds
+        last until the server stops (run_ab and the profilers make and remove their own)."""
         result = await engine.build(
             target,
             patch=patch,
@@ -152,6 +153,7 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
             allow_constant_tuning=allow_constant_tuning,
             progress=progress_of(ctx),
         )
+        engine.session_builds.append(result.id)
         return views.BuildResult(
             build_id=result.id,
             target=result.target,

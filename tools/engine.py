@@ -62,6 +62,7 @@ class Engine:
         self.workspace = workspace
         self._backends: dict[str, Backend] = {}
         self.deployments: dict[str, Deployment] = {}
+        self.session_builds: list[str] = []  # made by the build tool; discarded at shutdown
 
     # -- lookups --------------------------------------------------------------------
     def spec(self, target: str) -> TargetSpec:
@@ -168,9 +169,21 @@ class Engine:
         self._save_deployments()
         return deployment
 
-    async def teardown_all(self) -> None:
-        for dep_id in list(self.deployments):
-            await self.teardown(dep_id)
+    async def discard_build(self, build_id: str) -> None:
+        """Remove a build: its tree, its image (container backends) and its record."""
+        build = self.get_build(build_id)
+        await self.backend(build.backend, check=False).discard(build)
+        self.source(self.spec(build.target)).remove_worktree(Path(build.tree))
+        shutil.rmtree(self.build_dir(build_id), ignore_errors=True)
+
+    async def shutdown(self) -> None:
+        """Tear down every live deployment and discard the builds made with `build`."""
+        with anyio.CancelScope(shield=True):
+            for dep_id in list(self.deployments):
+                await self.teardown(dep_id)
+            for build_id in self.session_builds:
+                await self.discard_build(build_id)
+            self.session_builds.clear()
 
     # -- A/B runs --------------------------------------------------------------------
     async def run_ab(

@@ -382,6 +382,10 @@ def _write(
         setup = scripts.clone_setup(spec.source.repo, spec.source.branch)
     if run.patch:
         write_atomic(folder / "diff.patch", run.patch)
+    if run.backend != "local" and spec.build.dockerfile:
+        # build.sh runs `docker build -f "$HERE/Dockerfile" ... "$TREE"`: the Dockerfile lives
+        # in the workspace, outside the source tree
+        shutil.copy2(workspace.root / spec.build.dockerfile, folder / "Dockerfile")
     workload_dir = folder / "workload"
     workload_dir.mkdir()
     for rel in run.workload_files:

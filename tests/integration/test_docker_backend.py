@@ -198,13 +198,11 @@ def leftovers() -> list[str]:
             f"container {c.name} ({c.status})"
             for c in client.containers.list(all=True, filters=selector)
         ]
-        found += [f"image {i.tags or i.short_id}" for i in client.images.list(filters=selector)]
+        images = client.images.list(filters=selector)
+        found += [f"image {i.tags or i.short_id}" for i in images]
+        seen = {i.id for i in images}
         layers = client.images.list(all=True, filters={"label": f"autoopt.test={INSTANCE}"})
-        found += [
-            f"layer {i.short_id} of a test image"
-            for i in layers
-            if not any(f"image {i.tags}" == f for f in found)
-        ]
+        found += [f"layer {i.short_id} of a test image" for i in layers if i.id not in seen]
         return found
     finally:
         client.close()
@@ -297,6 +295,53 @@ async def test_run_ab_pyserver_history_cap_keeps(ws: Workspace) -> None:
     assert 'docker exec "$CONTAINER" cat /proc/1/status' in shells
     assert 'docker rm -f "$CONTAINER"' in shells
     print(f"run_ab pyserver/docker runs={view['runs']}: {elapsed:.1f} s, {view['reason']}")
+    await _record_and_replay(server, view, ws)
+
+
+async def _record_and_replay(server: object, view: dict, ws: Workspace) -> None:
+    """Record the docker run, then replay its scripts in a clean shell, with no server."""
+    async with Client(server) as client:  # type: ignore[arg-type]
+        rec = await client.call_tool(
+            "record_experiment",
+            {
+                "run_id": view["run_id"],
+                "exp_id": "exp-docker",
+                "description": "cap history",
+                "hypothesis": "deep copies in HISTORY dominate the peak",
+            },
+        )
+    assert not rec.is_error, _text(rec)
+    folder = ws.root / rec.structured_content["directory"]
+    assert (folder / "Dockerfile").is_file()
+    replay = ws.root.parent / "replay"
+    shutil.copytree(folder, replay)
+    env = {"PATH": os.environ["PATH"], "HOME": str(ws.root.parent)}
+    try:
+        out = subprocess.run(
+            "./build.sh >/dev/null && ./deploy.sh >/dev/null && ./workload.sh >/dev/null && "
+            "./collect.sh && ./teardown.sh >/dev/null",
+            shell=True,
+            cwd=replay,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        peaks = [
+            float(x.split("=")[1]) for x in out.stdout.splitlines() if x.startswith("peak_rss_mb=")
+        ]
+        assert len(peaks) == 2
+        for arm, peak in zip(("A", "B"), peaks, strict=True):
+            recorded = sorted(v for v in view["values"][arm] if v is not None)
+            median = recorded[len(recorded) // 2]
+            assert abs(peak / median - 1) < 0.10, (arm, peak, recorded)  # stated tolerance
+        assert "docker rm -f" in (replay / "teardown.sh").read_text()
+    finally:
+        for arm in ("a", "b"):  # the replay's own images belong to the person replaying
+            subprocess.run(
+                ["docker", "rmi", "-f", f"autoopt/pyserver:repro-{arm}"], capture_output=True
+            )
 
 
 # -- (2) a broken Dockerfile ------------------------------------------------------------
@@ -320,6 +365,19 @@ async def test_missing_from_image_says_what_to_do(ws: Workspace) -> None:
         await engine.build("tiny-nofrom", backend="docker")
     message = str(caught.value)
     assert "offline base" in message and "Log tail" in message, message
+
+
+async def test_missing_base_image_is_reported_before_anything_runs(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autoopt.tools.errors import BackendUnavailable
+
+    monkeypatch.setenv("AUTOOPT_BASE_IMAGE", "autoopt/no-such-base:never")
+    add_target(ws, "tiny-nobase")
+    reason = DockerBackend(ws).unavailable_reason()
+    assert reason == "base image autoopt/no-such-base:never missing; run scripts/setup-docker.sh"
+    with pytest.raises(BackendUnavailable, match="no-such-base:never missing"):
+        await Engine(ws).build("tiny-nobase", backend="docker")
 
 
 # -- (3) OOM, and the measurements of a healthy service ---------------------------------
@@ -511,3 +569,35 @@ async def test_unreachable_engine_is_reported_and_list_targets_works(
     assert docker_ready["available"] is False
     assert "no Docker engine reachable" in docker_ready["reason"]
     assert targets["pyserver"]["readiness"]["local"]["available"] is True
+
+
+async def test_profile_cpu_attaches_to_a_docker_deployment(ws: Workspace) -> None:
+    """py-spy runs on the host and attaches to the container's process by its host pid."""
+    async with Client(create_server(ws)) as client:
+        build = await client.call_tool("build", {"target": "pyserver", "backend": "docker"})
+        assert not build.is_error, _text(build)
+        dep = await client.call_tool("deploy", {"build_id": build.structured_content["build_id"]})
+        assert not dep.is_error, _text(dep)
+        dep_id = dep.structured_content["deployment_id"]
+        try:
+            prof = await client.call_tool(
+                "profile_cpu",
+                {
+                    "target": "pyserver",
+                    "deployment_id": dep_id,
+                    "workload": "workload-ingest.sh",
+                    "label": "docker-cpu",
+                },
+            )
+            assert not prof.is_error, _text(prof)
+            view = prof.structured_content
+            assert view["tool"] == "py-spy"
+            assert any("host pid" in note for note in view["notes"])
+            assert any("_store_contains" in line for line in view["top"][:5]), view["top"][:5]
+            mem = await client.call_tool(
+                "profile_memory", {"target": "pyserver", "deployment_id": dep_id, "tool": "memray"}
+            )
+            assert mem.is_error and "memray" in _text(mem)
+        finally:
+            await client.call_tool("teardown", {"deployment_id": dep_id})
+    assert containers_left() == []

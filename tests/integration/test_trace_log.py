@@ -341,7 +341,8 @@ async def test_mcp_query_trace_log_on_chdb(client: Client, workspace: Workspace,
                                            chdb_fixture: Fixture, ws_fixture: str) -> None:
     fx = chdb_fixture
     tools = {t.name: t for t in (await client.list_tools()).tools}
-    assert tools["query_trace_log"].annotations.read_only_hint
+    hints = tools["query_trace_log"].annotations
+    assert hints.open_world_hint and not hints.destructive_hint  # stores a profile, reads a server
     out = await call(client, "query_trace_log", url=ws_fixture, database=DB, since=SINCE,
                      trace_type="Memory", target="clickhouse", label="before")
     want = fx.expected("Memory", since=BASE_TS - 1000)

@@ -62,31 +62,49 @@ class ProfileRun(BaseModel):
 class _Session:
     """One profiling call: owns (or borrows) a build and a deployment."""
 
-    def __init__(self, engine: Any, target: str, kind: str, *, deployment_id: str | None,
-                 label: str | None, backend: str, workload: str | None,
-                 progress: Note | None) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        target: str,
+        kind: str,
+        *,
+        deployment_id: str | None,
+        label: str | None,
+        backend: str,
+        workload: str | None,
+        progress: Note | None,
+    ) -> None:
         self.engine = engine
         self.ws = engine.workspace
         if deployment_id is not None:
             self.deployment: Deployment | None = engine.get_deployment(
-                check_name(deployment_id, "deployment id"))
+                check_name(deployment_id, "deployment id")
+            )
             if self.deployment.target != target:
-                raise InvalidName(f"deployment {deployment_id} runs {self.deployment.target}, "
-                                  f"not {target}")
+                raise InvalidName(
+                    f"deployment {deployment_id} runs {self.deployment.target}, not {target}"
+                )
             backend = self.deployment.backend
         else:
             self.deployment = None
-        if backend != "local":
+        attachable = self.deployment is not None and self.deployment.pid is not None
+        if backend != "local" and not attachable:
             raise BackendUnavailable(
-                f"profiling runs on the local backend only (asked: {backend}); profile with "
-                "backend='local' (same code, same workload), then A/B on any backend")
+                f"profiling starts targets under a profiler on the local backend only (asked: "
+                f"{backend}). Either profile with backend='local' (same code, same workload), "
+                f"or deploy on {backend} and pass deployment_id: py-spy and /proc then attach "
+                "from the host to the container's process"
+            )
         self.spec: TargetSpec = engine.spec(target)
         self.env = backend
         self.impl = engine.backend(backend)
         self.kind = kind
-        self.label = check_name(label or f"{'mem' if kind == 'memory' else 'cpu'}-"
-                                f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid4().hex[:4]}",
-                                "profile label")
+        self.label = check_name(
+            label
+            or f"{'mem' if kind == 'memory' else 'cpu'}-"
+            f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid4().hex[:4]}",
+            "profile label",
+        )
         store.check_label_free(self.ws, target, self.env, self.label, kind)
         self.folder = store.profiles_dir(self.ws, target, self.env)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -98,6 +116,11 @@ class _Session:
         self.progress = progress
         self.journal = Journal()
         self.notes: list[str] = []
+        if backend != "local" and self.deployment is not None:
+            self.notes.append(
+                f"attached from the host to the {backend} deployment's process (host pid "
+                f"{self.deployment.pid}): the profiler ran on the host, not inside the container"
+            )
         self.raw_files: list[str] = []
 
     # -- helpers ----------------------------------------------------------------------
@@ -144,19 +167,35 @@ class _Session:
             local = self.spec.local.model_copy(update={"workload": wrap(self.batch_command())})
         return self.spec.model_copy(update={"local": local})
 
-    def step(self, shell: str, *, argv: list[str] | None = None, note: str | None = None,
-             elapsed_s: float | None = None, exit_code: int | None = None) -> None:
+    def step(
+        self,
+        shell: str,
+        *,
+        argv: list[str] | None = None,
+        note: str | None = None,
+        elapsed_s: float | None = None,
+        exit_code: int | None = None,
+    ) -> None:
         target = self.deployment.journal if self.deployment is not None else self.journal
-        target.add(Step(phase="profile", shell=shell, argv=argv or [], note=note,
-                        elapsed_s=elapsed_s, exit_code=exit_code))
+        target.add(
+            Step(
+                phase="profile",
+                shell=shell,
+                argv=argv or [],
+                note=note,
+                elapsed_s=elapsed_s,
+                exit_code=exit_code,
+            )
+        )
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(self, spec: TargetSpec, patch: str | None) -> Deployment:
         if self.deployment is not None:
             return self.deployment
         await self.say(f"building {self.spec.name}")
-        self.build = await self.engine.build(self.spec.name, patch=patch, backend=self.env,
-                                             progress=self.progress)
+        self.build = await self.engine.build(
+            self.spec.name, patch=patch, backend=self.env, progress=self.progress
+        )
         await self.say(f"deploying {self.spec.name} for profiling")
         self.deployment = await self.impl.deploy(spec, self.build)
         self.engine._track(self.deployment, True)
@@ -169,14 +208,16 @@ class _Session:
         argv, shell = workload_argv(spec, script, self.deployment.endpoint)
         await self.say(f"running the workload ({self.workload_name})")
         try:
-            result = await self.impl.run_workload(spec, self.deployment, argv, shell,
-                                                  name="workload")
+            result = await self.impl.run_workload(
+                spec, self.deployment, argv, shell, name="workload"
+            )
         except WorkloadFailed as exc:
             return None, str(exc)
         return result, None
 
-    async def collect(self, spec: TargetSpec, result: WorkloadResult | None,
-                      reset: bool) -> tuple[MemoryReadings, bool]:
+    async def collect(
+        self, spec: TargetSpec, result: WorkloadResult | None, reset: bool
+    ) -> tuple[MemoryReadings, bool]:
         """/proc readings (wait4 for a batch program) and whether the target died."""
         assert self.deployment is not None
         if result is None:
@@ -185,22 +226,29 @@ class _Session:
         metrics = c.get("metrics") or {}
         died = bool(c.get("died"))
         if spec.kind == "batch":
-            source = ("wait4 ru_maxrss of the profiled command (the profiler's own processes "
-                      "included)")
+            source = (
+                "wait4 ru_maxrss of the profiled command (the profiler's own processes included)"
+            )
             return MemoryReadings(vm_hwm_mb=metrics.get("peak_rss_mb"), source=source), died
         if died:
             return MemoryReadings(source="/proc: the service had exited; nothing to read"), died
-        return MemoryReadings(vm_hwm_mb=metrics.get("peak_rss_mb"),
-                              vm_rss_mb=metrics.get("rss_mb"), smaps=c.get("smaps") or {},
-                              peak_reset=reset,
-                              source=f"/proc/{self.deployment.pid}/status and smaps_rollup "
-                                     "(profiler overhead included)"), died
+        return MemoryReadings(
+            vm_hwm_mb=metrics.get("peak_rss_mb"),
+            vm_rss_mb=metrics.get("rss_mb"),
+            smaps=c.get("smaps") or {},
+            peak_reset=reset,
+            source=f"/proc/{self.deployment.pid}/status and smaps_rollup "
+            "(profiler overhead included)",
+        ), died
 
     async def stop(self) -> None:
         """Tear down what this session started; keep a borrowed deployment."""
         with anyio.CancelScope(shield=True):
-            if self.own and self.deployment is not None \
-                    and self.deployment.id in self.engine.deployments:
+            if (
+                self.own
+                and self.deployment is not None
+                and self.deployment.id in self.engine.deployments
+            ):
                 await self.engine.teardown(self.deployment.id)
 
     async def cleanup(self) -> None:
@@ -215,7 +263,7 @@ class _Session:
         out = Journal()
         sources = [self.build.journal] if self.build and self.own else []
         if self.deployment is not None:
-            sources.append(Journal(steps=self.deployment.journal.steps[self._dep_steps:]))
+            sources.append(Journal(steps=self.deployment.journal.steps[self._dep_steps :]))
         sources.append(self.journal)
         for journal in sources:
             for s in journal.steps:
@@ -226,39 +274,72 @@ class _Session:
                     out.add(s.model_copy(update={"phase": "profile", "note": note}))
         return out
 
-    async def finish(self, *, tool: str, measure: str, unit: Literal["bytes", "samples"],
-                     builder: ProfileBuilder, overhead: Overhead, overhead_note: str,
-                     memory: MemoryReadings | None, result: WorkloadResult | None,
-                     error: str | None, rate: float | None = None) -> ProfileRun:
-        build = self.build or (self.engine.get_build(self.deployment.build_id)
-                               if self.deployment else None)
+    async def finish(
+        self,
+        *,
+        tool: str,
+        measure: str,
+        unit: Literal["bytes", "samples"],
+        builder: ProfileBuilder,
+        overhead: Overhead,
+        overhead_note: str,
+        memory: MemoryReadings | None,
+        result: WorkloadResult | None,
+        error: str | None,
+        rate: float | None = None,
+    ) -> ProfileRun:
+        build = self.build or (
+            self.engine.get_build(self.deployment.build_id) if self.deployment else None
+        )
         journal = self.full_journal()
         profile = Profile(
-            kind=self.kind, label=self.label, target=self.spec.name, env=self.env,  # type: ignore[arg-type]
-            revision=build.commit if build else None, base=build.base if build else None,
-            patch_sha256=build.patch_sha256 if build else None, workload=self.workload_name,
-            tool=tool, measure=measure, unit=unit, total=builder.total, frames=builder.frames,
-            stacks=builder.stacks, overhead=overhead, overhead_note=overhead_note,
-            unsymbolized_frames=builder.unsymbolized, sample_rate_hz=rate, memory=memory,
+            kind=self.kind,
+            label=self.label,
+            target=self.spec.name,
+            env=self.env,  # type: ignore[arg-type]
+            revision=build.commit if build else None,
+            base=build.base if build else None,
+            patch_sha256=build.patch_sha256 if build else None,
+            workload=self.workload_name,
+            tool=tool,
+            measure=measure,
+            unit=unit,
+            total=builder.total,
+            frames=builder.frames,
+            stacks=builder.stacks,
+            overhead=overhead,
+            overhead_note=overhead_note,
+            unsymbolized_frames=builder.unsymbolized,
+            sample_rate_hz=rate,
+            memory=memory,
             workload_s=result.duration_s if result else None,
             workload_metrics=result.metrics if result else {},
-            complete=error is None, error=error, notes=self.notes,
-            raw_files=[f for f in self.raw_files if Path(f).exists()], steps=journal.steps)
+            complete=error is None,
+            error=error,
+            notes=self.notes,
+            raw_files=[f for f in self.raw_files if Path(f).exists()],
+            steps=journal.steps,
+        )
         if not profile.stacks and error is None and tool != "procfs":
             profile.notes.append(f"{tool} recorded no stacks")
         files = store.save(self.ws, profile)
         for f in profile.raw_files:
             files.setdefault(Path(f).name.removeprefix(f"{self.label}-"), f)
-        run_ = ProfileRun(profile=profile, files=files,
-                          top_self=views.top_functions(profile, 10, "self"),
-                          top_total=views.top_functions(profile, 10, "total"),
-                          top_paths=views.top_paths(profile, 10),
-                          table=views.stacks_text(profile), journal=journal)
+        run_ = ProfileRun(
+            profile=profile,
+            files=files,
+            top_self=views.top_functions(profile, 10, "self"),
+            top_total=views.top_functions(profile, 10, "total"),
+            top_paths=views.top_paths(profile, 10),
+            table=views.stacks_text(profile),
+            journal=journal,
+        )
         if error is not None:
             raise WorkloadFailed(
                 f"{error}\nWhat was captured is kept as the INCOMPLETE profile {self.label!r} "
                 f"({len(profile.stacks)} stacks, total "
-                f"{views.human_value(profile.total, profile.unit)}): {files['stacks']}")
+                f"{views.human_value(profile.total, profile.unit)}): {files['stacks']}"
+            )
         return run_
 
 
@@ -272,22 +353,38 @@ def _died_message(spec: TargetSpec, result: WorkloadResult | None) -> str:
 
 # -- memory -----------------------------------------------------------------------------
 async def profile_memory(
-    engine: Any, target: str, *, deployment_id: str | None = None, patch: str | None = None,
-    workload: str | None = None, label: str | None = None, tool: MemoryTool = "auto",
-    backend: str = "local", progress: Note | None = None,
+    engine: Any,
+    target: str,
+    *,
+    deployment_id: str | None = None,
+    patch: str | None = None,
+    workload: str | None = None,
+    label: str | None = None,
+    tool: MemoryTool = "auto",
+    backend: str = "local",
+    progress: Note | None = None,
 ) -> ProfileRun:
     """Where the memory is at the peak, by stack, plus VmHWM / VmRSS / smaps_rollup."""
     if deployment_id is not None and patch is not None:
         raise InvalidName("give either deployment_id (profile what runs) or patch (build one)")
-    s = _Session(engine, target, "memory", deployment_id=deployment_id, label=label,
-                 backend=backend, workload=workload, progress=progress)
+    s = _Session(
+        engine,
+        target,
+        "memory",
+        deployment_id=deployment_id,
+        label=label,
+        backend=backend,
+        workload=workload,
+        progress=progress,
+    )
     python = s.is_python()
     chosen = _memory_tool(s, tool, python)
     attach = not s.own and s.spec.kind == "service"
     if attach and chosen not in ("procfs", "memray"):
         raise ProfilerUnavailable(
             f"{chosen} cannot attach to a running service here; omit deployment_id so the "
-            f"service starts under {chosen}, or use tool='procfs' for /proc readings only")
+            f"service starts under {chosen}, or use tool='procfs' for /proc readings only"
+        )
     out: Path | None = None
     wrap: Callable[[str], str] | None = None
     if chosen == "memray":
@@ -308,11 +405,11 @@ async def profile_memory(
 
         out = s.raw("heaptrack.raw")
         wrap = lambda cmd: heaptrack.wrap(cmd, out)  # noqa: E731
-    if s.spec.kind == "batch" and wrap is not None and s.script is not None \
-            and chosen != "procfs":
+    if s.spec.kind == "batch" and wrap is not None and s.script is not None and chosen != "procfs":
         raise ProfilerUnavailable(
             f"{chosen} must start the program itself, but this batch workload is a script "
-            f"({s.script.name}); give the target a `workload:` command in ## Local")
+            f"({s.script.name}); give the target a `workload:` command in ## Local"
+        )
     spec = s.wrapped_spec(wrap)
     error: str | None = None
     result: WorkloadResult | None = None
@@ -334,12 +431,22 @@ async def profile_memory(
         await s.stop()
         builder, measure, overhead, note = await _read_memory(s, chosen, out)
         if error is not None and chosen == "heaptrack" and not builder.total:
-            s.notes.append("heaptrack buffers its trace inside the process and flushes it at "
-                           "exit: a program killed by a signal loses the unflushed part (here: "
-                           "all of it). The peak RSS above was still measured")
-        return await s.finish(tool=chosen, measure=measure, unit="bytes", builder=builder,
-                              overhead=overhead, overhead_note=note, memory=memory,
-                              result=result, error=error)
+            s.notes.append(
+                "heaptrack buffers its trace inside the process and flushes it at "
+                "exit: a program killed by a signal loses the unflushed part (here: "
+                "all of it). The peak RSS above was still measured"
+            )
+        return await s.finish(
+            tool=chosen,
+            measure=measure,
+            unit="bytes",
+            builder=builder,
+            overhead=overhead,
+            overhead_note=note,
+            memory=memory,
+            result=result,
+            error=error,
+        )
     finally:
         if attached is not None:
             with anyio.CancelScope(shield=True):
@@ -357,8 +464,10 @@ def _memory_tool(s: _Session, tool: MemoryTool, python: bool) -> str:
                 return "memray"
             if tool == "memray":
                 raise ProfilerUnavailable(reason)
-            s.notes.append(f"memray cannot run here ({reason}); tracemalloc used instead: "
-                           "stacks near the peak, high overhead")
+            s.notes.append(
+                f"memray cannot run here ({reason}); tracemalloc used instead: "
+                "stacks near the peak, high overhead"
+            )
             return "tracemalloc"
         if tool == "tracemalloc":
             s.notes.append("tracemalloc chosen explicitly: stacks near the peak, not at it")
@@ -368,8 +477,10 @@ def _memory_tool(s: _Session, tool: MemoryTool, python: bool) -> str:
             s.notes.append("heaptrack on a Python target: native frames only")
             return tool
     if tool in ("memray", "tracemalloc"):
-        raise ProfilerUnavailable(f"{tool} profiles Python programs; {s.spec.name} is native: "
-                                  "use tool='heaptrack' (or 'auto')")
+        raise ProfilerUnavailable(
+            f"{tool} profiles Python programs; {s.spec.name} is native: "
+            "use tool='heaptrack' (or 'auto')"
+        )
     detect.require("heaptrack")
     _jemalloc_note(s)
     return "heaptrack"
@@ -385,17 +496,22 @@ def _jemalloc_note(s: _Session) -> None:
     except ValueError:
         return
     if linkage == "dynamic":
-        s.notes.append("the program links libjemalloc.so: heaptrack's preload sees its "
-                       "malloc/free calls (jemalloc's own profiling was not used)")
+        s.notes.append(
+            "the program links libjemalloc.so: heaptrack's preload sees its "
+            "malloc/free calls (jemalloc's own profiling was not used)"
+        )
     elif linkage == "static":
-        s.notes.append("the program has jemalloc linked in statically: heaptrack does not see "
-                       "those allocations. jemalloc heap profiling (MALLOC_CONF=prof:true + "
-                       "jeprof) is NOT implemented here; use /proc readings or a build with "
-                       "the system allocator")
+        s.notes.append(
+            "the program has jemalloc linked in statically: heaptrack does not see "
+            "those allocations. jemalloc heap profiling (MALLOC_CONF=prof:true + "
+            "jeprof) is NOT implemented here; use /proc readings or a build with "
+            "the system allocator"
+        )
 
 
-async def _read_memory(s: _Session, tool: str, out: Path | None
-                       ) -> tuple[ProfileBuilder, str, Overhead, str]:
+async def _read_memory(
+    s: _Session, tool: str, out: Path | None
+) -> tuple[ProfileBuilder, str, Overhead, str]:
     if tool == "procfs":
         return ProfileBuilder(), "no stacks (/proc readings only)", "none", "reads /proc only"
     assert out is not None
@@ -405,23 +521,34 @@ async def _read_memory(s: _Session, tool: str, out: Path | None
         if not out.exists():
             s.notes.append("memray wrote no output file")
             return ProfileBuilder(), memray.MEASURE, "moderate", memray.OVERHEAD_NOTE
-        s.step(f"{sys.executable} -m memray transform csv -f -o {out.with_suffix('.csv')} {out}",
-               note="the high-water-mark records by stack (the server read them through "
-                    "memray's FileReader API; this command writes the same rows as CSV)")
+        s.step(
+            f"{sys.executable} -m memray transform csv -f -o {out.with_suffix('.csv')} {out}",
+            note="the high-water-mark records by stack (the server read them through "
+            "memray's FileReader API; this command writes the same rows as CSV)",
+        )
         builder, info = await anyio.to_thread.run_sync(memray.parse, out, s.tree)
-        span = "since the attach" if not s.own and s.spec.kind == "service" \
+        span = (
+            "since the attach"
+            if not s.own and s.spec.kind == "service"
             else "over the whole process life (startup included)"
-        s.notes.append(f"memray: heap peak {info['peak_memory']} bytes {span}; "
-                       f"{info['total_allocations']} allocations recorded; python allocator "
-                       f"{info['python_allocator']}")
+        )
+        s.notes.append(
+            f"memray: heap peak {info['peak_memory']} bytes {span}; "
+            f"{info['total_allocations']} allocations recorded; python allocator "
+            f"{info['python_allocator']}"
+        )
         return builder, memray.MEASURE, "moderate", memray.OVERHEAD_NOTE
     if tool == "tracemalloc":
         from autoopt.tools.profiling import tracemalloc_tool
 
         if not out.exists():
             s.notes.append("tracemalloc took no snapshot")
-            return ProfileBuilder(), tracemalloc_tool.MEASURE, "high", \
-                tracemalloc_tool.OVERHEAD_NOTE
+            return (
+                ProfileBuilder(),
+                tracemalloc_tool.MEASURE,
+                "high",
+                tracemalloc_tool.OVERHEAD_NOTE,
+            )
         builder = await anyio.to_thread.run_sync(tracemalloc_tool.parse, out, s.tree)
         return builder, tracemalloc_tool.MEASURE, "high", tracemalloc_tool.OVERHEAD_NOTE
     from autoopt.tools.profiling import heaptrack
@@ -434,21 +561,30 @@ async def _read_memory(s: _Session, tool: str, out: Path | None
         shell = heaptrack.interpret_shell(out, interpreted)
         argv = ["bash", "-c", f"set -o pipefail; {shell}"]
         logs = Path(s.deployment.log_dir) if s.deployment else s.folder
-        _, done, _ = await run(argv, cwd=s.folder, env=base_env(), logs=logs,
-                               name="heaptrack-interpret", timeout=1800)
-        s.step(shell, argv=argv, note="symbolize heaptrack's raw trace",
-               elapsed_s=done.elapsed_s, exit_code=done.code)
-        s.step(f"heaptrack_print -f {interpreted} --print-peaks 1 "
-               f"--flamegraph-cost-type peak -F {s.folder}/{s.label}-heaptrack-peak.folded",
-               note="the peak by stack (the server replays the interpreted trace itself; "
-                    "heaptrack_print reports the same peak costs)")
+        _, done, _ = await run(
+            argv, cwd=s.folder, env=base_env(), logs=logs, name="heaptrack-interpret", timeout=1800
+        )
+        s.step(
+            shell,
+            argv=argv,
+            note="symbolize heaptrack's raw trace",
+            elapsed_s=done.elapsed_s,
+            exit_code=done.code,
+        )
+        s.step(
+            f"heaptrack_print -f {interpreted} --print-peaks 1 "
+            f"--flamegraph-cost-type peak -F {s.folder}/{s.label}-heaptrack-peak.folded",
+            note="the peak by stack (the server replays the interpreted trace itself; "
+            "heaptrack_print reports the same peak costs)",
+        )
         out.unlink()
     if not interpreted.exists():
         s.notes.append("heaptrack wrote no trace")
         return ProfileBuilder(), heaptrack.MEASURE, "high", heaptrack.OVERHEAD_NOTE
     builder, info = await anyio.to_thread.run_sync(heaptrack.parse, interpreted, s.tree)
-    s.notes.append(f"heaptrack: peak {info['peak_bytes']} bytes; {info['allocations']} "
-                   "allocations traced")
+    s.notes.append(
+        f"heaptrack: peak {info['peak_bytes']} bytes; {info['allocations']} allocations traced"
+    )
     return builder, heaptrack.MEASURE, "high", heaptrack.OVERHEAD_NOTE
 
 
@@ -460,24 +596,34 @@ async def _memray_attach(s: _Session, dep: Deployment, out: Path | None) -> None
     exe = _interpreter(dep.pid)
     argv = [exe, "-c", "import memray"]
     logs = Path(dep.log_dir)
-    _, done, _ = await run(argv, cwd=logs, env=base_env(), logs=logs, name="memray-check",
-                           timeout=60)
+    _, done, _ = await run(
+        argv, cwd=logs, env=base_env(), logs=logs, name="memray-check", timeout=60
+    )
     if done.code != 0:
         raise ProfilerUnavailable(
             f"memray cannot attach: the service's interpreter {exe} cannot import memray. "
             "Omit deployment_id so the service starts under memray (recommended: the whole "
-            "workload is then recorded), or use tool='procfs' for /proc readings only")
+            "workload is then recorded), or use tool='procfs' for /proc readings only"
+        )
     argv = [sys.executable, "-m", "memray", "attach", str(dep.pid), "-o", str(out), "-f"]
-    _, done, _ = await run(argv, cwd=logs, env=base_env(), logs=logs, name="memray-attach",
-                           timeout=120)
-    s.step(shell_join(argv).replace(str(dep.pid), '"$PID"'), argv=argv,
-           note="attach memray (gdb); only allocations after this point are seen",
-           elapsed_s=done.elapsed_s, exit_code=done.code)
+    _, done, _ = await run(
+        argv, cwd=logs, env=base_env(), logs=logs, name="memray-attach", timeout=120
+    )
+    s.step(
+        shell_join(argv).replace(str(dep.pid), '"$PID"'),
+        argv=argv,
+        note="attach memray (gdb); only allocations after this point are seen",
+        elapsed_s=done.elapsed_s,
+        exit_code=done.code,
+    )
     if done.code != 0:
-        raise ProfilerUnavailable(f"memray attach failed (exit {done.code}); see "
-                                  f"{logs}/memray-attach.err")
-    s.notes.append("memray attached to a running service: allocations made before the "
-                   "attach are not in the stacks")
+        raise ProfilerUnavailable(
+            f"memray attach failed (exit {done.code}); see {logs}/memray-attach.err"
+        )
+    s.notes.append(
+        "memray attached to a running service: allocations made before the "
+        "attach are not in the stacks"
+    )
 
 
 def _interpreter(pid: int) -> str:
@@ -500,24 +646,45 @@ async def _memray_detach(s: _Session, dep: Deployment) -> None:
     assert dep.pid is not None
     argv = [sys.executable, "-m", "memray", "detach", str(dep.pid)]
     logs = Path(dep.log_dir)
-    _, done, _ = await run(argv, cwd=logs, env=base_env(), logs=logs, name="memray-detach",
-                           timeout=120)
-    s.step(shell_join(argv).replace(str(dep.pid), '"$PID"'), argv=argv,
-           note="stop memray tracking; the capture file is complete",
-           elapsed_s=done.elapsed_s, exit_code=done.code)
+    _, done, _ = await run(
+        argv, cwd=logs, env=base_env(), logs=logs, name="memray-detach", timeout=120
+    )
+    s.step(
+        shell_join(argv).replace(str(dep.pid), '"$PID"'),
+        argv=argv,
+        note="stop memray tracking; the capture file is complete",
+        elapsed_s=done.elapsed_s,
+        exit_code=done.code,
+    )
 
 
 # -- cpu --------------------------------------------------------------------------------
 async def profile_cpu(
-    engine: Any, target: str, *, deployment_id: str | None = None, patch: str | None = None,
-    workload: str | None = None, label: str | None = None, tool: CpuTool = "auto",
-    backend: str = "local", rate_hz: int = 100, progress: Note | None = None,
+    engine: Any,
+    target: str,
+    *,
+    deployment_id: str | None = None,
+    patch: str | None = None,
+    workload: str | None = None,
+    label: str | None = None,
+    tool: CpuTool = "auto",
+    backend: str = "local",
+    rate_hz: int = 100,
+    progress: Note | None = None,
 ) -> ProfileRun:
     """Where the CPU time goes under the workload: py-spy (Python) or perf (native)."""
     if deployment_id is not None and patch is not None:
         raise InvalidName("give either deployment_id (profile what runs) or patch (build one)")
-    s = _Session(engine, target, "cpu", deployment_id=deployment_id, label=label,
-                 backend=backend, workload=workload, progress=progress)
+    s = _Session(
+        engine,
+        target,
+        "cpu",
+        deployment_id=deployment_id,
+        label=label,
+        backend=backend,
+        workload=workload,
+        progress=progress,
+    )
     chosen = tool if tool != "auto" else ("py-spy" if s.is_python() else "perf")
     perf_exe = detect.require("perf") if chosen == "perf" else ""
     from autoopt.tools.profiling import perf, pyspy
@@ -539,35 +706,54 @@ async def profile_cpu(
         if spec.kind == "service":
             assert dep.pid is not None
             pid = _python_pid(dep.pid) if chosen == "py-spy" else dep.pid
-            argv = pyspy.attach_argv(pid, out, rate_hz) if chosen == "py-spy" \
+            argv = (
+                pyspy.attach_argv(pid, out, rate_hz)
+                if chosen == "py-spy"
                 else perf.attach_argv(perf_exe, pid, out, rate_hz)
-            sampler = spawn(argv, cwd=s.folder, env=base_env(), logs=Path(dep.log_dir),
-                            name=chosen)
-            s.step(shell_join(argv).replace(f" {pid}", ' "$PID"') + " &\nSAMPLER=$!",
-                   argv=argv, note=f"start {chosen} on the service's pid")
+            )
+            sampler = spawn(argv, cwd=s.folder, env=base_env(), logs=Path(dep.log_dir), name=chosen)
+            s.step(
+                shell_join(argv).replace(f" {pid}", ' "$PID"') + " &\nSAMPLER=$!",
+                argv=argv,
+                note=f"start {chosen} on the service's pid",
+            )
             await _wait_sampling(sampler, out, chosen)
         reset = await s.impl.reset_peak(dep) if spec.kind == "service" else False
         result, error = await s.workload(spec)
         if sampler is not None:
             await _stop_sampler(sampler)
-            s.step('kill -INT "$SAMPLER"; wait "$SAMPLER"',
-                   note=f"stop {chosen}; it writes its output on SIGINT")
+            s.step(
+                'kill -INT "$SAMPLER"; wait "$SAMPLER"',
+                note=f"stop {chosen}; it writes its output on SIGINT",
+            )
         memory, died = await s.collect(spec, result, reset)
         if died and error is None:
             error = _died_message(spec, result)
         await s.stop()
         if chosen == "py-spy":
-            builder = await anyio.to_thread.run_sync(pyspy.parse, out, s.tree) \
-                if out.exists() else ProfileBuilder()
+            builder = (
+                await anyio.to_thread.run_sync(pyspy.parse, out, s.tree)
+                if out.exists()
+                else ProfileBuilder()
+            )
             measure, note = pyspy.MEASURE, pyspy.OVERHEAD_NOTE
         else:
             builder = await _perf_script(s, perf_exe, out) if out.exists() else ProfileBuilder()
             measure, note = perf.MEASURE, perf.OVERHEAD_NOTE
         if not out.exists():
             s.notes.append(f"{chosen} wrote no output")
-        return await s.finish(tool=chosen, measure=measure, unit="samples", builder=builder,
-                              overhead="low", overhead_note=note, memory=memory, result=result,
-                              error=error, rate=float(rate_hz))
+        return await s.finish(
+            tool=chosen,
+            measure=measure,
+            unit="samples",
+            builder=builder,
+            overhead="low",
+            overhead_note=note,
+            memory=memory,
+            result=result,
+            error=error,
+            rate=float(rate_hz),
+        )
     finally:
         if sampler is not None:
             await sampler.stop(grace=2.0)
@@ -595,8 +781,7 @@ async def _wait_sampling(sampler: Child, out: Path, tool: str) -> None:
     await anyio.sleep(0.5 if tool == "py-spy" else 1.0)
     done = sampler.poll()
     if done is not None:
-        raise ProfilerUnavailable(f"{tool} stopped at once (exit {done.code}): "
-                                  f"{sampler.tail(10)}")
+        raise ProfilerUnavailable(f"{tool} stopped at once (exit {done.code}): {sampler.tail(10)}")
 
 
 async def _stop_sampler(sampler: Child) -> None:
@@ -614,10 +799,16 @@ async def _perf_script(s: _Session, perf_exe: str, data: Path) -> ProfileBuilder
 
     argv = perf.script_argv(perf_exe, data)
     logs = Path(s.deployment.log_dir) if s.deployment else s.folder
-    child, done, _ = await run(argv, cwd=s.folder, env=base_env(), logs=logs,
-                               name="perf-script", timeout=1800)
-    s.step(shell_join(argv) + f" > {s.folder}/{s.label}-perf-script.txt", argv=argv,
-           note="decode the samples", elapsed_s=done.elapsed_s, exit_code=done.code)
+    child, done, _ = await run(
+        argv, cwd=s.folder, env=base_env(), logs=logs, name="perf-script", timeout=1800
+    )
+    s.step(
+        shell_join(argv) + f" > {s.folder}/{s.label}-perf-script.txt",
+        argv=argv,
+        note="decode the samples",
+        elapsed_s=done.elapsed_s,
+        exit_code=done.code,
+    )
     text = child.stdout.read_text(errors="replace")
     decoded = s.folder / f"{s.label}-perf-script.txt"
     decoded.write_text(text)
@@ -626,9 +817,13 @@ async def _perf_script(s: _Session, perf_exe: str, data: Path) -> ProfileBuilder
 
 
 # -- diff -------------------------------------------------------------------------------
-def diff_profiles(engine: Any, target: str, env: str, before: str, after: str,
-                  n: int = 20) -> views.ProfileDiff:
+def diff_profiles(
+    engine: Any, target: str, env: str, before: str, after: str, n: int = 20
+) -> views.ProfileDiff:
     """Two stored profiles of a target, compared stack by stack (signed values)."""
     engine.spec(target)
-    return views.diff(store.load(engine.workspace, target, env, before),
-                      store.load(engine.workspace, target, env, after), n)
+    return views.diff(
+        store.load(engine.workspace, target, env, before),
+        store.load(engine.workspace, target, env, after),
+        n,
+    )
