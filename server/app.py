@@ -90,13 +90,6 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
     trace_log_tools.register(mcp, engine, ws)
     profiling_tools.register(mcp, engine, ws)
 
-    def readiness_of(backend: str) -> views.Readiness:
-        try:
-            reason = engine.backend(backend, check=False).unavailable_reason()
-        except Exception as exc:  # a backend that cannot even start says why, the rest list
-            reason = f"cannot start the {backend} backend: {type(exc).__name__}: {exc}"
-        return views.Readiness(available=reason is None, reason=reason)
-
     @mcp.tool(annotations=READ_ONLY)
     @tool_errors
     async def list_targets() -> views.TargetList:
@@ -118,7 +111,10 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
             except AutooptError as exc:
                 infos.append(views.TargetInfo(name=name, valid=False, error=str(exc)))
                 continue
-            readiness = {b: readiness_of(b) for b in BACKENDS}
+            readiness = {}
+            for backend in BACKENDS:
+                reason = engine.readiness(spec, backend)
+                readiness[backend] = views.Readiness(available=reason is None, reason=reason)
             infos.append(
                 views.TargetInfo(
                     name=name,

@@ -79,6 +79,32 @@ class Engine:
             raise BackendUnavailable(f"backend {name} is unavailable: {reason}")
         return backend
 
+    def readiness(self, spec: TargetSpec, backend: str) -> str | None:
+        """None when `backend` can run this target, else why not (engine or target files)."""
+        try:
+            reason = self.backend(backend, check=False).unavailable_reason()
+        except Exception as exc:  # a backend that cannot even start says why
+            reason = f"cannot start the {backend} backend: {type(exc).__name__}: {exc}"
+        if reason:
+            return reason
+        if backend == "local":
+            if spec.kind == "service" and not spec.local.run:
+                return "target.md's '## Local' has no 'run:' command for the service"
+            if spec.kind == "batch" and not (spec.local.workload or spec.workload.script):
+                return "target.md names no workload ('## Local' workload: or '## Workload' script:)"
+            return None
+        dockerfile = spec.build.dockerfile
+        if not dockerfile or not (self.workspace.root / dockerfile).is_file():
+            return (
+                f"no Dockerfile for {spec.name}: set '## Build' dockerfile: to a file in the "
+                "workspace"
+            )
+        if backend == "kubernetes":
+            manifest = spec.kubernetes.manifest or f"targets/{spec.name}/k8s.yaml"
+            if not (self.workspace.root / manifest).is_file():
+                return f"no Kubernetes manifest {manifest} ('## Kubernetes' manifest:)"
+        return None
+
     def build_dir(self, build_id: str) -> Path:
         check_name(build_id, "build id")
         return self.workspace.state_dir / "builds" / build_id

@@ -126,3 +126,13 @@ async def test_runs_below_three_is_refused(any_client: Client) -> None:
     result = await any_client.call_tool("run_ab", {"target": "pyserver", "runs": 2})
     assert result.is_error
     assert "3" in result.content[0].text
+
+
+async def test_readiness_names_missing_target_files(client: Client) -> None:
+    result = await client.call_tool("list_targets", {})
+    targets = {t["name"]: t for t in result.structured_content["targets"]}
+    assert targets["batchdemo"]["readiness"]["local"]["available"]
+    docker = targets["batchdemo"]["readiness"]["docker"]
+    assert not docker["available"]
+    if targets["pyserver"]["readiness"]["docker"]["available"]:  # the engine is up
+        assert "Dockerfile" in docker["reason"]
