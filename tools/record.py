@@ -21,7 +21,7 @@ from autoopt.tools.errors import AlreadyExists, RuleViolation
 from autoopt.tools.profiling import store
 from autoopt.tools.profiling.model import Profile
 from autoopt.tools.source import Source, git
-from autoopt.tools.state import locked, write_atomic
+from autoopt.tools.state import append_locked, write_atomic
 from autoopt.tools.targets import TargetSpec
 from autoopt.tools.workspace import Workspace, check_name
 
@@ -258,12 +258,8 @@ def _row(
 
 def append_row(tsv: Path, row: dict[str, str]) -> None:
     """Append one row (header first if new), under an exclusive lock, in one write."""
-    with locked(tsv.with_suffix(".tsv.lock")):
-        new = not tsv.exists() or tsv.stat().st_size == 0
-        line = "\t".join(row.get(c, "-") for c in COLUMNS) + "\n"
-        with open(tsv, "a", encoding="utf-8") as f:
-            f.write(("\t".join(COLUMNS) + "\n" if new else "") + line)
-            f.flush()
+    line = "\t".join(row.get(c, "-") for c in COLUMNS) + "\n"
+    append_locked(tsv, line, header="\t".join(COLUMNS) + "\n")
 
 
 def _baseline_value(tsv: Path, metric: str) -> float | None:

@@ -39,6 +39,20 @@ def load_json(path: Path, default: Any = None) -> Any:
         return default
 
 
+def append_locked(path: Path, text: str, *, header: str = "") -> None:
+    """Append `text` (after `header` when the file is new or empty) in one write, holding an
+    exclusive lock on the file itself, so concurrent appenders never lose or interleave."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            f.seek(0, os.SEEK_END)
+            f.write((header if f.tell() == 0 else "") + text)
+            f.flush()
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """An exclusive advisory lock on `path` (created if missing) for the block."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from autoopt.tools.abrun import runs_dir
-from autoopt.tools.state import load_json
+from autoopt.tools.state import append_locked, load_json
 from autoopt.tools.workspace import Workspace, check_name
 
 
@@ -106,8 +106,6 @@ def append_candidate(
     targeted_workload: str,
 ) -> str:
     """Append one candidate to candidates.md (Phase 2); returns the file's path."""
-    from autoopt.tools.state import locked
-
     results = workspace.results_for(target, env)
     results.mkdir(parents=True, exist_ok=True)
     path = results / "candidates.md"
@@ -116,8 +114,5 @@ def append_candidate(
         f"- **Root cause:** {root_cause.strip()}\n- **Proposed structural fix:** "
         f"{fix.strip()}\n- **Targeted workload:** {targeted_workload.strip()}\n"
     )
-    with locked(path.with_suffix(".md.lock")):
-        new = not path.exists()
-        with open(path, "a", encoding="utf-8") as f:
-            f.write((f"# Candidates: {target} ({env})\n" if new else "") + entry)
+    append_locked(path, entry, header=f"# Candidates: {target} ({env})\n")
     return str(path.relative_to(workspace.root))
