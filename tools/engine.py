@@ -100,6 +100,8 @@ class Engine:
                 "workspace"
             )
         if backend == "kubernetes":
+            if spec.kind == "batch":
+                return "the kubernetes backend runs services only (batch: use local or docker)"
             manifest = spec.kubernetes.manifest or f"targets/{spec.name}/k8s.yaml"
             if not (self.workspace.root / manifest).is_file():
                 return f"no Kubernetes manifest {manifest} ('## Kubernetes' manifest:)"
