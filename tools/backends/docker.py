@@ -30,6 +30,7 @@ import anyio
 
 from autoopt.tools import procfs
 from autoopt.tools.backends.base import Build, Deployment, Progress, WorkloadResult
+from autoopt.tools.backends.driver import drive
 from autoopt.tools.backends.local import HEALTH_WAIT_SH, _probe
 from autoopt.tools.errors import (
     AutooptError,
@@ -39,7 +40,7 @@ from autoopt.tools.errors import (
     WorkloadFailed,
 )
 from autoopt.tools.journal import Step
-from autoopt.tools.process import base_env, run, tail_text
+from autoopt.tools.process import tail_text
 from autoopt.tools.targets import TargetSpec
 from autoopt.tools.workload import parse_metrics
 from autoopt.tools.workspace import Workspace, inside
@@ -754,32 +755,14 @@ class DockerBackend:
     ) -> WorkloadResult:
         if spec.kind == "batch":
             return await self._run_batch(spec, deployment, argv, shell, name=name, timeout=timeout)
-        logs = Path(deployment.log_dir)
-        child, done, timed_out = await run(
-            argv, cwd=logs, env=base_env(), logs=logs, name=name, timeout=timeout
+        return await drive(
+            deployment,
+            argv,
+            shell,
+            name=name,
+            timeout=timeout,
+            note="the driver runs on the host, against $ENDPOINT",
         )
-        deployment.journal.add(
-            Step(
-                phase="workload",
-                shell=shell,
-                argv=argv,
-                cwd=str(logs),
-                elapsed_s=done.elapsed_s,
-                exit_code=done.code,
-                note="the driver runs on the host, against $ENDPOINT",
-            )
-        )
-        result = WorkloadResult(
-            metrics=parse_metrics(tail_text(child.stdout, 200)),
-            exit_code=done.code,
-            duration_s=done.elapsed_s,
-            log_tail=child.tail(30),
-        )
-        if timed_out:
-            raise WorkloadFailed(
-                f"the workload timed out after {timeout:.0f} s. Log tail:\n{result.log_tail}"
-            )
-        return result
 
     def _mounted(self, argv: list[str], shell: str) -> tuple[list[str], str, dict[str, Any], str]:
         """Workload files of the target's folder, bind-mounted read-only into the container."""

@@ -52,6 +52,7 @@ import anyio
 
 from autoopt.tools.backends import k8s_manifest, k8s_pods
 from autoopt.tools.backends.base import Build, Deployment, Progress, WorkloadResult
+from autoopt.tools.backends.driver import drive
 from autoopt.tools.backends.k8s_pods import Forwarder, short_error
 from autoopt.tools.backends.local import HEALTH_WAIT_SH, _probe
 from autoopt.tools.errors import (
@@ -62,9 +63,8 @@ from autoopt.tools.errors import (
     WorkloadFailed,
 )
 from autoopt.tools.journal import Step
-from autoopt.tools.process import base_env, run, tail_text
+from autoopt.tools.process import base_env, run
 from autoopt.tools.targets import TargetSpec
-from autoopt.tools.workload import parse_metrics
 from autoopt.tools.workspace import Workspace
 
 log = logging.getLogger("autoopt")
@@ -1010,34 +1010,17 @@ class KubernetesBackend:
         name: str,
         timeout: float = 600.0,
     ) -> WorkloadResult:
-        logs = Path(deployment.log_dir)
-        child, done, timed_out = await run(
-            argv, cwd=logs, env=base_env(), logs=logs, name=name, timeout=timeout
-        )
-        deployment.journal.add(
-            Step(
-                phase="workload",
-                shell=shell,
-                argv=argv,
-                cwd=str(logs),
-                elapsed_s=done.elapsed_s,
-                exit_code=done.code,
-                note="the driver runs on this machine, against $ENDPOINT (the port-forward)",
-            )
-        )
-        result = WorkloadResult(
-            metrics=parse_metrics(tail_text(child.stdout, 200)),
-            exit_code=done.code,
-            duration_s=done.elapsed_s,
-            log_tail=child.tail(30),
+        result = await drive(
+            deployment,
+            argv,
+            shell,
+            name=name,
+            timeout=timeout,
+            note="the driver runs on this machine, against $ENDPOINT (the port-forward)",
         )
         forwarder = self._forwarders.get(deployment.id)
-        if done.code != 0 and forwarder is not None and forwarder.errors:
+        if result.exit_code != 0 and forwarder is not None and forwarder.errors:
             result.log_tail += "\nport-forward errors: " + "; ".join(forwarder.errors)
-        if timed_out:
-            raise WorkloadFailed(
-                f"the workload timed out after {timeout:.0f} s. Log tail:\n{result.log_tail}"
-            )
         return result
 
     async def collect(

@@ -13,11 +13,11 @@ import anyio
 
 from autoopt.tools import procfs
 from autoopt.tools.backends.base import Build, Deployment, Progress, WorkloadResult
-from autoopt.tools.errors import BuildFailed, DeployFailed, WorkloadFailed
+from autoopt.tools.backends.driver import drive
+from autoopt.tools.errors import BuildFailed, DeployFailed
 from autoopt.tools.journal import Step
-from autoopt.tools.process import Child, base_env, kill_group, run, spawn, tail_text
+from autoopt.tools.process import Child, base_env, kill_group, run, spawn
 from autoopt.tools.targets import TargetSpec
-from autoopt.tools.workload import parse_metrics
 
 HEALTH_WAIT_SH = (
     'for _ in $(seq 300); do python3 -c "import sys, urllib.request as u; '
@@ -203,33 +203,18 @@ class LocalBackend:
         name: str,
         timeout: float = 600.0,
     ) -> WorkloadResult:
-        logs = Path(deployment.log_dir)
-        cwd = Path(deployment.tree or logs) if spec.kind == "batch" else logs
-        child, done, timed_out = await run(
-            argv, cwd=cwd, env=base_env(), logs=logs, name=name, timeout=timeout
+        batch = spec.kind == "batch"
+        result = await drive(
+            deployment,
+            argv,
+            f'(cd "$TREE" && {shell})' if batch else shell,
+            name=name,
+            timeout=timeout,
+            cwd=Path(deployment.tree) if batch and deployment.tree else None,
         )
-        deployment.journal.add(
-            Step(
-                phase="workload",
-                shell=f'(cd "$TREE" && {shell})' if spec.kind == "batch" else shell,
-                argv=argv,
-                cwd=str(cwd),
-                elapsed_s=done.elapsed_s,
-                exit_code=done.code,
-            )
-        )
-        out = tail_text(child.stdout, 200)
-        metrics = parse_metrics(out)
-        result = WorkloadResult(
-            metrics=metrics, exit_code=done.code, duration_s=done.elapsed_s, log_tail=child.tail(30)
-        )
-        if spec.kind == "batch":
-            result.peak_rss_mb = metrics.pop("peak_rss_mb", None)
-            result.cpu_s = metrics.pop("cpu_s", None)
-        if timed_out:
-            raise WorkloadFailed(
-                f"the workload timed out after {timeout:.0f} s. Log tail:\n{result.log_tail}"
-            )
+        if batch:
+            result.peak_rss_mb = result.metrics.pop("peak_rss_mb", None)
+            result.cpu_s = result.metrics.pop("cpu_s", None)
         return result
 
     async def collect(
