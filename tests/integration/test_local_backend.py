@@ -126,17 +126,39 @@ def _prepend_patch(text: str, statement: str) -> str:
     return unified(text, "".join([*lines[:idx], statement + "\n", *lines[idx:]]))
 
 
-async def test_crashing_workload_reports_and_leaves_nothing(client: Client,
-                                                            workspace: Workspace) -> None:
+async def test_crashing_workload_reports_and_leaves_nothing(
+    client: Client, workspace: Workspace
+) -> None:
     crash = workspace.targets_dir / "pyserver" / "workload-crash.sh"
     crash.write_text('#!/usr/bin/env bash\nsleep 30 &\necho "requests=1"\nkill -SEGV $$\n')
     build = await call(client, "build", target="pyserver")
     dep = await call(client, "deploy", build_id=build["build_id"])
-    run = await call(client, "run_workload", deployment_id=dep["deployment_id"],
-                     workload="workload-crash.sh")
+    run = await call(
+        client, "run_workload", deployment_id=dep["deployment_id"], workload="workload-crash.sh"
+    )
     assert run["exit_code"] != 0
     await call(client, "teardown", deployment_id=dep["deployment_id"])
     await anyio.sleep(0.3)
     assert processes_under(workspace.root) == []
-    assert not [p for p in psutil.process_iter(["cmdline"])
-                if p.info["cmdline"] == ["sleep", "30"]], "the workload's child survived"
+    assert not [
+        p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "30"]
+    ], "the workload's child survived"
+
+
+async def test_read_and_search_source_at_a_revision(client: Client) -> None:
+    hits = await call(
+        client, "search_source", target="pyserver", pattern="def _snapshot_store", glob="*.py"
+    )
+    path, line, _ = hits["matches"][0].split(":", 2)
+    assert path == "server.py" and not hits["truncated"]
+    text = await call(
+        client,
+        "read_source",
+        target="pyserver",
+        path="server.py",
+        start_line=int(line),
+        end_line=int(line) + 2,
+    )
+    assert "def _snapshot_store" in text["text"] and text["revision"] == hits["revision"]
+    outside = await client.call_tool("read_source", {"target": "pyserver", "path": "../target.md"})
+    assert outside.is_error and "'..'" in outside.content[0].text
