@@ -49,15 +49,6 @@ class Journal(BaseModel):
             update = {k: v for k, v in (("arm", arm), ("run", run)) if v is not None}
             self.steps.append(step.model_copy(update=update))
 
-    def of(self, phase: Phase, arm: str | None = None) -> list[Step]:
-        return [s for s in self.steps if s.phase == phase and (arm is None or s.arm == arm)]
-
 
 def shell_join(argv: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in argv)
-
-
-def with_env(env: dict[str, str], line: str) -> str:
-    """`K=V ... line`, the way a shell sets variables for one command."""
-    prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
-    return f"{prefix} {line}" if prefix else line
