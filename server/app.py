@@ -17,6 +17,7 @@ from pydantic import Field
 
 from autoopt.server import profiling_tools, trace_log_tools, views
 from autoopt.server.errors import tool_errors
+from autoopt.server.params import ACTS, READ_ONLY, STOPS, Backend, TargetName
 from autoopt.server.progress import progress_of
 from autoopt.tools.abrun import MIN_RUNS, ABRun, Order
 from autoopt.tools.engine import BACKENDS, Engine
@@ -36,27 +37,6 @@ hints.md resources, profile before reading code, and keep a change only when run
 KEEP. The server enforces the rules (N >= 3 runs per arm, same-commit A/B, editable scope,
 no constant tuning) and writes the reproducible record itself (record_experiment)."""
 
-READ_ONLY = ToolAnnotations(
-    read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
-)
-ACTS = ToolAnnotations(
-    read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
-)
-STOPS = ToolAnnotations(
-    read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
-)
-
-TargetName = Annotated[
-    str,
-    Field(
-        description="a target folder name, e.g. 'pyserver'",
-        pattern=r"^[a-z0-9][a-z0-9._-]*$",
-        max_length=64,
-    ),
-]
-Backend = Annotated[
-    str, Field(description="local | docker | kubernetes", pattern=r"^(local|docker|kubernetes)$")
-]
 Patch = Annotated[
     str | None,
     Field(

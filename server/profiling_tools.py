@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Annotated
 
 from mcp.server.mcpserver import Context, MCPServer
-from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
+from mcp_types import CallToolResult, ImageContent, TextContent
 from pydantic import BaseModel, Field
 
 from autoopt.server.errors import tool_errors
+from autoopt.server.params import ACTS, READ_ONLY, Backend, TargetName
 from autoopt.server.progress import progress_of
 from autoopt.tools.engine import Engine
 from autoopt.tools.errors import NotFound
@@ -22,21 +23,6 @@ from autoopt.tools.profiling.model import MemoryReadings, human_value
 from autoopt.tools.profiling.views import PathEntry, ProfileDiff, TopEntry
 from autoopt.tools.workspace import Workspace, check_name
 
-PROFILES = ToolAnnotations(
-    read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
-)
-READ_ONLY = ToolAnnotations(
-    read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
-)
-
-TargetName = Annotated[
-    str,
-    Field(
-        description="a target folder name, e.g. 'pyserver'",
-        pattern=r"^[a-z0-9][a-z0-9._-]*$",
-        max_length=64,
-    ),
-]
 Label = Annotated[
     str | None,
     Field(
@@ -62,13 +48,6 @@ Workload = Annotated[
     Field(
         description="a targeted workload file in the target's folder, e.g. 'workload-process.sh'; "
         "omit for the target's own workload"
-    ),
-]
-Backend = Annotated[
-    str,
-    Field(
-        description="where the target runs; profiling supports local",
-        pattern=r"^(local|docker|kubernetes)$",
     ),
 ]
 
@@ -163,7 +142,7 @@ def _result(r: profiling.ProfileRun) -> CallToolResult:
 def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
     """Declare the profiling tools and the flame graph resource on `mcp`."""
 
-    @mcp.tool(annotations=PROFILES)
+    @mcp.tool(annotations=ACTS)
     @tool_errors
     async def profile_memory(
         target: TargetName,
@@ -201,7 +180,7 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         )
         return _result(r)
 
-    @mcp.tool(annotations=PROFILES)
+    @mcp.tool(annotations=ACTS)
     @tool_errors
     async def profile_cpu(
         target: TargetName,

@@ -1,0 +1,28 @@
+"""Argument types and tool annotations shared by the server's tool modules."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from mcp_types import ToolAnnotations
+from pydantic import Field
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+
+READ_ONLY = ToolAnnotations(
+    read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+)
+ACTS = ToolAnnotations(
+    read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+)
+STOPS = ToolAnnotations(
+    read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
+)
+
+TargetName = Annotated[
+    str,
+    Field(description="a target folder name, e.g. 'pyserver'", pattern=NAME_PATTERN, max_length=64),
+]
+Backend = Annotated[
+    str, Field(description="local | docker | kubernetes", pattern=r"^(local|docker|kubernetes)$")
+]
