@@ -65,7 +65,10 @@ async def measure(starts: int, calls: int) -> dict[str, float]:
 
 def run(starts: int = 5, calls: int = 50) -> str:
     figures = anyio.run(measure, starts, calls)
-    rows = [f"| {k} | {v:.3f} |" for k, v in figures.items()]
+    rows = [
+        f"| {k} | {v:.0f} |" if k.endswith("_bytes") else f"| {k} | {v:.3f} |"
+        for k, v in figures.items()
+    ]
     return "\n".join(["| figure | value |", "|---|---|", *rows])
 
 
