@@ -24,14 +24,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
-from uuid import uuid4
 
 import anyio
 
 from autoopt.tools import procfs
 from autoopt.tools.backends.base import Build, Deployment, Progress, WorkloadResult
-from autoopt.tools.backends.driver import drive
-from autoopt.tools.backends.local import HEALTH_WAIT_SH, _probe
+from autoopt.tools.backends.driver import HEALTH_WAIT_SH, drive, new_deployment, probe
 from autoopt.tools.errors import (
     AutooptError,
     BackendUnavailable,
@@ -546,18 +544,8 @@ class DockerBackend:
         return kwargs, flags
 
     async def deploy(self, spec: TargetSpec, build: Build) -> Deployment:
-        dep_id = f"dep-{uuid4().hex[:10]}"
-        logs = Path(build.tree).parent / "deployments" / dep_id
-        logs.mkdir(parents=True, exist_ok=True)
-        deployment = Deployment(
-            id=dep_id,
-            build_id=build.id,
-            target=spec.name,
-            backend=self.name,
-            kind=spec.kind,
-            log_dir=str(logs),
-            tree=build.tree,
-        )
+        deployment = new_deployment(spec, build, self.name)
+        dep_id = deployment.id
         image = build.image or f"autoopt/{spec.name}:{build.id}"
         await self._image_exists(image, DeployFailed, f"deploying {spec.name}")
         deployment.journal.add(
@@ -681,7 +669,7 @@ class DockerBackend:
                     f"check passed. Log tail:\n{await self._log_tail(container)}"
                 )
             try:
-                if await anyio.to_thread.run_sync(_probe, url):
+                if await anyio.to_thread.run_sync(probe, url):
                     return
             except (OSError, http.client.HTTPException) as exc:  # not listening yet, reset, ...
                 last = f"{type(exc).__name__}: {exc}"

@@ -1,14 +1,50 @@
-"""The workload driver on this machine: every backend runs it the same way."""
+"""What every backend does the same way on this machine: a new deployment's record, the
+HTTP health probe (and its shell form for the scripts), and the workload driver."""
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from pathlib import Path
+from uuid import uuid4
 
-from autoopt.tools.backends.base import Deployment, WorkloadResult
+from autoopt.tools.backends.base import Build, Deployment, WorkloadResult
 from autoopt.tools.errors import WorkloadFailed
 from autoopt.tools.journal import Step
 from autoopt.tools.process import base_env, run, tail_text
+from autoopt.tools.targets import TargetSpec
 from autoopt.tools.workload import parse_metrics
+
+HEALTH_WAIT_SH = (
+    'for _ in $(seq 300); do python3 -c "import sys, urllib.request as u; '
+    'u.urlopen(sys.argv[1], timeout=1)" "{url}" 2>/dev/null && break; sleep 0.1; done'
+)
+
+
+def probe(url: str) -> bool:
+    """One health check: True on a 2xx answer (blocking; run it in a worker thread)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return 200 <= response.status < 300
+    except urllib.error.HTTPError:
+        return False
+
+
+def new_deployment(spec: TargetSpec, build: Build, backend: str, **fields: object) -> Deployment:
+    """A fresh deployment id and its log folder beside the build."""
+    dep_id = f"dep-{uuid4().hex[:10]}"
+    logs = Path(build.tree).parent / "deployments" / dep_id
+    logs.mkdir(parents=True, exist_ok=True)
+    return Deployment(
+        id=dep_id,
+        build_id=build.id,
+        target=spec.name,
+        backend=backend,
+        kind=spec.kind,
+        log_dir=str(logs),
+        tree=build.tree,
+        **fields,
+    )
 
 
 async def drive(

@@ -46,15 +46,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from uuid import uuid4
 
 import anyio
 
 from autoopt.tools.backends import k8s_manifest, k8s_pods
 from autoopt.tools.backends.base import Build, Deployment, Progress, WorkloadResult
-from autoopt.tools.backends.driver import drive
+from autoopt.tools.backends.driver import HEALTH_WAIT_SH, drive, new_deployment, probe
 from autoopt.tools.backends.k8s_pods import Forwarder, short_error
-from autoopt.tools.backends.local import HEALTH_WAIT_SH, _probe
 from autoopt.tools.errors import (
     AutooptError,
     BackendUnavailable,
@@ -621,20 +619,9 @@ class KubernetesBackend:
                 f"target {spec.name} is a batch program; the kubernetes backend runs services "
                 "(use the local or docker backend for batch targets)"
             )
-        dep_id = f"dep-{uuid4().hex[:10]}"
-        logs = Path(build.tree).parent / "deployments" / dep_id
-        logs.mkdir(parents=True, exist_ok=True)
         s = self.settings
-        deployment = Deployment(
-            id=dep_id,
-            build_id=build.id,
-            target=spec.name,
-            backend=self.name,
-            kind=spec.kind,
-            log_dir=str(logs),
-            tree=build.tree,
-            namespace=self.namespace,
-        )
+        deployment = new_deployment(spec, build, self.name, namespace=self.namespace)
+        dep_id = deployment.id
         image = self._image_ref(build)
         rendered = k8s_manifest.render(
             spec,
@@ -910,7 +897,7 @@ class KubernetesBackend:
         last = ""
         while True:
             try:
-                if await anyio.to_thread.run_sync(_probe, url):
+                if await anyio.to_thread.run_sync(probe, url):
                     return
                 last = "not a 2xx answer"
             except Exception as exc:

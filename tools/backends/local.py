@@ -5,24 +5,17 @@ from __future__ import annotations
 import shlex
 import socket
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import anyio
 
 from autoopt.tools import procfs
 from autoopt.tools.backends.base import Build, Deployment, Progress, WorkloadResult
-from autoopt.tools.backends.driver import drive
+from autoopt.tools.backends.driver import HEALTH_WAIT_SH, drive, new_deployment, probe
 from autoopt.tools.errors import BuildFailed, DeployFailed
 from autoopt.tools.journal import Step
 from autoopt.tools.process import Child, base_env, kill_group, run, spawn
 from autoopt.tools.targets import TargetSpec
-
-HEALTH_WAIT_SH = (
-    'for _ in $(seq 300); do python3 -c "import sys, urllib.request as u; '
-    'u.urlopen(sys.argv[1], timeout=1)" "{url}" 2>/dev/null && break; sleep 0.1; done'
-)
 
 COLLECT_SH = (
     'awk \'/^VmHWM/ {printf "peak_rss_mb=%.3f\\n", $2/1024} '
@@ -92,20 +85,8 @@ class LocalBackend:
         return build
 
     async def deploy(self, spec: TargetSpec, build: Build) -> Deployment:
-        from uuid import uuid4
-
-        dep_id = f"dep-{uuid4().hex[:10]}"
-        logs = Path(build.tree).parent / "deployments" / dep_id
-        logs.mkdir(parents=True, exist_ok=True)
-        deployment = Deployment(
-            id=dep_id,
-            build_id=build.id,
-            target=spec.name,
-            backend=self.name,
-            kind=spec.kind,
-            log_dir=str(logs),
-            tree=build.tree,
-        )
+        deployment = new_deployment(spec, build, self.name)
+        dep_id, logs = deployment.id, Path(deployment.log_dir)
         if spec.kind == "batch":
             deployment.journal.add(
                 Step(
@@ -167,7 +148,7 @@ class LocalBackend:
                     f"Log tail:\n{child.tail(30)}"
                 )
             try:
-                ok = await anyio.to_thread.run_sync(_probe, url)
+                ok = await anyio.to_thread.run_sync(probe, url)
                 if ok:
                     return
             except OSError as exc:
@@ -277,14 +258,6 @@ class LocalBackend:
 
     def forget_orphans(self) -> list[str]:
         return []
-
-
-def _probe(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return 200 <= response.status < 300
-    except urllib.error.HTTPError:
-        return False
 
 
 def _start_time(pid: int) -> float | None:
