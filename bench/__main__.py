@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from bench import aa_series, e2e, mcp_startup, overhead, profilers, simulate
+from bench import aa_series, e2e, mcp_startup, native_profilers, overhead, profilers, simulate
 from bench.common import (
     ROOT,
     fmt_load,
@@ -356,6 +356,43 @@ def profilers_section(cfg: Config, key: dict[str, Any]) -> Section:
     return timed(s, work)
 
 
+def native_section(cfg: Config, key: dict[str, Any]) -> Section:
+    s = Section(
+        "Native heap profilers on an allocation-heavy C program",
+        commands=[
+            f"# {cfg.rounds} round(s), the order rotated each round, on a temporary workspace "
+            "with targets/churn (bench/native/churn.c, gcc -O1 -g ... -ljemalloc):",
+            "bare:      engine.build -> engine.deploy -> engine.run_workload -> teardown",
+            'heaptrack: profile_memory(engine, "churn", tool="heaptrack")',
+            'jemalloc:  profile_memory(engine, "churn", tool="jemalloc")',
+            f"# standalone: {py(f'-m bench.native_profilers --rounds {cfg.rounds}')}",
+        ],
+    )
+
+    def work() -> str:
+        with temp_workspace() as root:
+            result = anyio.run(native_profilers.measure, root, cfg.rounds)
+        for tool in native_profilers.TOOLS[1:]:
+            if result.ratios(tool):
+                key[f"native.{tool}"] = (result.ratios(tool), result.accuracy(tool))
+        return "\n".join(
+            [
+                "The program makes 4 million malloc/free pairs of 64..1024 bytes (jemalloc size "
+                "classes, so requested = allocated) and holds a 64 MiB buffer in its middle "
+                "round; it counts its own live bytes and prints their peak, the anchor of the "
+                "accuracy column. heaptrack traces every call (its whole call includes "
+                "heaptrack_interpret and the server's replay of the trace); jemalloc samples "
+                "one backtrace per 128 KiB allocated and dumps the heap every 4 MiB allocated "
+                "(the profile is the heaviest dump, so it can only undershoot the peak). Each "
+                "ratio is profiled / bare wall time of the same round.",
+                "",
+                result.markdown(),
+            ]
+        )
+
+    return timed(s, work)
+
+
 def demo_section(cfg: Config, key: dict[str, Any]) -> Section:
     s = Section(
         "End to end: the demo",
@@ -456,6 +493,17 @@ def key_figures(key: dict[str, Any], cfg: Config) -> str:
                     anchor,
                 ]
             )
+    for tool in native_profilers.TOOLS[1:]:
+        native = key.get(f"native.{tool}")
+        if native:
+            ratios, acc = native
+            rows.append(
+                [
+                    f"{tool} on a malloc-heavy C program: wall time / bare; peak found",
+                    f"{geomean(ratios):.2f}x; {min(acc):.3f} .. {max(acc):.3f} of the peak",
+                    "bare = 1.00x; the program's own count of its live bytes = 1.000",
+                ]
+            )
     return table(["figure", "measured", "anchor"], rows)
 
 
@@ -542,9 +590,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     harness.body = overhead_summary(results, key)
     prof = profilers_section(cfg, key)
+    native = native_section(cfg, key)
     demo = demo_section(cfg, key)
     sim = simulation_section(cfg)
-    sections = [sim, aa, harness, demo, mcp, prof]  # the report's order, not the run's
+    sections = [sim, aa, harness, demo, mcp, prof, native]  # the report's order, not the run's
 
     text = report(cfg, sections, key, started, load_start, raw)
     args.out.parent.mkdir(parents=True, exist_ok=True)

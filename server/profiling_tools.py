@@ -154,8 +154,9 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
             profiling.MemoryTool,
             Field(
                 description=(
-                    "auto: memray for Python (tracemalloc only where memray cannot run), heaptrack "
-                    "for native; procfs: /proc readings only"
+                    "auto: memray for Python (tracemalloc only where memray cannot run); for "
+                    "native code jemalloc's own heap profiler when the program runs on jemalloc "
+                    "(linked, preloaded or built in), else heaptrack; procfs: /proc readings only"
                 )
             ),
         ] = "auto",

@@ -242,13 +242,21 @@ def test_missing_native_profiler_names_the_debian_package(monkeypatch: pytest.Mo
         detect.require("gdb")
 
 
-def test_jemalloc_linkage(tmp_path: Path) -> None:
-    dyn, static, plain = tmp_path / "d", tmp_path / "s", tmp_path / "p"
+def test_jemalloc_use(tmp_path: Path) -> None:
+    dyn, static, prefixed, plain = (tmp_path / n for n in ("d", "s", "r", "p"))
     dyn.write_bytes(b"\x7fELF...libjemalloc.so.2\x00")
-    static.write_bytes(b"\x7fELF..._rjem_mallctl\x00")
+    static.write_bytes(b"\x7fELF...<jemalloc>: Invalid conf pair\x00MALLOC_CONF\x00")
+    prefixed.write_bytes(b"\x7fELF..._rjem_mallctl\x00_RJEM_MALLOC_CONF\x00")
     plain.write_bytes(b"\x7fELF...libc.so.6\x00")
-    assert [detect.jemalloc_linkage(p) for p in (dyn, static, plain, tmp_path / "x")] == [
-        "dynamic", "static", None, None]
+    uses = [detect.jemalloc_use(f"./{p.name} --port {{port}}", tmp_path)
+            for p in (dyn, static, prefixed, plain)]
+    assert [u and (u.linkage, u.variable) for u in uses] == [
+        ("dynamic", "MALLOC_CONF"), ("static", "MALLOC_CONF"),
+        ("static", "_RJEM_MALLOC_CONF"), None]
+    assert detect.jemalloc_use("./missing", tmp_path) is None
+    preload = detect.jemalloc_use(
+        "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 ./p", tmp_path)
+    assert preload is not None and preload.linkage == "preload"
 
 
 def test_human_bytes() -> None:

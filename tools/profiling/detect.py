@@ -8,6 +8,7 @@ import shlex
 import shutil
 import sys
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 from autoopt.tools.errors import ProfilerUnavailable
 
@@ -16,6 +17,7 @@ NATIVE_TOOLS = {
     "heaptrack": ("heaptrack_print", "heaptrack", "native heap profiles at the peak"),
     "perf": ("perf", "linux-perf", "native CPU profiles"),
     "gdb": ("gdb", "gdb", "attaching memray to a running Python process"),
+    "addr2line": ("addr2line", "binutils", "symbolizing jemalloc heap dumps"),
 }
 HEAPTRACK_PRELOAD = "/usr/lib/heaptrack/libheaptrack_preload.so"
 HEAPTRACK_INTERPRET = "/usr/lib/heaptrack/libexec/heaptrack_interpret"
@@ -97,18 +99,64 @@ def program_path(command: str, cwd: Path) -> Path | None:
     return Path(found) if found else None
 
 
-def jemalloc_linkage(binary: Path | None) -> str | None:
-    """'dynamic' (links libjemalloc.so), 'static' (jemalloc symbols inside) or None."""
-    if binary is None or not binary.is_file():
-        return None
+class JemallocUse(NamedTuple):
+    """How a program gets jemalloc, and the configuration variable that jemalloc reads."""
+
+    linkage: Literal["dynamic", "static", "preload"]
+    variable: str
+
+
+_JEMALLOC_STATIC = (b"<jemalloc>:", b"je_mallctl", b"_rjem_mallctl", b"jemalloc_version")
+_LIB_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib/aarch64-linux-gnu",
+             "/usr/lib/aarch64-linux-gnu", "/usr/local/lib", "/usr/lib", "/lib")
+
+
+def _read(path: Path) -> bytes:
     try:
-        data = binary.read_bytes()
+        return path.read_bytes() if path.is_file() else b""
     except OSError:
+        return b""
+
+
+def _conf_variable(data: bytes) -> str:
+    """The configuration variable a jemalloc build reads: MALLOC_CONF, or the prefixed one
+    of a build with a symbol prefix (je_ -> JE_MALLOC_CONF, _rjem_ -> _RJEM_MALLOC_CONF)."""
+    names = re.findall(rb"(?<![A-Za-z0-9_])([A-Z0-9_]*MALLOC_CONF)\x00", data)
+    return max(names, key=len).decode() if names else "MALLOC_CONF"
+
+
+def _library(soname: str, near: Path) -> Path | None:
+    for folder in (str(near.parent), *_LIB_DIRS):
+        candidate = Path(folder) / soname
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def jemalloc_use(command: str, cwd: Path) -> JemallocUse | None:
+    """Whether the command's program runs on jemalloc: preloaded (LD_PRELOAD=...libjemalloc),
+    linked to libjemalloc.so, or with jemalloc inside the binary; None otherwise."""
+    try:
+        argv = shlex.split(command)
+    except ValueError:
         return None
-    if b"libjemalloc.so" in data:
-        return "dynamic"
-    if b"je_mallctl" in data or b"_rjem_mallctl" in data or b"jemalloc_version" in data:
-        return "static"
+    for assignment in argv:
+        if "=" not in assignment or assignment.startswith("/"):
+            break
+        name, _, value = assignment.partition("=")
+        if name == "LD_PRELOAD" and "libjemalloc" in value:
+            lib = next((Path(v) for v in re.split(r"[:\s]", value) if "libjemalloc" in v), None)
+            return JemallocUse("preload", _conf_variable(_read(lib)) if lib else "MALLOC_CONF")
+    binary = program_path(command, cwd)
+    data = _read(binary) if binary else b""
+    if not data:
+        return None
+    linked = re.search(rb"libjemalloc\.so[.0-9]*", data)
+    if linked and binary is not None:
+        lib = _library(linked.group().decode(), binary)
+        return JemallocUse("dynamic", _conf_variable(_read(lib)) if lib else "MALLOC_CONF")
+    if any(marker in data for marker in _JEMALLOC_STATIC):
+        return JemallocUse("static", _conf_variable(data))
     return None
 
 

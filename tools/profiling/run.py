@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 from uuid import uuid4
@@ -30,7 +32,7 @@ from autoopt.tools.errors import (
 )
 from autoopt.tools.journal import Journal, Step, shell_join
 from autoopt.tools.process import Child, base_env, run, spawn
-from autoopt.tools.profiling import detect, store, views
+from autoopt.tools.profiling import detect, jemalloc, store, views
 from autoopt.tools.profiling.model import (
     MemoryReadings,
     Overhead,
@@ -41,7 +43,7 @@ from autoopt.tools.targets import TargetSpec
 from autoopt.tools.workload import workload_argv, workload_script
 from autoopt.tools.workspace import check_name
 
-MemoryTool = Literal["auto", "memray", "tracemalloc", "heaptrack", "procfs"]
+MemoryTool = Literal["auto", "memray", "tracemalloc", "heaptrack", "jemalloc", "procfs"]
 CpuTool = Literal["auto", "py-spy", "perf"]
 Note = Callable[[str], Awaitable[None]]
 STOP_GRACE_S = 30.0
@@ -122,6 +124,7 @@ class _Session:
                 f"{self.deployment.pid}): the profiler ran on the host, not inside the container"
             )
         self.raw_files: list[str] = []
+        self._jemalloc: detect.JemallocUse | Literal[False] | None = None
 
     # -- helpers ----------------------------------------------------------------------
     async def say(self, message: str) -> None:
@@ -140,6 +143,19 @@ class _Session:
         if self.deployment is not None and self.deployment.tree:
             return self.deployment.tree
         return self.build.tree if self.build else None
+
+    @property
+    def jemalloc(self) -> detect.JemallocUse | None:
+        """How the built program gets jemalloc (read once the tree exists), else None."""
+        if self._jemalloc is None and self.tree:
+            command = (
+                self.spec.local.run
+                if self.spec.kind == "service"
+                else (None if self.script is not None else self.spec.local.workload)
+            )
+            use = detect.jemalloc_use(command, Path(self.tree)) if command else None
+            self._jemalloc = use or False
+        return self._jemalloc or None
 
     def is_python(self) -> bool:
         if self.spec.kind == "service":
@@ -189,13 +205,20 @@ class _Session:
         )
 
     # -- lifecycle --------------------------------------------------------------------
-    async def start(self, spec: TargetSpec, patch: str | None) -> Deployment:
-        if self.deployment is not None:
-            return self.deployment
+    async def prepare(self, patch: str | None) -> None:
+        """Build the frontier (+ patch) unless a deployment was given or it is built."""
+        if self.deployment is not None or self.build is not None:
+            return
         await self.say(f"building {self.spec.name}")
         self.build = await self.engine.build(
             self.spec.name, patch=patch, backend=self.env, progress=self.progress
         )
+
+    async def start(self, spec: TargetSpec, patch: str | None) -> Deployment:
+        if self.deployment is not None:
+            return self.deployment
+        await self.prepare(patch)
+        assert self.build is not None
         await self.say(f"deploying {self.spec.name} for profiling")
         self.deployment = await self.impl.deploy(spec, self.build)
         self.engine._track(self.deployment, True)
@@ -378,58 +401,35 @@ async def profile_memory(
         progress=progress,
     )
     python = s.is_python()
-    chosen = _memory_tool(s, tool, python)
-    attach = not s.own and s.spec.kind == "service"
-    if attach and chosen not in ("procfs", "memray"):
-        raise ProfilerUnavailable(
-            f"{chosen} cannot attach to a running service here; omit deployment_id so the "
-            f"service starts under {chosen}, or use tool='procfs' for /proc readings only"
-        )
-    out: Path | None = None
-    wrap: Callable[[str], str] | None = None
-    if chosen == "memray":
-        from autoopt.tools.profiling import memray
-
-        out = s.raw("memray.bin")
-        if not attach:
-            wrap = lambda cmd: memray.wrap(cmd, out)  # noqa: E731
-    elif chosen == "tracemalloc":
-        from autoopt.tools.profiling import tracemalloc_tool
-
-        out = s.raw("tracemalloc.snapshot")
-        runner = s.folder / f"{s.label}-tracemalloc-runner.py"
-        s.raw_files.append(str(runner))
-        wrap = lambda cmd: tracemalloc_tool.wrap(cmd, out, runner)  # noqa: E731
-    elif chosen == "heaptrack":
-        from autoopt.tools.profiling import heaptrack
-
-        out = s.raw("heaptrack.raw")
-        wrap = lambda cmd: heaptrack.wrap(cmd, out)  # noqa: E731
-    if s.spec.kind == "batch" and wrap is not None and s.script is not None and chosen != "procfs":
-        raise ProfilerUnavailable(
-            f"{chosen} must start the program itself, but this batch workload is a script "
-            f"({s.script.name}); give the target a `workload:` command in ## Local"
-        )
-    spec = s.wrapped_spec(wrap)
     error: str | None = None
     result: WorkloadResult | None = None
     memory: MemoryReadings | None = None
     attached: Deployment | None = None
     try:
-        dep = await s.start(spec, patch)
-        if attach and chosen == "memray":
-            await _memray_attach(s, dep, out)  # type: ignore[arg-type]
-            attached = dep
-        reset = await s.impl.reset_peak(dep) if spec.kind == "service" else False
-        result, error = await s.workload(spec)
-        memory, died = await s.collect(spec, result, reset)
-        if attached is not None:
-            attached = None
-            await _memray_detach(s, dep)
-        if died and error is None:
-            error = _died_message(spec, result)
-        await s.stop()
-        builder, measure, overhead, note = await _read_memory(s, chosen, out)
+        await s.prepare(patch)  # native targets: the built binary says whether it uses jemalloc
+        chosen = _memory_tool(s, tool, python)
+        out, wrap, dumps = _memory_wrapper(s, chosen)
+        spec = s.wrapped_spec(wrap)
+        with _watching(dumps):
+            dep = await s.start(spec, patch)
+            if not s.own and s.spec.kind == "service" and chosen == "memray":
+                await _memray_attach(s, dep, out)  # type: ignore[arg-type]
+                attached = dep
+            reset = await s.impl.reset_peak(dep) if spec.kind == "service" else False
+            result, error = await s.workload(spec)
+            memory, died = await s.collect(spec, result, reset)
+            if attached is not None:
+                attached = None
+                await _memray_detach(s, dep)
+            if died and error is None:
+                error = _died_message(spec, result)
+            await s.stop()
+        if dumps is not None:
+            builder, problem = await _read_jemalloc(s, dumps, result)
+            error = error or problem
+            measure, overhead, note = jemalloc.MEASURE, "moderate", jemalloc.OVERHEAD_NOTE
+        else:
+            builder, measure, overhead, note = await _read_memory(s, chosen, out)
         if error is not None and chosen == "heaptrack" and not builder.total:
             s.notes.append(
                 "heaptrack buffers its trace inside the process and flushes it at "
@@ -454,8 +454,93 @@ async def profile_memory(
         await s.cleanup()
 
 
+def _memory_wrapper(
+    s: _Session, chosen: str
+) -> tuple[Path | None, Callable[[str], str] | None, jemalloc.Dumps | None]:
+    """(the profiler's output file, how it wraps the command, jemalloc's dumps or None)."""
+    attach = not s.own and s.spec.kind == "service"
+    if attach and chosen not in ("procfs", "memray"):
+        raise ProfilerUnavailable(
+            f"{chosen} cannot attach to a running service here; omit deployment_id so the "
+            f"service starts under {chosen}, or use tool='procfs' for /proc readings only"
+        )
+    out: Path | None = None
+    wrap: Callable[[str], str] | None = None
+    dumps: jemalloc.Dumps | None = None
+    if chosen == "memray":
+        from autoopt.tools.profiling import memray
+
+        out = s.raw("memray.bin")
+        if not attach:
+            wrap = lambda cmd: memray.wrap(cmd, out)  # noqa: E731
+    elif chosen == "tracemalloc":
+        from autoopt.tools.profiling import tracemalloc_tool
+
+        out = s.raw("tracemalloc.snapshot")
+        runner = s.folder / f"{s.label}-tracemalloc-runner.py"
+        s.raw_files.append(str(runner))
+        wrap = lambda cmd: tracemalloc_tool.wrap(cmd, out, runner)  # noqa: E731
+    elif chosen == "heaptrack":
+        from autoopt.tools.profiling import heaptrack
+
+        out = s.raw("heaptrack.raw")
+        wrap = lambda cmd: heaptrack.wrap(cmd, out)  # noqa: E731
+    elif chosen == "jemalloc":
+        prefix = f"{s.label}-{jemalloc.SUFFIX}"
+        for stale in s.folder.glob(f"{prefix}.*.heap"):
+            stale.unlink()
+        variable = s.jemalloc.variable if s.jemalloc else "MALLOC_CONF"
+        wrap = lambda cmd: jemalloc.wrap(cmd, s.folder / prefix, variable)  # noqa: E731
+        dumps = jemalloc.Dumps(s.folder, prefix)
+    if (
+        s.spec.kind == "batch"
+        and s.script is not None
+        and chosen in ("memray", "tracemalloc", "heaptrack")
+    ):
+        raise ProfilerUnavailable(
+            f"{chosen} must start the program itself, but this batch workload is a script "
+            f"({s.script.name}); give the target a `workload:` command in ## Local"
+        )
+    return out, wrap, dumps
+
+
+@contextmanager
+def _watching(dumps: jemalloc.Dumps | None) -> Iterator[None]:
+    """While the body runs, a thread reads jemalloc's dumps as they appear and deletes the
+    superseded ones (a long workload writes one every 4 MiB allocated)."""
+    if dumps is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def scan() -> None:
+        while not stop.wait(1.0):
+            dumps.scan()
+
+    thread = threading.Thread(target=scan, name="jemalloc-dumps", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _memory_tool(s: _Session, tool: MemoryTool, python: bool) -> str:
     if tool == "procfs":
+        return tool
+    if tool == "jemalloc":
+        detect.require("addr2line")
+        if s.jemalloc is None:
+            if s.spec.kind == "service" or s.script is None:
+                raise ProfilerUnavailable(
+                    f"{s.spec.name}'s program does not use jemalloc (no libjemalloc.so linked "
+                    "or preloaded, no jemalloc inside the binary): use tool='auto'"
+                )
+            s.notes.append(
+                f"the workload is a script ({s.script.name}): jemalloc's configuration is "
+                "exported to every program it starts; those on jemalloc dump heaps"
+            )
         return tool
     if python:
         if tool in ("auto", "memray"):
@@ -479,34 +564,82 @@ def _memory_tool(s: _Session, tool: MemoryTool, python: bool) -> str:
     if tool in ("memray", "tracemalloc"):
         raise ProfilerUnavailable(
             f"{tool} profiles Python programs; {s.spec.name} is native: "
-            "use tool='heaptrack' (or 'auto')"
+            "use tool='heaptrack' or 'jemalloc' (or 'auto')"
         )
+    use = s.jemalloc
+    if tool == "auto" and use is not None:
+        detect.require("addr2line")
+        s.notes.append(
+            f"the program runs on jemalloc ({use.linkage}): jemalloc's own heap profiler "
+            f"was used ({use.variable}=prof:true...)"
+        )
+        return "jemalloc"
     detect.require("heaptrack")
-    _jemalloc_note(s)
+    if use is not None and use.linkage == "static":
+        s.notes.append(
+            "the program has jemalloc linked in statically: heaptrack's preload does not "
+            "see those allocations; tool='jemalloc' (or 'auto') uses jemalloc's own profiler"
+        )
+    elif use is not None:
+        s.notes.append(
+            f"the program runs on jemalloc ({use.linkage}): heaptrack's preload sees its "
+            "malloc/free calls; tool='jemalloc' (or 'auto') uses jemalloc's own profiler"
+        )
     return "heaptrack"
 
 
-def _jemalloc_note(s: _Session) -> None:
+async def _read_jemalloc(
+    s: _Session, dumps: jemalloc.Dumps, result: WorkloadResult | None
+) -> tuple[ProfileBuilder, str | None]:
+    """The heaviest heap dump, unbiased and symbolized; or why there is none."""
+    await anyio.to_thread.run_sync(lambda: dumps.scan(final=True))
+    heaviest = dumps.heaviest
+    if heaviest is None:
+        said = _jemalloc_messages(s, result)
+        problem = "jemalloc wrote no heap dump" + (f"; it said: {said}" if said else "")
+        if "Invalid conf pair" in said:
+            problem += ". 'Invalid conf pair: prof...' means this jemalloc was built without "
+            problem += "--enable-prof: profile a build whose jemalloc has it, or use heaptrack"
+        return ProfileBuilder(), problem
+    s.raw_files.append(str(heaviest.path))
+    exe = detect.require("addr2line")
+    builder, unmapped = await anyio.to_thread.run_sync(jemalloc.parse, heaviest, s.tree, exe)
     command = s.spec.local.run if s.spec.kind == "service" else s.spec.local.workload
-    if not command:
-        return
-    tree = Path(s.tree) if s.tree else s.ws.targets_dir / s.spec.name
-    try:
-        linkage = detect.jemalloc_linkage(detect.program_path(command, tree))
-    except ValueError:
-        return
-    if linkage == "dynamic":
-        s.notes.append(
-            "the program links libjemalloc.so: heaptrack's preload sees its "
-            "malloc/free calls (jemalloc's own profiling was not used)"
-        )
-    elif linkage == "static":
-        s.notes.append(
-            "the program has jemalloc linked in statically: heaptrack does not see "
-            "those allocations. jemalloc heap profiling (MALLOC_CONF=prof:true + "
-            "jeprof) is NOT implemented here; use /proc readings or a build with "
-            "the system allocator"
-        )
+    binary = detect.program_path(command, Path(s.tree)) if command and s.tree else None
+    where = (
+        '"$TREE/' + os.path.relpath(binary, s.tree) + '"'
+        if binary and s.tree and str(binary).startswith(s.tree.rstrip("/") + "/")
+        else str(binary or "<the program>")
+    )
+    s.step(
+        f"jeprof --collapsed {where} {heaviest.path} > {s.folder}/{s.label}-jeprof.folded",
+        note=f"the heaviest of {dumps.seen} heap dumps (jeprof, from libjemalloc-dev, prints "
+        "the same unbiased bytes; the server symbolized them with addr2line)",
+    )
+    others = len(dumps.pids) - 1
+    s.notes.append(
+        f"jemalloc: the heaviest of {dumps.seen} heap dumps is {heaviest.kind} dump "
+        f"#{heaviest.seq} of pid {heaviest.pid} ({round(heaviest.total)} bytes live, "
+        f"sampled every {1 << jemalloc.LG_SAMPLE} bytes on average and unbiased: a stack "
+        f"holding B bytes of small objects rests on about B/{1 << jemalloc.LG_SAMPLE} samples, "
+        "a relative error near 1/sqrt of that); a dump comes about every "
+        f"{1 << jemalloc.LG_INTERVAL} bytes allocated, so the true peak can exceed it by up "
+        "to that much"
+        + (f"; {others} other process(es) dumped heaps too (not merged)" if others > 0 else "")
+        + (f"; {unmapped} addresses fell outside every mapped binary" if unmapped else "")
+    )
+    return builder, None
+
+
+def _jemalloc_messages(s: _Session, result: WorkloadResult | None) -> str:
+    """jemalloc's own '<jemalloc>: ...' lines from the program's output."""
+    texts = [result.log_tail] if result and result.log_tail else []
+    if s.deployment is not None:
+        for path in Path(s.deployment.log_dir).glob("*"):
+            if path.is_file():
+                texts.append(path.read_text(errors="replace")[-65536:])
+    lines = {ln.strip() for text in texts for ln in text.splitlines() if "<jemalloc>" in ln}
+    return "; ".join(sorted(lines)[:5])
 
 
 async def _read_memory(
