@@ -86,7 +86,7 @@ async def test_static_jemalloc_peak_names_the_function_and_its_bytes(
     assert r["memory"]["vm_hwm_mb"] > 64
     shells = [s["shell"] for s in r["journal"]]
     assert any("MALLOC_CONF=prof:true" in s and "./peak" in s for s in shells)
-    assert any(s.startswith('jeprof --collapsed "$TREE/peak"') for s in shells)
+    read = next(s for s in shells if 'jeprof --collapsed "$TREE/peak"' in s)
     # one dump is kept (the heaviest); jeprof reads the same bytes from it
     kept = heap_files(workspace, "jestatic")
     assert len(kept) == 1 and str(kept[0]) in r["files"].values()
@@ -101,6 +101,14 @@ async def test_static_jemalloc_peak_names_the_function_and_its_bytes(
     assert sum(v for s, v in theirs if ";make_buffer<" in s) == pytest.approx(
         keys["make_buffer (peak.c)"]["self_value"], rel=0.001)
     assert sum(v for _, v in theirs) == pytest.approx(r["total"], rel=0.001)
+    # the recorded step picks the same dump and has jeprof fold it (symbols aside: the dump
+    # maps the build tree, which is gone)
+    done = subprocess.run(["bash", "-c", f"set -euo pipefail; TREE={copy.parent}\n{read}"],
+                          check=True, capture_output=True, text=True)
+    assert f"Using local file {kept[0]}." in done.stderr
+    folded = (kept[0].parent / "je-jeprof.folded").read_text()
+    assert sorted(int(line.rpartition(" ")[2]) for line in folded.splitlines()) == [
+        8 * MIB, 64 * MIB]
     assert not processes_under(workspace.root)
 
 

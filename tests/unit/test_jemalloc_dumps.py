@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,21 @@ def test_wrap_merges_the_targets_own_conf_and_refuses_bad_prefixes() -> None:
     assert conf.endswith(",prof_prefix:/r/p/x-jeprof")
     with pytest.raises(ProfilerUnavailable, match="prof_prefix"):
         jemalloc.wrap("./srv", Path("/r/a,b/x"), "MALLOC_CONF")
+
+
+def test_recorded_shell_picks_the_heaviest_unbiased_dump(tmp_path: Path) -> None:
+    """The profile.sh step chooses as the server does: by unbiased bytes, not raw ones."""
+    one_big = dump_text([("0x55d000001010", 1, 120_000)])  # raw heavier
+    ten_small = dump_text([("0x55d000001010", 10, 100_000)])  # unbiased heavier
+    first, second = tmp_path / "p-jeprof.9.0.i0.heap", tmp_path / "p-jeprof.9.1.i1.heap"
+    first.write_text(one_big)
+    second.write_text(ten_small)
+    dumps = jemalloc.Dumps(tmp_path, "p-jeprof")
+    dumps.scan(final=True)
+    assert dumps.heaviest is not None and dumps.heaviest.path == second
+    first.write_text(one_big)  # the scan deleted it; the shell gets both to choose from
+    out = tmp_path / "folded"
+    shell = jemalloc.heaviest_shell(tmp_path / "p-jeprof", '"$TREE/app"', out)
+    fake = 'jeprof() { echo "$2 $3"; }\n'  # prints what it was asked to read
+    subprocess.run(["bash", "-c", f"set -euo pipefail\nTREE=/srv\n{fake}{shell}"], check=True)
+    assert out.read_text().split() == ["/srv/app", str(second)]

@@ -174,6 +174,29 @@ def wrap(command: str, prefix: Path, variable: str) -> str:
     return join_command(["env", *rest, f"{variable}={conf}", *argv])
 
 
+# The unbiased total of one dump, as `read_dump` computes it: "<bytes> <file>".
+_TOTAL_AWK = (
+    'NR == 1 { split($1, h, "/"); period = h[2] } '
+    "/^MAPPED_LIBRARIES:/ { exit } "
+    "/^@/ { stack = 1; next } "
+    'stack && $1 == "t*:" { n = $2 + 0; b = $3 + 0; '
+    "if (n > 0 && period > 0 && b > 0) b = b / (1 - exp(-b / n / period)); "
+    "total += b; stack = 0 } "
+    'END { printf "%.0f %s\\n", total, FILENAME }'
+)
+
+
+def heaviest_shell(prefix: Path, program: str, folded: Path) -> str:
+    """The shell that repeats the server's choice: the dump with the largest unbiased total,
+    read by jeprof into folded stacks."""
+    pattern = shlex.quote(str(prefix)) + ".*.heap"
+    return (
+        f'HEAVIEST="$(for f in {pattern}; do awk \'{_TOTAL_AWK}\' "$f"; done '
+        "| sort -n | tail -1 | cut -d' ' -f2-)\"\n"
+        f'jeprof --collapsed {program} "$HEAVIEST" > {shlex.quote(str(folded))}'
+    )
+
+
 def _elf_is_exec(path: str) -> bool:
     """ET_EXEC (absolute addresses) rather than ET_DYN (PIE or shared object)."""
     try:

@@ -612,9 +612,12 @@ async def _read_jemalloc(
         else str(binary or "<the program>")
     )
     s.step(
-        f"jeprof --collapsed {where} {heaviest.path} > {s.folder}/{s.label}-jeprof.folded",
-        note=f"the heaviest of {dumps.seen} heap dumps (jeprof, from libjemalloc-dev, prints "
-        "the same unbiased bytes; the server symbolized them with addr2line)",
+        jemalloc.heaviest_shell(
+            s.folder / dumps.prefix, where, s.folder / f"{s.label}-jeprof.folded"
+        ),
+        note=f"the heaviest of the heap dumps ({dumps.seen} here: {heaviest.path.name}), read "
+        "by jeprof (libjemalloc-dev). The server did the same: it kept the heaviest dump while "
+        "the workload ran, unbiased the bytes as jeprof does and symbolized with addr2line",
     )
     others = len(dumps.pids) - 1
     s.notes.append(
