@@ -156,7 +156,9 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
                 description=(
                     "auto: memray for Python (tracemalloc only where memray cannot run); for "
                     "native code jemalloc's own heap profiler when the program runs on jemalloc "
-                    "(linked, preloaded or built in), else heaptrack; procfs: /proc readings only"
+                    "(linked, preloaded or built in), else heaptrack; jemalloc on a native program "
+                    "without it preloads Debian's libjemalloc (cheaper than heaptrack on "
+                    "malloc-heavy code; VmHWM is then jemalloc's); procfs: /proc readings only"
                 )
             ),
         ] = "auto",

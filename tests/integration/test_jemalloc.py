@@ -20,7 +20,7 @@ from mcp import Client
 
 from autoopt.tools.workspace import Workspace
 from tests.conftest import processes_under
-from tests.integration.test_profiling import PEAK_C, PEAK_TARGET_MD, call
+from tests.integration.test_profiling import PEAK_C, PEAK_TARGET_MD
 
 pytestmark = pytest.mark.anyio
 
@@ -53,6 +53,14 @@ def jemalloc_target(workspace: Workspace, name: str, build: str, workload: str =
     return folder
 
 
+async def profile(client: Client, **args: object) -> dict:
+    """profile_memory through MCP; its structured result (it must succeed)."""
+    result = await client.call_tool("profile_memory", args)
+    assert not result.is_error, result.content[0].text
+    assert result.structured_content is not None
+    return result.structured_content
+
+
 def by_key(r: dict) -> dict[str, dict]:
     return {e["key"]: e for e in r["top_self"]}
 
@@ -72,7 +80,7 @@ def jeprof_stacks(program: Path, dump: Path) -> list[tuple[str, float]]:
 async def test_static_jemalloc_peak_names_the_function_and_its_bytes(
         client: Client, workspace: Workspace, tmp_path: Path) -> None:
     jemalloc_target(workspace, "jestatic", STATIC_BUILD)
-    r = await call(client, "profile_memory", target="jestatic", label="je")
+    r = await profile(client, target="jestatic", label="je")
     assert r["tool"] == "jemalloc" and r["complete"], r["notes"]
     assert any("runs on jemalloc (static)" in n for n in r["notes"])
     keys = by_key(r)
@@ -115,18 +123,15 @@ async def test_static_jemalloc_peak_names_the_function_and_its_bytes(
 async def test_dynamic_jemalloc_auto_and_heaptrack_both_see_it(
         client: Client, workspace: Workspace) -> None:
     jemalloc_target(workspace, "jedyn", DYNAMIC_BUILD)
-    r = await call(client, "profile_memory", target="jedyn", label="je")
+    r = await profile(client, target="jedyn", label="je")
     assert r["tool"] == "jemalloc" and r["overhead"] == "moderate"
     assert any("runs on jemalloc (dynamic)" in n for n in r["notes"])
     assert by_key(r)["make_buffer (peak.c)"]["self_value"] == pytest.approx(64 * MIB, rel=0.05)
     # jemalloc's own frames (libjemalloc.so.2) are cut from every stack
     assert not any("libjemalloc" in f for p in r["top_paths"] for f in p["frames"])
     if shutil.which("heaptrack_print"):
-        result = await client.call_tool("profile_memory", {
-            "target": "jedyn", "label": "ht", "tool": "heaptrack"})
-        assert not result.is_error, result.content[0].text
-        ht = result.structured_content
-        assert ht is not None and ht["tool"] == "heaptrack"
+        ht = await profile(client, target="jedyn", label="ht", tool="heaptrack")
+        assert ht["tool"] == "heaptrack"
         assert any("heaptrack's preload sees" in n for n in ht["notes"])
         assert by_key(ht)["make_buffer (peak.c)"]["self_value"] == pytest.approx(
             64 * MIB, rel=0.05)
@@ -146,14 +151,27 @@ async def test_jemalloc_program_that_crashes_keeps_its_dumps(
     assert "make_buffer (peak.c:" in (folder / "crash-stacks.txt").read_text().split("\n#2 ")[0]
 
 
-async def test_jemalloc_refused_for_a_program_without_it(
+async def test_jemalloc_preloaded_into_a_program_without_it(
         client: Client, workspace: Workspace) -> None:
     jemalloc_target(workspace, "plainc", "gcc -g -O0 -o peak peak.c")
-    result = await client.call_tool("profile_memory", {"target": "plainc", "tool": "jemalloc"})
+    auto = await profile(client, target="plainc", label="auto")
+    assert auto["tool"] == "heaptrack"  # auto does not change a program's allocator
+    r = await profile(client, target="plainc", tool="jemalloc", label="je")
+    assert r["tool"] == "jemalloc"
+    assert any("was preloaded" in n and "libjemalloc.so.2" in n for n in r["notes"])
+    keys = by_key(r)
+    assert keys["make_buffer (peak.c)"]["self_value"] == pytest.approx(64 * MIB, rel=0.05)
+    assert keys["small_buffer (peak.c)"]["self_value"] == pytest.approx(8 * MIB, rel=0.05)
+    assert any("LD_PRELOAD=" in s["shell"] and "libjemalloc.so.2" in s["shell"]
+               and "MALLOC_CONF=prof:true" in s["shell"] for s in r["journal"])
+    assert not processes_under(workspace.root)
+
+
+async def test_jemalloc_refused_for_a_python_program(client: Client, workspace: Workspace) -> None:
+    result = await client.call_tool("profile_memory", {"target": "pyserver", "tool": "jemalloc"})
     assert result.is_error
-    assert "does not use jemalloc" in result.content[0].text
-    assert not (workspace.results_dir / "plainc" / "local" / "profiles").exists() or not list(
-        (workspace.results_dir / "plainc" / "local" / "profiles").glob("*-profile.json"))
+    assert "does not run on jemalloc" in result.content[0].text
+    assert "memray" in result.content[0].text
     assert not processes_under(workspace.root)
 
 
@@ -279,7 +297,7 @@ async def test_native_service_on_jemalloc_keeps_the_heaviest_dump(
     (folder / "src" / "server.c").write_text(SERVER_C)
     (folder / "target.md").write_text(SERVICE_MD.format(name="jeserver"))
     (folder / "workload.sh").write_text(SERVICE_WORKLOAD)
-    r = await call(client, "profile_memory", target="jeserver", label="service")
+    r = await profile(client, target="jeserver", label="service")
     assert r["tool"] == "jemalloc" and r["complete"], r["notes"]
     keys = by_key(r)
     # the heaviest dump is taken in the last request: its scratch buffer and all 20 records

@@ -78,6 +78,9 @@ def test_wrap_merges_the_targets_own_conf_and_refuses_bad_prefixes() -> None:
     conf = argv[2].removeprefix("MALLOC_CONF=")
     assert conf.startswith("background_thread:true,prof:true,")
     assert conf.endswith(",prof_prefix:/r/p/x-jeprof")
+    preloaded = shlex.split(jemalloc.wrap("LD_PRELOAD=/x/other.so ./srv", Path("/r/x"),
+                                          "MALLOC_CONF", Path("/lib/libjemalloc.so.2")))
+    assert preloaded[1] == "LD_PRELOAD=/lib/libjemalloc.so.2:/x/other.so"
     with pytest.raises(ProfilerUnavailable, match="prof_prefix"):
         jemalloc.wrap("./srv", Path("/r/a,b/x"), "MALLOC_CONF")
 

@@ -240,6 +240,8 @@ def test_missing_native_profiler_names_the_debian_package(monkeypatch: pytest.Mo
         detect.require("perf")
     with pytest.raises(ProfilerUnavailable, match=r"apt-get install -y gdb"):
         detect.require("gdb")
+    with pytest.raises(ProfilerUnavailable, match=r"apt-get install -y binutils"):
+        detect.require("addr2line")
 
 
 def test_jemalloc_use(tmp_path: Path) -> None:

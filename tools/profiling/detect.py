@@ -32,13 +32,15 @@ def require(tool: str) -> str:
     if path is None:
         raise ProfilerUnavailable(
             f"{tool} is not installed ({purpose}): install the Debian package {package} "
-            f"(`apt-get install -y {package}`), or choose another tool")
+            f"(`apt-get install -y {package}`), or choose another tool"
+        )
     if tool == "heaptrack":
         for helper in (HEAPTRACK_PRELOAD, HEAPTRACK_INTERPRET):
             if not Path(helper).exists():
                 raise ProfilerUnavailable(
                     f"heaptrack is incomplete: {helper} is missing; reinstall the Debian "
-                    "package heaptrack (`apt-get install --reinstall -y heaptrack`)")
+                    "package heaptrack (`apt-get install --reinstall -y heaptrack`)"
+                )
     return path
 
 
@@ -107,8 +109,15 @@ class JemallocUse(NamedTuple):
 
 
 _JEMALLOC_STATIC = (b"<jemalloc>:", b"je_mallctl", b"_rjem_mallctl", b"jemalloc_version")
-_LIB_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib/aarch64-linux-gnu",
-             "/usr/lib/aarch64-linux-gnu", "/usr/local/lib", "/usr/lib", "/lib")
+_LIB_DIRS = (
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/aarch64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/local/lib",
+    "/usr/lib",
+    "/lib",
+)
 
 
 def _read(path: Path) -> bytes:
@@ -125,12 +134,25 @@ def _conf_variable(data: bytes) -> str:
     return max(names, key=len).decode() if names else "MALLOC_CONF"
 
 
-def _library(soname: str, near: Path) -> Path | None:
-    for folder in (str(near.parent), *_LIB_DIRS):
-        candidate = Path(folder) / soname
+def _library(soname: str, *first: Path) -> Path | None:
+    """The shared object in the given folders, else in the system's library folders."""
+    for folder in (*first, *map(Path, _LIB_DIRS)):
+        candidate = folder / soname
         if candidate.is_file():
             return candidate
     return None
+
+
+def system_jemalloc() -> Path:
+    """Debian's libjemalloc.so.2 (to preload into a program that has no jemalloc of its own),
+    or ProfilerUnavailable naming the package."""
+    lib = _library("libjemalloc.so.2")
+    if lib is None:
+        raise ProfilerUnavailable(
+            "jemalloc is not installed (preloaded into programs that do not use it): install "
+            "the Debian package libjemalloc2 (`apt-get install -y libjemalloc2`)"
+        )
+    return lib
 
 
 def jemalloc_use(command: str, cwd: Path) -> JemallocUse | None:
@@ -153,7 +175,7 @@ def jemalloc_use(command: str, cwd: Path) -> JemallocUse | None:
         return None
     linked = re.search(rb"libjemalloc\.so[.0-9]*", data)
     if linked and binary is not None:
-        lib = _library(linked.group().decode(), binary)
+        lib = _library(linked.group().decode(), binary.parent)
         return JemallocUse("dynamic", _conf_variable(_read(lib)) if lib else "MALLOC_CONF")
     if any(marker in data for marker in _JEMALLOC_STATIC):
         return JemallocUse("static", _conf_variable(data))

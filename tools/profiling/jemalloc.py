@@ -159,19 +159,24 @@ def conf_value(prefix: str, existing: str | None = None) -> str:
     return f"{existing},{ours}" if existing else ours
 
 
-def wrap(command: str, prefix: Path, variable: str) -> str:
-    """`env VAR=<conf> command`, merging a VAR=... the command already sets."""
+def wrap(command: str, prefix: Path, variable: str, preload: Path | None = None) -> str:
+    """`env [LD_PRELOAD=<jemalloc>] VAR=<conf> command`, merging the VAR=... and LD_PRELOAD=...
+    the command already sets."""
     argv = shlex.split(command)
     existing = None
     rest: list[str] = []
+    preloads = [str(preload)] if preload else []
     while argv and "=" in argv[0] and not argv[0].startswith("/"):
         name, _, value = argv.pop(0).partition("=")
         if name == variable:
             existing = value
+        elif name == "LD_PRELOAD" and preload:
+            preloads.append(value)
         else:
             rest.append(f"{name}={value}")
     conf = conf_value(str(prefix), existing)
-    return join_command(["env", *rest, f"{variable}={conf}", *argv])
+    env = [f"LD_PRELOAD={':'.join(preloads)}"] if preloads else []
+    return join_command(["env", *rest, *env, f"{variable}={conf}", *argv])
 
 
 # The unbiased total of one dump, as `read_dump` computes it: "<bytes> <file>".

@@ -125,6 +125,7 @@ class _Session:
             )
         self.raw_files: list[str] = []
         self._jemalloc: detect.JemallocUse | Literal[False] | None = None
+        self.preload: Path | None = None  # a jemalloc preloaded into a program without one
 
     # -- helpers ----------------------------------------------------------------------
     async def say(self, message: str) -> None:
@@ -490,7 +491,7 @@ def _memory_wrapper(
         for stale in s.folder.glob(f"{prefix}.*.heap"):
             stale.unlink()
         variable = s.jemalloc.variable if s.jemalloc else "MALLOC_CONF"
-        wrap = lambda cmd: jemalloc.wrap(cmd, s.folder / prefix, variable)  # noqa: E731
+        wrap = lambda cmd: jemalloc.wrap(cmd, s.folder / prefix, variable, s.preload)  # noqa: E731
         dumps = jemalloc.Dumps(s.folder, prefix)
     if (
         s.spec.kind == "batch"
@@ -531,15 +532,22 @@ def _memory_tool(s: _Session, tool: MemoryTool, python: bool) -> str:
         return tool
     if tool == "jemalloc":
         detect.require("addr2line")
-        if s.jemalloc is None:
-            if s.spec.kind == "service" or s.script is None:
-                raise ProfilerUnavailable(
-                    f"{s.spec.name}'s program does not use jemalloc (no libjemalloc.so linked "
-                    "or preloaded, no jemalloc inside the binary): use tool='auto'"
-                )
+        if s.jemalloc is None and s.spec.kind == "batch" and s.script is not None:
             s.notes.append(
                 f"the workload is a script ({s.script.name}): jemalloc's configuration is "
                 "exported to every program it starts; those on jemalloc dump heaps"
+            )
+        elif s.jemalloc is None and python:
+            raise ProfilerUnavailable(
+                f"{s.spec.name} is a Python program that does not run on jemalloc: use "
+                "tool='memray' (or 'auto'); jemalloc would see only the interpreter's C frames"
+            )
+        elif s.jemalloc is None:
+            s.preload = detect.system_jemalloc()
+            s.notes.append(
+                f"the program does not use jemalloc: {s.preload} was preloaded so that "
+                "jemalloc's profiler could run. The stacks and bytes are the program's; "
+                "VmHWM and smaps describe it on jemalloc, not on its own allocator"
             )
         return tool
     if python:
