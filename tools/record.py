@@ -398,7 +398,11 @@ def _write(
     }
     if profile is not None:
         files["profile.sh"] = scripts.render_profile(
-            run, profile.steps, label=profile.label, revision=profile.revision
+            run,
+            profile.steps,
+            label=profile.label,
+            revision=profile.revision,
+            folder=str(store.profiles_dir(workspace, profile.target, profile.env)),
         )
         src = store.file_of(workspace, profile.target, profile.env, profile.label, "stacks")
         if src.is_file():

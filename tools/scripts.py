@@ -169,8 +169,12 @@ def clone_setup(repo: str, branch: str) -> str:
     )
 
 
-def render_profile(run: ABRun, steps: list[Step], *, label: str, revision: str | None) -> str:
-    """profile.sh: the recorded profiler run, on the arm whose commit it profiled."""
+def render_profile(
+    run: ABRun, steps: list[Step], *, label: str, revision: str | None, folder: str
+) -> str:
+    """profile.sh: the recorded profiler run, on the arm whose commit it profiled. What the
+    profiler wrote to the server's profiles `folder` goes to $LOGS instead, so the script
+    runs anywhere."""
     arm = "b" if revision and revision == run.commits.get("B") != run.base else "a"
     head = HEADER.format(
         title=f"profile.sh: the profile '{label}' (run after build.sh)",
@@ -190,8 +194,12 @@ def render_profile(run: ABRun, steps: list[Step], *, label: str, revision: str |
             "# note: the profile was taken at a commit other than this experiment's "
             "arms; the steps below run on arm a\n"
         )
+    here = folder.rstrip("/") + "/"
     for step in steps:
         if (step.note or "").startswith(("[source]", "[build]")):
             continue  # build.sh already checked out and built the tree
-        lines.append(_lines([f"# {step.note}\n{step.shell}" if step.note else step.shell]))
+        shell = step.shell.replace(here, '"$LOGS"/')
+        if (step.note or "").startswith("[workload]"):
+            shell += ' | tee "$LOGS/workload.out"'  # collect reads it, as in workload.sh
+        lines.append(_lines([f"# {step.note}\n{shell}" if step.note else shell]))
     return "".join(lines)

@@ -8,6 +8,7 @@ Skipped only when gcc or libjemalloc-dev is missing and CI is unset; in CI they 
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -20,7 +21,7 @@ from mcp import Client
 
 from autoopt.tools.workspace import Workspace
 from tests.conftest import processes_under
-from tests.integration.test_profiling import PEAK_C, PEAK_TARGET_MD
+from tests.integration.test_profiling import PEAK_C, PEAK_TARGET_MD, call
 
 pytestmark = pytest.mark.anyio
 
@@ -118,6 +119,36 @@ async def test_static_jemalloc_peak_names_the_function_and_its_bytes(
     assert sorted(int(line.rpartition(" ")[2]) for line in folded.splitlines()) == [
         8 * MIB, 64 * MIB]
     assert not processes_under(workspace.root)
+
+
+async def test_recorded_profile_sh_replays_the_jemalloc_profile(
+        client: Client, workspace: Workspace, tmp_path: Path) -> None:
+    """record_experiment(profile=...) writes profile.sh; in a clean copy of the record it
+    rebuilds, reruns the program under jemalloc and has jeprof fold the heaviest dump."""
+    folder = jemalloc_target(workspace, "jerec", STATIC_BUILD)
+    await profile(client, target="jerec", label="je")
+    source = (folder / "src" / "peak.c").read_text()
+    changed = source.replace("long sum = p[n / 2];", "long sum = p[n - 1];")
+    patch = "".join(difflib.unified_diff(source.splitlines(True), changed.splitlines(True),
+                                         "a/peak.c", "b/peak.c"))
+    run = await call(client, "run_ab", target="jerec", patch=patch, runs=3, warmup=0)
+    await call(client, "record_experiment", run_id=run["run_id"], exp_id="exp001",
+               description="read the last byte", hypothesis="no memory change", profile="je")
+    record = workspace.results_dir / "jerec" / "local" / "exp001"
+    script = (record / "profile.sh").read_text()
+    assert "MALLOC_CONF=prof:true" in script and "jeprof --collapsed" in script
+    assert str(workspace.results_dir) not in script  # the profiler writes to $LOGS
+    replay = tmp_path / "replay"
+    shutil.copytree(record, replay)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    done = subprocess.run("./build.sh >/dev/null && ./profile.sh", shell=True, cwd=replay,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    folded = (replay / "work" / "logs" / "profile" / "je-jeprof.folded").read_text()
+    by_line = {line.rpartition(" ")[0]: int(line.rpartition(" ")[2])
+               for line in folded.splitlines()}
+    big = [v for stack, v in by_line.items() if ";make_buffer<" in stack]
+    assert big == [64 * MIB], folded  # symbolized this time: the replay's tree is there
 
 
 async def test_dynamic_jemalloc_auto_and_heaptrack_both_see_it(

@@ -112,3 +112,13 @@ def test_demo_then_replay_in_clean_shell(tmp_path: Path) -> None:
         median = statistics.median(recorded[arm])
         assert abs(peak / median - 1) < tolerance, (arm, peak, recorded[arm])
     assert processes_under(replay) == []
+    # the profile behind exp001's evidence replays too; its files land in work/logs/profile
+    script = (replay / "profile.sh").read_text()
+    assert str(demo / "results") not in script
+    prof = subprocess.run("./profile.sh", shell=True, cwd=replay, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert prof.returncode == 0, prof.stderr[-2000:]
+    logs = replay / "work" / "logs" / "profile"
+    assert (logs / "baseline-memray.bin").stat().st_size > 0
+    assert "_snapshot_store" in (logs / "baseline-memray.csv").read_text()
+    assert processes_under(replay) == []

@@ -251,7 +251,9 @@ class LocalBackend:
             kill_group(deployment.pid, signal.SIGTERM)
             await anyio.sleep(0.5)
             kill_group(deployment.pid, signal.SIGKILL)
-        deployment.journal.add(Step(phase="teardown", shell=TEARDOWN_SH))
+        batch = deployment.pid is None and child is None
+        shell = ": batch target: nothing to stop" if batch else TEARDOWN_SH
+        deployment.journal.add(Step(phase="teardown", shell=shell))
 
     async def discard(self, build: Build) -> None:
         return None
