@@ -149,6 +149,12 @@ async def test_recorded_profile_sh_replays_the_jemalloc_profile(
                for line in folded.splitlines()}
     big = [v for stack, v in by_line.items() if ";make_buffer<" in stack]
     assert big == [64 * MIB], folded  # symbolized this time: the replay's tree is there
+    # and the A/B schedule of this batch target replays (teardown has no pid to stop)
+    again = subprocess.run("./reproduce.sh", shell=True, cwd=replay, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    replayed = (replay / "work" / "replay.log").read_text().splitlines()
+    assert len(replayed) == 6 and all(re.search(r"peak_rss_mb=\d", x) for x in replayed)
 
 
 async def test_dynamic_jemalloc_auto_and_heaptrack_both_see_it(
