@@ -186,3 +186,36 @@ def bare_local_workload(
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+async def bare_run(engine: Any, target: str) -> tuple[Any, float]:
+    """The engine's build -> deploy -> run_workload -> teardown -> discard, without a
+    profiler: (the workload result, the whole call in seconds)."""
+    t0 = time.monotonic()
+    build = await engine.build(target)
+    try:
+        dep = await engine.deploy(build.id)
+        try:
+            result = await engine.run_workload(dep.id)
+        finally:
+            await engine.teardown(dep.id)
+    finally:
+        await engine.discard_build(build.id)
+    return result, time.monotonic() - t0
+
+
+def rotated(items: Sequence[str], r: int) -> list[str]:
+    """`items` rotated by the round number, so each takes every position in turn."""
+    k = r % len(items)
+    return [*items[k:], *items[:k]]
+
+
+def round_ratios(measurements: Sequence[Any], tool: str, rounds: int, attr: str) -> list[float]:
+    """Per round, `attr` of `tool`'s measurement over bare's in the same round (failed
+    measurements, with an `error`, left out)."""
+    by = {(m.tool, m.round): m for m in measurements if m.error is None}
+    return [
+        getattr(by[(tool, r)], attr) / getattr(by[("bare", r)], attr)
+        for r in range(rounds)
+        if (tool, r) in by and ("bare", r) in by
+    ]

@@ -23,7 +23,18 @@ from typing import Any
 
 import anyio
 
-from bench.common import ROOT, f, geomean, log, median, table, temp_workspace
+from bench.common import (
+    ROOT,
+    bare_run,
+    f,
+    geomean,
+    log,
+    median,
+    rotated,
+    round_ratios,
+    table,
+    temp_workspace,
+)
 
 TARGET = "churn"
 TOOLS = ("bare", "heaptrack", "jemalloc")
@@ -83,12 +94,7 @@ class Result:
 
     def ratios(self, tool: str) -> list[float]:
         """Per-round wall time of `tool` over bare's in the same round."""
-        by = {(m.tool, m.round): m for m in self.measurements if m.error is None}
-        return [
-            by[(tool, r)].wall_s / by[("bare", r)].wall_s
-            for r in range(self.rounds)
-            if (tool, r) in by and ("bare", r) in by
-        ]
+        return round_ratios(self.measurements, tool, self.rounds, "wall_s")
 
     def accuracy(self, tool: str) -> list[float]:
         """The profile's peak over the program's own peak, per run."""
@@ -134,19 +140,8 @@ class Result:
 
 
 async def _bare(engine: Any, r: int) -> Measurement:
-    t0 = time.monotonic()
-    build = await engine.build(TARGET)
-    try:
-        dep = await engine.deploy(build.id)
-        try:
-            result = await engine.run_workload(dep.id)
-        finally:
-            await engine.teardown(dep.id)
-    finally:
-        await engine.discard_build(build.id)
-    return Measurement(
-        "bare", r, result.duration_s, time.monotonic() - t0, result.metrics["heap_peak_bytes"]
-    )
+    result, call_s = await bare_run(engine, TARGET)
+    return Measurement("bare", r, result.duration_s, call_s, result.metrics["heap_peak_bytes"])
 
 
 async def _profiled(engine: Any, tool: str, r: int) -> Measurement:
@@ -175,8 +170,7 @@ async def measure(root: Path, rounds: int) -> Result:
     out = Result(rounds)
     try:
         for r in range(rounds):
-            order = list(TOOLS[r % len(TOOLS) :] + TOOLS[: r % len(TOOLS)])
-            for tool in order:
+            for tool in rotated(TOOLS, r):
                 try:
                     m = await (_bare(engine, r) if tool == "bare" else _profiled(engine, tool, r))
                 except Exception as exc:  # keep the other measurements; say what failed

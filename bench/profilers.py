@@ -23,10 +23,13 @@ import anyio
 from bench.common import (
     PYSERVER,
     bare_local_workload,
+    bare_run,
     f,
     geomean,
     log,
     median,
+    rotated,
+    round_ratios,
     table,
     temp_workspace,
 )
@@ -53,12 +56,7 @@ class Result:
 
     def ratios(self, tool: str) -> list[float]:
         """Per-round workload duration of `tool` over bare's in the same round."""
-        by = {(m.tool, m.round): m for m in self.measurements if m.error is None}
-        return [
-            by[(tool, r)].duration_s / by[("bare", r)].duration_s
-            for r in range(self.rounds)
-            if (tool, r) in by and ("bare", r) in by
-        ]
+        return round_ratios(self.measurements, tool, self.rounds, "duration_s")
 
     def markdown(self) -> str:
         by: dict[tuple[str, int], Measurement] = {
@@ -109,23 +107,14 @@ class Result:
 
 
 async def _bare(engine: Any, r: int) -> Measurement:
-    t0 = time.monotonic()
-    build = await engine.build(PYSERVER)
-    try:
-        dep = await engine.deploy(build.id)
-        try:
-            result = await engine.run_workload(dep.id)
-        finally:
-            await engine.teardown(dep.id)
-    finally:
-        await engine.discard_build(build.id)
+    result, call_s = await bare_run(engine, PYSERVER)
     return Measurement(
         "bare",
         r,
         result.metrics["duration_s"],
         result.duration_s,
         result.metrics.get("latency_p99_ms"),
-        time.monotonic() - t0,
+        call_s,
     )
 
 
@@ -174,9 +163,7 @@ async def measure(root: Path, rounds: int, by_hand: bool = False) -> Result:
     out = Result(rounds)
     try:
         for r in range(rounds):
-            tools = [*TOOLS, BY_HAND] if by_hand else list(TOOLS)
-            order = tools[r % len(tools) :] + tools[: r % len(tools)]
-            for tool in order:
+            for tool in rotated([*TOOLS, BY_HAND] if by_hand else TOOLS, r):
                 try:
                     if tool == "bare":
                         m = await _bare(engine, r)

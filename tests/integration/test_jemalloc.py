@@ -284,36 +284,27 @@ int main(int argc, char **argv) {
 }
 """
 
-SERVICE_MD = """# Target: {name}
-
-## Source
-repo: local
-branch: main
-path: targets/{name}/src
-
-## Build
-build_timeout: 60
-
-## Primary Metric
-name: peak_rss_mb
-direction: lower
-unit: MB
-
-## Workload
-description: 20 /process requests
+def script_target_md(name: str, source: str, local: str) -> str:
+    """target.md of a target whose workload is targets/<name>/workload.sh."""
+    head = PEAK_TARGET_MD.format(name=name, workload="").split("## Workload")[0]
+    return head + f"""## Workload
+description: targets/{name}/workload.sh
 script: targets/{name}/workload.sh
 
 ## Scope
 editable:
-  - server.c
+  - {source}
 
 ## Local
-kind: service
-build: gcc -g -O0 -o server server.c -ljemalloc
-run: ./server --port {{port}}
-health: /health
-health_timeout: 15
+{local}
 """
+
+
+SERVICE_LOCAL = """kind: service
+build: gcc -g -O0 -o server server.c -ljemalloc
+run: ./server --port {port}
+health: /health
+health_timeout: 15"""
 
 SERVICE_WORKLOAD = """#!/usr/bin/env bash
 exec python3 - "$1" <<'EOF'
@@ -332,7 +323,7 @@ async def test_native_service_on_jemalloc_keeps_the_heaviest_dump(
     folder = workspace.targets_dir / "jeserver"
     (folder / "src").mkdir(parents=True)
     (folder / "src" / "server.c").write_text(SERVER_C)
-    (folder / "target.md").write_text(SERVICE_MD.format(name="jeserver"))
+    (folder / "target.md").write_text(script_target_md("jeserver", "server.c", SERVICE_LOCAL))
     (folder / "workload.sh").write_text(SERVICE_WORKLOAD)
     r = await profile(client, target="jeserver", label="service")
     assert r["tool"] == "jemalloc" and r["complete"], r["notes"]
@@ -348,35 +339,6 @@ async def test_native_service_on_jemalloc_keeps_the_heaviest_dump(
     assert not processes_under(workspace.root)
 
 
-SCRIPT_MD = """# Target: {name}
-
-## Source
-repo: local
-branch: main
-path: targets/{name}/src
-
-## Build
-build_timeout: 60
-
-## Primary Metric
-name: peak_rss_mb
-direction: lower
-unit: MB
-
-## Workload
-description: the program, run twice by a script
-script: targets/{name}/workload.sh
-
-## Scope
-editable:
-  - peak.c
-
-## Local
-kind: batch
-build: {build}
-"""
-
-
 @pytest.mark.parametrize("build, dumped", [(STATIC_BUILD, True),
                                            ("gcc -g -O0 -o peak peak.c", False)])
 async def test_jemalloc_through_a_workload_script(
@@ -386,7 +348,8 @@ async def test_jemalloc_through_a_workload_script(
     folder = workspace.targets_dir / "jescript"
     (folder / "src").mkdir(parents=True)
     (folder / "src" / "peak.c").write_text(PEAK_C)
-    (folder / "target.md").write_text(SCRIPT_MD.format(name="jescript", build=build))
+    (folder / "target.md").write_text(
+        script_target_md("jescript", "peak.c", f"kind: batch\nbuild: {build}"))
     (folder / "workload.sh").write_text('#!/usr/bin/env bash\n./peak\n./peak\n')
     result = await client.call_tool("profile_memory", {"target": "jescript", "tool": "jemalloc",
                                                        "label": "script"})

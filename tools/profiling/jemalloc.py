@@ -3,9 +3,9 @@
 The program starts with jemalloc's configuration variable (MALLOC_CONF, or the prefixed one
 its jemalloc reads) set to `prof:true`, a sample every 2^LG_SAMPLE bytes on average, a heap
 dump every 2^LG_INTERVAL bytes allocated, and a final dump at exit. The peak is the
-heaviest dump: between two dumps fewer than 2^LG_INTERVAL bytes are allocated, so no
-moment's live heap exceeds the dump before it by more, and an allocation of at least that
-size is in a dump of its own. (prof_gdump is not used: it fires when the mapped total
+heaviest dump: between two dumps about 2^LG_INTERVAL bytes are allocated, so no moment's
+live heap exceeds the dump before it by much more, and an allocation of at least that size
+triggers a dump while it is live. (prof_gdump is not used: it fires when the mapped total
 grows, before the allocation that grew it is recorded, and on a churning heap thousands of
 times.) Sampled sizes are unbiased as jeprof does for heap_v2 (Poisson sampling: scale
 1 / (1 - exp(-mean size / period))). Addresses are symbolized with addr2line against the
@@ -307,8 +307,8 @@ def parse(dump: Dump, tree: str | None, addr2line: str) -> tuple[ProfileBuilder,
                 symbols[module].get(offset)
                 or [Frame(name=f"{offset:#x}", module=module, symbolized=False)]
             )
-        while leaf_first and _in_allocator(leaf_first[0], tree):
-            leaf_first.pop(0)
+        while len(leaf_first) > 1 and _in_allocator(leaf_first[0], tree):
+            leaf_first.pop(0)  # (the allocator's own start-up allocations keep one frame)
         frames = list(reversed(leaf_first))
         mains = [i for i, f in enumerate(frames) if f.name == "main"]
         if mains:
