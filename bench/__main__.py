@@ -383,8 +383,9 @@ def native_section(cfg: Config, key: dict[str, Any]) -> Section:
                 "accuracy column. heaptrack traces every call (its whole call includes "
                 "heaptrack_interpret and the server's replay of the trace); jemalloc samples "
                 "one backtrace per 128 KiB allocated and dumps the heap every 4 MiB allocated "
-                "(the profile is the heaviest dump, so it can only undershoot the peak). Each "
-                "ratio is profiled / bare wall time of the same round.",
+                "(the profile is the heaviest dump; being sampled, its estimate can land on "
+                "either side of the true peak). Each ratio is profiled / bare wall time of the "
+                "same round.",
                 "",
                 result.markdown(),
             ]

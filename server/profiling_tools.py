@@ -157,8 +157,8 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
                     "auto: memray for Python (tracemalloc only where memray cannot run); for "
                     "native code jemalloc's own heap profiler when the program runs on jemalloc "
                     "(linked, preloaded or built in), else heaptrack; jemalloc on a native program "
-                    "without it preloads Debian's libjemalloc (cheaper than heaptrack on "
-                    "malloc-heavy code; VmHWM is then jemalloc's); procfs: /proc readings only"
+                    "without it preloads Debian's libjemalloc (sampled stacks; VmHWM is then "
+                    "jemalloc's); procfs: /proc readings only"
                 )
             ),
         ] = "auto",
