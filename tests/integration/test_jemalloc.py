@@ -356,6 +356,8 @@ async def test_jemalloc_through_a_workload_script(
     saved = json.loads((workspace.results_dir / "jescript" / "local" / "profiles" /
                         "script-profile.json").read_text())
     assert any("exported to every program it starts" in n for n in saved["notes"])
+    if dumped:  # the recorded jeprof step asks for the binary instead of guessing it
+        assert any('jeprof --collapsed "${PROGRAM:?' in s["shell"] for s in saved["steps"])
     if dumped:
         assert not result.is_error, result.content[0].text
         assert saved["total"] == pytest.approx(72 * MIB, rel=0.05)

@@ -64,6 +64,14 @@ def pyspy_path() -> str:
     return path
 
 
+def split_env(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the leading VAR=value assignments, the command after them)."""
+    k = 0
+    while k < len(argv) and "=" in argv[k] and not argv[k].startswith("/"):
+        k += 1
+    return argv[:k], argv[k:]
+
+
 def is_python_command(command: str | None) -> bool:
     """The command starts with a Python interpreter (python, python3, python3.11, ...)."""
     if not command:
@@ -72,25 +80,19 @@ def is_python_command(command: str | None) -> bool:
         argv = shlex.split(command)
     except ValueError:
         return False
-    while argv and "=" in argv[0] and not argv[0].startswith("/"):
-        argv = argv[1:]  # VAR=value prefixes
+    _, argv = split_env(argv)
     return bool(argv) and bool(_PYTHON.fullmatch(os.path.basename(argv[0])))
 
 
 def split_python(command: str) -> tuple[list[str], list[str]]:
     """(VAR=value prefixes, the arguments after the interpreter) of a Python command."""
-    argv = shlex.split(command)
-    env = []
-    while argv and "=" in argv[0] and not argv[0].startswith("/"):
-        env.append(argv.pop(0))
+    env, argv = split_env(shlex.split(command))
     return env, argv[1:]
 
 
 def program_path(command: str, cwd: Path) -> Path | None:
     """The executable a command starts, resolved like the shell would (cwd for ./x)."""
-    argv = shlex.split(command)
-    while argv and "=" in argv[0] and not argv[0].startswith("/"):
-        argv = argv[1:]
+    _, argv = split_env(shlex.split(command))
     if not argv:
         return None
     exe = argv[0]
@@ -159,12 +161,10 @@ def jemalloc_use(command: str, cwd: Path) -> JemallocUse | None:
     """Whether the command's program runs on jemalloc: preloaded (LD_PRELOAD=...libjemalloc),
     linked to libjemalloc.so, or with jemalloc inside the binary; None otherwise."""
     try:
-        argv = shlex.split(command)
+        env, _ = split_env(shlex.split(command))
     except ValueError:
         return None
-    for assignment in argv:
-        if "=" not in assignment or assignment.startswith("/"):
-            break
+    for assignment in env:
         name, _, value = assignment.partition("=")
         if name == "LD_PRELOAD" and "libjemalloc" in value:
             lib = next((Path(v) for v in re.split(r"[:\s]", value) if "libjemalloc" in v), None)

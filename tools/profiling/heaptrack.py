@@ -16,7 +16,13 @@ from array import array
 from pathlib import Path
 
 from autoopt.tools.profiling.detect import HEAPTRACK_INTERPRET, HEAPTRACK_PRELOAD, join_command
-from autoopt.tools.profiling.model import Frame, ProfileBuilder, relativize, unresolved
+from autoopt.tools.profiling.model import (
+    Frame,
+    ProfileBuilder,
+    from_main,
+    relativize,
+    unresolved,
+)
 
 MEASURE = "bytes live at the heap peak"
 OVERHEAD_NOTE = "heaptrack (every malloc/free unwound): high overhead on malloc-heavy code"
@@ -124,9 +130,6 @@ def parse(path: Path, tree: str | None) -> tuple[ProfileBuilder, dict[str, objec
         while t:
             ip, t = data.traces[t]
             leaf_first.extend(_frames_of_ip(data, ip))
-        frames = list(reversed(leaf_first))
-        mains = [i for i, f in enumerate(frames) if f.name == "main"]
-        if mains:
-            frames = frames[mains[0]:]
+        frames = from_main(list(reversed(leaf_first)))
         builder.add(relativize(frames, tree), float(value), count)
     return builder, {"peak_bytes": peak, "allocations": sum(1 for e in data.events if e > 0)}

@@ -25,8 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoopt.tools.errors import ProfilerUnavailable
-from autoopt.tools.profiling.detect import join_command
-from autoopt.tools.profiling.model import Frame, ProfileBuilder, relativize, unresolved
+from autoopt.tools.profiling.detect import join_command, split_env
+from autoopt.tools.profiling.model import (
+    Frame,
+    ProfileBuilder,
+    from_main,
+    relativize,
+    unresolved,
+)
 
 MEASURE = "bytes live at the heaviest jemalloc heap dump (sampled, unbiased)"
 OVERHEAD_NOTE = (
@@ -114,7 +120,7 @@ class Dumps:
         self.folder, self.prefix = folder, prefix
         self.heaviest: Dump | None = None
         self.seen = 0
-        self.pids: dict[int, float] = {}  # the heaviest total seen per process
+        self.pids: set[int] = set()  # the processes that dumped
         self._done: set[str] = set()
 
     def scan(self, final: bool = False) -> None:
@@ -136,7 +142,7 @@ class Dumps:
                 except (OSError, ValueError):
                     path.unlink(missing_ok=True)
                     continue
-                self.pids[pid] = max(self.pids.get(pid, 0.0), dump.total)
+                self.pids.add(pid)
                 if self.heaviest is None or dump.total > self.heaviest.total:
                     if self.heaviest is not None:
                         self.heaviest.path.unlink(missing_ok=True)
@@ -162,12 +168,12 @@ def conf_value(prefix: str, existing: str | None = None) -> str:
 def wrap(command: str, prefix: Path, variable: str, preload: Path | None = None) -> str:
     """`env [LD_PRELOAD=<jemalloc>] VAR=<conf> command`, merging the VAR=... and LD_PRELOAD=...
     the command already sets."""
-    argv = shlex.split(command)
+    assignments, argv = split_env(shlex.split(command))
     existing = None
     rest: list[str] = []
     preloads = [str(preload)] if preload else []
-    while argv and "=" in argv[0] and not argv[0].startswith("/"):
-        name, _, value = argv.pop(0).partition("=")
+    for assignment in assignments:
+        name, _, value = assignment.partition("=")
         if name == variable:
             existing = value
         elif name == "LD_PRELOAD" and preload:
@@ -309,9 +315,6 @@ def parse(dump: Dump, tree: str | None, addr2line: str) -> tuple[ProfileBuilder,
             )
         while len(leaf_first) > 1 and _in_allocator(leaf_first[0], tree):
             leaf_first.pop(0)  # (the allocator's own start-up allocations keep one frame)
-        frames = list(reversed(leaf_first))
-        mains = [i for i, f in enumerate(frames) if f.name == "main"]
-        if mains:
-            frames = frames[mains[0] :]
+        frames = from_main(list(reversed(leaf_first)))
         builder.add(relativize(frames, tree), size, round(objects))
     return builder, unmapped

@@ -169,6 +169,12 @@ def relativize(frames: Iterable[Frame], tree: str | None) -> list[Frame]:
     return out
 
 
+def from_main(frames: list[Frame]) -> list[Frame]:
+    """A native stack (root first) from `main` on: the C runtime's frames above it dropped."""
+    mains = [i for i, f in enumerate(frames) if f.name == "main"]
+    return frames[mains[0] :] if mains else frames
+
+
 def human_bytes(value: float) -> str:
     """1536 -> '1.5 KiB'."""
     size = float(value)

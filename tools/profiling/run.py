@@ -10,6 +10,7 @@ deployment's pid instead. Every command is journalled (phase "profile").
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -146,14 +147,18 @@ class _Session:
         return self.build.tree if self.build else None
 
     @property
+    def program_command(self) -> str | None:
+        """The command that starts the program itself: the service's run, or the batch
+        workload command (None when a workload script starts the programs)."""
+        if self.spec.kind == "service":
+            return self.spec.local.run
+        return None if self.script is not None else self.spec.local.workload
+
+    @property
     def jemalloc(self) -> detect.JemallocUse | None:
         """How the built program gets jemalloc (read once the tree exists), else None."""
         if self._jemalloc is None and self.tree:
-            command = (
-                self.spec.local.run
-                if self.spec.kind == "service"
-                else (None if self.script is not None else self.spec.local.workload)
-            )
+            command = self.program_command
             use = detect.jemalloc_use(command, Path(self.tree)) if command else None
             self._jemalloc = use or False
         return self._jemalloc or None
@@ -612,13 +617,14 @@ async def _read_jemalloc(
     s.raw_files.append(str(heaviest.path))
     exe = detect.require("addr2line")
     builder, unmapped = await anyio.to_thread.run_sync(jemalloc.parse, heaviest, s.tree, exe)
-    command = s.spec.local.run if s.spec.kind == "service" else s.spec.local.workload
+    command = s.program_command
     binary = detect.program_path(command, Path(s.tree)) if command and s.tree else None
-    where = (
-        '"$TREE/' + os.path.relpath(binary, s.tree) + '"'
-        if binary and s.tree and str(binary).startswith(s.tree.rstrip("/") + "/")
-        else str(binary or "<the program>")
-    )
+    if binary is None:  # a workload script started the programs
+        where = '"${PROGRAM:?set PROGRAM to the binary that wrote the dumps}"'
+    elif s.tree and str(binary).startswith(s.tree.rstrip("/") + "/"):
+        where = '"$TREE/' + os.path.relpath(binary, s.tree) + '"'
+    else:
+        where = shlex.quote(str(binary))
     s.step(
         jemalloc.heaviest_shell(
             s.folder / dumps.prefix, where, s.folder / f"{s.label}-jeprof.folded"
