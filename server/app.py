@@ -17,11 +17,13 @@ from pydantic import Field
 
 from autoopt.server import profiling_tools, trace_log_tools, views
 from autoopt.server.errors import tool_errors
+from autoopt.server.jobs_view import StillRunning, WaitS, forward, notes, still_running
 from autoopt.server.params import ACTS, READ_ONLY, STOPS, Backend, TargetName
-from autoopt.server.progress import progress_of
 from autoopt.tools.abrun import MIN_RUNS, ABRun, Order
-from autoopt.tools.engine import BACKENDS, Engine
+from autoopt.tools.backends.base import Build
+from autoopt.tools.engine import BACKENDS, Engine, new_build_id
 from autoopt.tools.errors import AutooptError, TargetNotFound
+from autoopt.tools.jobs import JobRecord, Report
 from autoopt.tools.record import ExperimentRecord, OutputType
 from autoopt.tools.status import ExperimentStatus, append_candidate
 from autoopt.tools.targets import load_target
@@ -58,7 +60,8 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         if cleaned:
             log.warning("tore down %d deployment(s) left by a previous server", len(cleaned))
         try:
-            yield engine
+            async with engine.jobs.running():
+                yield engine
         finally:
             await engine.shutdown()
 
@@ -69,6 +72,7 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
     _register_prompts(mcp)
     trace_log_tools.register(mcp, engine, ws)
     profiling_tools.register(mcp, engine, ws)
+    program = _program_md(ws)
 
     @mcp.tool(annotations=READ_ONLY)
     @tool_errors
@@ -104,7 +108,7 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
                     has_hints=(ws.targets_dir / name / "hints.md").is_file(),
                 )
             )
-        return views.TargetList(workspace=str(ws.root), targets=infos)
+        return views.TargetList(workspace=str(ws.root), program_md=str(program), targets=infos)
 
     @mcp.tool(annotations=ACTS)
     @tool_errors
@@ -116,31 +120,54 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         allow_constant_tuning: Annotated[
             bool, Field(description="run a patch that only changes numbers anyway (recorded)")
         ] = False,
+        wait_s: WaitS = 40,
         ctx: Context | None = None,
     ) -> views.BuildResult:
         """Build the target at a base commit (default: the frontier), optionally with a patch,
-        in a fresh worktree. The patch must stay inside the target's editable scope. Builds
-        last until the server stops (run_ab and the profilers make and remove their own)."""
-        result = await engine.build(
-            target,
-            patch=patch,
-            base=base,
-            backend=backend,
-            allow_constant_tuning=allow_constant_tuning,
-            progress=progress_of(ctx),
-        )
-        engine.session_builds.append(result.id)
-        return views.BuildResult(
-            build_id=result.id,
-            target=result.target,
-            backend=result.backend,
-            base=result.base,
-            commit=result.commit,
-            patch_sha256=result.patch_sha256,
-            patch_files=result.patch_files,
-            duration_s=result.duration_s,
-            log_tail=result.log_tail,
-        )
+        in a fresh worktree. The patch must stay inside the target's editable scope. The
+        build outlives this server (any later one can deploy it) until idle for an hour.
+        A build still running after wait_s answers status=running: call get_build."""
+        spec = engine.spec(target)
+        source = engine.source(spec)
+        source.resolve(base)
+        if patch:
+            source.check_patch(patch, allow_constants=allow_constant_tuning)
+        build_id = new_build_id()
+
+        async def work(report: Report) -> views.BuildResult:
+            result = await engine.build(
+                target,
+                patch=patch,
+                base=base,
+                backend=backend,
+                allow_constant_tuning=allow_constant_tuning,
+                progress=notes(report),
+                build_id=build_id,
+                kept=True,
+            )
+            return _build_view(result)
+
+        engine.jobs.start(build_id, "build", target, work, render=lambda v: v.model_dump())
+        record = await engine.jobs.wait_started(build_id, wait_s, forward(ctx))
+        return _build_answer(record)
+
+    @mcp.tool(annotations=READ_ONLY)
+    @tool_errors
+    async def get_build(
+        build_id: Annotated[str, Field(description="from build")],
+        wait_s: WaitS = 40,
+        ctx: Context | None = None,
+    ) -> views.BuildResult:
+        """A build by id, from this or an earlier server: waits up to wait_s for one still
+        running, then answers as build would have."""
+        check_name(build_id, "build id")
+        record = engine.jobs.get(build_id)
+        if record is None:  # made before builds were jobs, or by run_ab: its build.json
+            return _build_view(engine.get_build(build_id))
+        record = await engine.jobs.wait(build_id, wait_s, forward(ctx))
+        if record.finished and record.status == "done":
+            engine.get_build(build_id)  # still there? says when it is gone
+        return _build_answer(record)
 
     @mcp.tool(annotations=ACTS)
     @tool_errors
@@ -148,8 +175,9 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         build_id: Annotated[str, Field(description="from build")],
     ) -> views.DeployResult:
         """Start a build (a service: on a free port, health-checked; a batch program: its
-        tree is prepared). Tear it down with teardown when done."""
-        d = await engine.deploy(check_name(build_id, "build id"))
+        tree is prepared). It outlives this server, so a later session can use it; tear it
+        down with teardown when done (else it stops after an hour without use)."""
+        d = await engine.deploy(check_name(build_id, "build id"), kept=True)
         return views.DeployResult(
             deployment_id=d.id, build_id=d.build_id, kind=d.kind, endpoint=d.endpoint, pid=d.pid
         )
@@ -279,20 +307,18 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         allow_constant_tuning: Annotated[
             bool, Field(description="run a numeric-literal-only patch anyway (recorded)")
         ] = False,
+        wait_s: WaitS = 40,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, views.RunResult]:
         """A/B benchmark of a patch against its base commit: both arms built from the same
         commit, `runs` fresh-process runs per arm interleaved in randomised ABBA blocks, then
         KEEP / DISCARD / INCONCLUSIVE from a 95% CI of the ratio plus the target's guardrails.
-        No patch = an A/A run (the noise floor). Returns the run id for record_experiment."""
+        No patch = an A/A run (the noise floor). The run goes on in the server: still running
+        after wait_s, it answers status=running with its progress; get_run waits for the
+        decision. Cancelling this call before it answers stops the run (so does cancel_run)."""
         if runs < MIN_RUNS:  # the schema says so too; clients that skip it get this
             raise ToolError(f"runs={runs}: the minimum is {MIN_RUNS} runs per arm (N >= 3)")
-
-        async def progress(done: int, total: int, message: str) -> None:
-            if ctx is not None:
-                await ctx.report_progress(done, total, message)
-
-        run = await engine.run_ab(
+        run = engine.prepare_ab(
             target,
             patch=patch,
             base=base,
@@ -306,17 +332,37 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
             metric=metric,
             workload=workload,
             allow_constant_tuning=allow_constant_tuning,
-            progress=progress,
         )
-        return run_result(run)
+        engine.start_ab(run)
+        await engine.jobs.wait_started(run.id, wait_s, forward(ctx))
+        return _run_answer(engine, run.id)
 
     @mcp.tool(annotations=READ_ONLY)
     @tool_errors
     async def get_run(
         run_id: Annotated[str, Field(description="from run_ab")],
+        wait_s: WaitS = 40,
+        ctx: Context | None = None,
     ) -> Annotated[CallToolResult, views.RunResult]:
-        """A persisted A/B run (also one that was cancelled, crashed or is still running)."""
-        return run_result(engine.get_run(check_name(run_id, "run id")))
+        """An A/B run by id, from this or an earlier server: waits up to wait_s for one still
+        running, then answers as run_ab would have (also for a cancelled or crashed run)."""
+        check_name(run_id, "run id")
+        engine.get_run(run_id)  # unknown ids fail here, naming the id
+        if engine.jobs.get(run_id) is not None:
+            await engine.jobs.wait(run_id, wait_s, forward(ctx))
+        return _run_answer(engine, run_id)
+
+    @mcp.tool(annotations=STOPS)
+    @tool_errors
+    async def cancel_run(
+        run_id: Annotated[str, Field(description="a run id (run_ab), profile id or build id")],
+    ) -> views.CancelResult:
+        """Stop a running job (an A/B run, a profile or a build), in this or another server on
+        the workspace, and tear down what it started. Samples so far are kept."""
+        record = await engine.cancel(check_name(run_id, "run id"))
+        return views.CancelResult(
+            run_id=record.id, kind=record.kind, status=record.status, message=record.error or ""
+        )
 
     @mcp.tool(
         annotations=ToolAnnotations(
@@ -440,7 +486,45 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
     return mcp
 
 
-def run_result(run: ABRun) -> CallToolResult:
+def _run_answer(engine: Engine, run_id: str) -> CallToolResult:
+    """What run_ab answers for a run: the decision, or the job's progress; a job that
+    failed is the tool error it would have been."""
+    record = engine.jobs.get(run_id)
+    if record is not None and record.status == "failed":
+        raise ToolError(record.error or "the run failed")
+    run = engine.get_run(run_id)
+    if run.status == "running" and record is not None and not record.finished:
+        return run_result(run, still=still_running(record, "get_run", "run_id"))
+    return run_result(run)
+
+
+def _build_view(result: Build) -> views.BuildResult:
+    return views.BuildResult(
+        build_id=result.id,
+        status="done",
+        target=result.target,
+        backend=result.backend,
+        base=result.base,
+        commit=result.commit,
+        patch_sha256=result.patch_sha256,
+        patch_files=result.patch_files,
+        duration_s=result.duration_s,
+        log_tail=result.log_tail,
+    )
+
+
+def _build_answer(record: JobRecord) -> views.BuildResult:
+    if record.status == "done" and record.result:
+        return views.BuildResult.model_validate(record.result)
+    if record.finished:
+        raise ToolError(f"build {record.id} {record.status}: {record.error}")
+    return views.BuildResult(
+        build_id=record.id, status="running", target=record.target,
+        **still_running(record, "get_build", "build_id").model_dump(),
+    )
+
+
+def run_result(run: ABRun, still: StillRunning | None = None) -> CallToolResult:
     """The structured view, a one-paragraph summary, and the picture when there is one."""
     decision = run.report.decision if run.report else {}
     values: dict[str, list[float | None]] = {"A": [], "B": []}
@@ -475,10 +559,16 @@ def run_result(run: ABRun) -> CallToolResult:
         report=run.report.model_dump(mode="json") if run.report else None,
         error=run.error,
         plot=run.plot,
+        progress=still.progress if still else None,
+        next_call=still.next_call if still else None,
     )
-    summary = (
-        f"{run.id} [{run.status}] {view.verdict or 'no decision'}: {view.reason or run.error or ''}"
-    )
+    if still:
+        summary = f"{run.id} [running] {still.progress}. Next: {still.next_call}"
+    else:
+        summary = (
+            f"{run.id} [{run.status}] {view.verdict or 'no decision'}: "
+            f"{view.reason or run.error or ''}"
+        )
     content: list[TextContent | ImageContent] = [
         TextContent(type="text", text=summary),
         TextContent(type="text", text=view.model_dump_json()),
@@ -500,8 +590,14 @@ def _broken_names(ws: Workspace) -> list[str]:
     )
 
 
+def _program_md(ws: Workspace) -> Path:
+    """The workspace's own program.md, else the one installed with autoopt."""
+    own = ws.root / "program.md"
+    return own if own.is_file() else Path(__file__).with_name("program.md")
+
+
 def _register_resources(mcp: MCPServer, ws: Workspace) -> None:
-    program = ws.root / "program.md"
+    program = _program_md(ws)
     mcp.add_resource(
         FileResource(
             uri="autoopt://program.md",

@@ -16,10 +16,33 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 def serve_stdio() -> int:
+    """Serve stdio until the client closes stdin or a SIGTERM/SIGINT arrives; both end the
+    same way: jobs interrupted, this server's deployments torn down."""
+    import anyio
+
     from autoopt.server.app import create_server
 
-    create_server().run()
+    anyio.run(_stdio_until_signal, create_server())
     return 0
+
+
+async def _stdio_until_signal(server: Any) -> None:
+    import signal
+
+    import anyio
+
+    async with anyio.create_task_group() as group:
+
+        async def on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    server.engine.jobs.interrupt_all()
+                    group.cancel_scope.cancel()
+                    return
+
+        group.start_soon(on_signal)
+        await server.run_stdio_async()
+        group.cancel_scope.cancel()
 
 
 class BearerAuth:

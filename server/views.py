@@ -23,19 +23,30 @@ class TargetInfo(BaseModel):
 
 class TargetList(BaseModel):
     workspace: str
+    program_md: str = Field(description="the program.md served as autoopt://program.md")
     targets: list[TargetInfo]
 
 
 class BuildResult(BaseModel):
     build_id: str
+    status: str = Field(description="done, or running (then call next_call)")
     target: str
-    backend: str
-    base: str = Field(description="the base commit")
-    commit: str = Field(description="the built tree's commit (base + patch)")
-    patch_sha256: str | None
-    patch_files: list[str]
-    duration_s: float
-    log_tail: str
+    backend: str | None = None
+    base: str | None = Field(None, description="the base commit")
+    commit: str | None = Field(None, description="the built tree's commit (base + patch)")
+    patch_sha256: str | None = None
+    patch_files: list[str] = Field(default_factory=list)
+    duration_s: float | None = None
+    log_tail: str = ""
+    progress: str | None = None
+    next_call: str | None = None
+
+
+class CancelResult(BaseModel):
+    run_id: str
+    kind: str = Field(description="run_ab, profile_memory, profile_cpu or build")
+    status: str = Field(description="the job's status now")
+    message: str
 
 
 class DeployResult(BaseModel):
@@ -106,3 +117,5 @@ class RunResult(BaseModel):
     report: dict[str, object] | None = None
     error: str | None = None
     plot: str | None = None
+    progress: str | None = Field(None, description="while running: samples done of planned")
+    next_call: str | None = Field(None, description="while running: the call that waits")

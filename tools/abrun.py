@@ -18,7 +18,7 @@ from typing import Literal
 from uuid import uuid4
 
 import anyio
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from autoopt.tools.backends.base import Backend, Build, Sample
 from autoopt.tools.errors import AutooptError, NotFound, RuleViolation
@@ -29,7 +29,7 @@ from autoopt.tools.workload import workload_argv
 
 MIN_RUNS = 3
 Order = Literal["abba", "random", "alternate"]
-Status = Literal["running", "done", "cancelled", "crashed", "failed"]
+Status = Literal["running", "done", "cancelled", "interrupted", "crashed", "failed"]
 RunProgress = Callable[[int, int, str], Awaitable[None]]
 LOOKS = (5, 10, 15, 20)
 
@@ -112,6 +112,16 @@ class ABRun(BaseModel):
         default_factory=lambda: os.environ.get("PATH", "/usr/bin:/bin"),
         description="the PATH the server ran the steps with",
     )
+    _stop: tuple[Status, str] | None = PrivateAttr(None)
+
+    @property
+    def stop_reason(self) -> tuple[Status, str] | None:
+        """Why the run was asked to stop (cancel_run, the server stopping), if it was."""
+        return self._stop
+
+    @stop_reason.setter
+    def stop_reason(self, value: tuple[Status, str]) -> None:
+        self._stop = value
 
 
 def make_schedule(runs: int, warmup: int, order: Order, seed: int) -> list[Slot]:
@@ -222,8 +232,9 @@ class ABRunner:
             run.status = "done"
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
-                run.status = "cancelled"
-                run.error = "the client cancelled the call; samples so far are kept"
+                run.status, run.error = run.stop_reason or (
+                    "cancelled", "the client cancelled the call; samples so far are kept"
+                )
                 run.finished = time.time()
                 self.save()
             raise

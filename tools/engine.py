@@ -2,13 +2,15 @@
 
 MCP-agnostic; the server maps each tool onto one method here. Builds are stored under
 `.autoopt/builds/<id>/` (build.json, tree/, logs/); live deployments are listed in
-`.autoopt/deployments.json` so a restarted server can tear down what a crashed one left.
+`.autoopt/deployments.json` (tools/registry.py) with their owners, so any server on the
+workspace can use them and a starting server tears down only what dead servers left.
+Long work runs as jobs (tools/jobs.py) that outlive the call that started them.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
+import time
 from pathlib import Path
 from uuid import uuid4
 
@@ -26,12 +28,15 @@ from autoopt.tools.abrun import (
     runs_dir,
 )
 from autoopt.tools.backends.base import Backend, Build, Deployment, Progress, WorkloadResult
-from autoopt.tools.errors import BackendUnavailable, InvalidName, NotFound
+from autoopt.tools.errors import BackendUnavailable, InvalidName, NotFound, RuleViolation
+from autoopt.tools.jobs import JobRecord, Jobs, JobStatus, Owner
 from autoopt.tools.journal import Journal
 from autoopt.tools.record import ExperimentRecord, record
+from autoopt.tools.registry import KEEP_S, Registry
 from autoopt.tools.source import Source
-from autoopt.tools.state import load_json, locked, save_model, write_atomic
+from autoopt.tools.state import load_json, save_model
 from autoopt.tools.status import ExperimentStatus, experiment_status
+from autoopt.tools.target_lock import target_lock
 from autoopt.tools.targets import Direction, TargetSpec, load_target
 from autoopt.tools.workload import workload_argv, workload_script
 from autoopt.tools.workspace import Workspace, check_name
@@ -56,13 +61,14 @@ def make_backend(name: str, workspace: Workspace) -> Backend:
 
 
 class Engine:
-    """One per server: owns the backends and the live deployments."""
+    """One per server: the backends, the jobs it runs, the deployments it started."""
 
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
         self._backends: dict[str, Backend] = {}
-        self.deployments: dict[str, Deployment] = {}
-        self.session_builds: list[str] = []  # made by the build tool; discarded at shutdown
+        self.deployments: dict[str, Deployment] = {}  # started by this server
+        self.jobs = Jobs(workspace.state_dir)
+        self.registry = Registry(workspace.state_dir)
 
     # -- lookups --------------------------------------------------------------------
     def spec(self, target: str) -> TargetSpec:
@@ -115,16 +121,32 @@ class Engine:
         data = load_json(self.build_dir(build_id) / "build.json")
         if data is None:
             raise NotFound(f"unknown build {build_id!r}: call build first")
-        return Build.model_validate(data)
+        build = Build.model_validate(data)
+        if build.gone or not Path(build.tree).is_dir():
+            raise NotFound(
+                f"build {build_id!r} is gone: {build.gone or 'its tree was removed'}; "
+                "call build again"
+            )
+        return build
 
     def get_deployment(self, deployment_id: str) -> Deployment:
+        """A live deployment started by this or any other server on the workspace."""
         check_name(deployment_id, "deployment id")
-        if deployment_id not in self.deployments:
+        if deployment_id in self.deployments:
+            return self.deployments[deployment_id]
+        entry = self.registry.entries().get(deployment_id)
+        if entry is not None:
+            if _alive(entry.deployment):
+                return entry.deployment
+            self.registry.remove(deployment_id, "its process had exited")
+        gone = self.registry.gone(deployment_id)
+        if gone is not None:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(gone.when))
             raise NotFound(
-                f"unknown deployment {deployment_id!r} (already torn down, or from another "
-                "server); deploy a build first"
+                f"deployment {deployment_id!r} is gone ({gone.reason}, {when}); deploy its "
+                "build again"
             )
-        return self.deployments[deployment_id]
+        raise NotFound(f"unknown deployment {deployment_id!r}: deploy a build first")
 
     # -- build / deploy / workload / teardown ----------------------------------------
     async def build(
@@ -136,14 +158,17 @@ class Engine:
         backend: str = "local",
         allow_constant_tuning: bool = False,
         progress: Progress | None = None,
+        build_id: str | None = None,
+        kept: bool = False,
     ) -> Build:
-        """Check out base (+ patch) in a fresh worktree and build it."""
+        """Check out base (+ patch) in a fresh worktree and build it. A kept build (the
+        build tool's) outlives this server until it has been idle for KEEP_S seconds."""
         spec = self.spec(target)
         impl = self.backend(backend)
         source = self.source(spec)
         commit = source.resolve(base)
         info = source.check_patch(patch, allow_constants=allow_constant_tuning) if patch else None
-        build_id = f"b-{uuid4().hex[:10]}"
+        build_id = build_id or new_build_id()
         folder = self.build_dir(build_id)
         folder.mkdir(parents=True)
         journal = Journal()
@@ -160,6 +185,8 @@ class Engine:
                 allow_constant_tuning=allow_constant_tuning,
                 tree=str(folder / "tree"),
                 journal=journal,
+                owner=Owner.me(),
+                kept=kept,
             )
             if patch:
                 (folder / "patch.diff").write_text(patch)
@@ -171,13 +198,18 @@ class Engine:
         save_model(folder / "build.json", build)
         return build
 
-    async def deploy(self, build_id: str) -> Deployment:
+    async def deploy(self, build_id: str, *, kept: bool = False) -> Deployment:
+        """Start a build. A kept deployment (the deploy tool's) outlives this server until
+        teardown or KEEP_S seconds without use; any other stops with the server."""
         build = self.get_build(build_id)
         spec = self.spec(build.target)
         impl = self.backend(build.backend)
         deployment = await impl.deploy(spec, build)
         self.deployments[deployment.id] = deployment
-        self._save_deployments()
+        self.registry.add(deployment, kept=kept)
+        if kept:
+            build.used = time.time()
+            save_model(self.build_dir(build.id) / "build.json", build)
         return deployment
 
     async def run_workload(
@@ -188,33 +220,40 @@ class Engine:
         path = workload_script(self.workspace, spec, script)
         argv, shell = workload_argv(spec, path, deployment.endpoint)
         impl = self.backend(deployment.backend)
+        self.registry.touch(deployment_id)
         return await impl.run_workload(spec, deployment, argv, shell, name=name)
 
-    async def teardown(self, deployment_id: str) -> Deployment:
+    async def teardown(self, deployment_id: str, reason: str = "torn down") -> Deployment:
         deployment = self.get_deployment(deployment_id)
         await self.backend(deployment.backend, check=False).teardown(deployment)
         self.deployments.pop(deployment_id, None)
-        self._save_deployments()
+        self.registry.remove(deployment_id, reason)
         return deployment
 
-    async def discard_build(self, build_id: str) -> None:
-        """Remove a build: its tree, its image (container backends) and its record."""
-        build = self.get_build(build_id)
+    async def discard_build(self, build_id: str, reason: str = "discarded") -> None:
+        """Remove a build's tree and image (container backends); build.json says why."""
+        build = Build.model_validate(load_json(self.build_dir(build_id) / "build.json"))
         await self.backend(build.backend, check=False).discard(build)
-        self.source(self.spec(build.target)).remove_worktree(Path(build.tree))
-        shutil.rmtree(self.build_dir(build_id), ignore_errors=True)
+        try:
+            self.source(self.spec(build.target)).remove_worktree(Path(build.tree))
+        except Exception:  # the target is gone or broken: still remove the tree
+            shutil.rmtree(build.tree, ignore_errors=True)
+        folder = self.build_dir(build_id)
+        shutil.rmtree(folder, ignore_errors=True)
+        build.gone = reason
+        save_model(folder / "build.json", build)
 
     async def shutdown(self) -> None:
-        """Tear down every live deployment and discard the builds made with `build`."""
+        """Tear down what this server started and does not keep (kept builds and
+        deployments stay for later servers until they expire)."""
         with anyio.CancelScope(shield=True):
+            owned = {e.deployment.id for e in self.registry.mine()}
             for dep_id in list(self.deployments):
-                await self.teardown(dep_id)
-            for build_id in self.session_builds:
-                await self.discard_build(build_id)
-            self.session_builds.clear()
+                if dep_id in owned:
+                    await self.teardown(dep_id, "its server stopped")
 
     # -- A/B runs --------------------------------------------------------------------
-    async def run_ab(
+    def prepare_ab(
         self,
         target: str,
         *,
@@ -231,14 +270,16 @@ class Engine:
         direction: Direction | None = None,
         workload: str | None = None,
         allow_constant_tuning: bool = False,
-        progress: RunProgress | None = None,
     ) -> ABRun:
-        """Build both arms from one base commit, run them interleaved, decide, persist."""
+        """Check the request and persist a new run (fast: bad input fails here)."""
         check_runs(runs)
         spec = self.spec(target)
-        impl = self.backend(backend)
+        self.backend(backend)
         script = workload_script(self.workspace, spec, workload)
-        base_commit = self.source(spec).resolve(base)
+        source = self.source(spec)
+        base_commit = source.resolve(base)
+        if patch:
+            source.check_patch(patch, allow_constants=allow_constant_tuning)
         run = new_run(
             spec,
             backend=backend,
@@ -258,29 +299,44 @@ class Engine:
         run.workload_files = _workload_files(self.workspace, spec, script)
         folder = runs_dir(self.workspace.state_dir) / run.id
         folder.mkdir(parents=True)
+        save_model(folder / "run.json", run)
+        return run
+
+    async def execute_ab(self, run: ABRun, progress: RunProgress | None = None) -> ABRun:
+        """Build both arms from one base commit, run them interleaved, decide, persist.
+        One run per target at a time: a second waits for the first and says so."""
+        spec = self.spec(run.target)
+        impl = self.backend(run.backend)
+        script = workload_script(self.workspace, spec, run.workload)
+        folder = runs_dir(self.workspace.state_dir) / run.id
 
         async def note(message: str) -> None:
             if progress:
                 await progress(0, len(run.schedule), message)
 
+        async def waiting(who: str) -> None:
+            await note(f"waiting: another A/B run of {spec.name} is running ({who}); "
+                       "runs of one target take turns so they do not measure each other")
+
         builds: dict[str, Build] = {}
         try:
-            builds["A"] = await self.build(target, base=base_commit, backend=backend, progress=note)
-            builds["B"] = await self.build(
-                target,
-                base=base_commit,
-                patch=patch,
-                backend=backend,
-                progress=note,
-                allow_constant_tuning=allow_constant_tuning,
-            )
-            build_b = builds["B"]
-            run.patch_sha256, run.patch_files = build_b.patch_sha256, build_b.patch_files
-            for arm, b in builds.items():
-                run.builds[arm], run.commits[arm] = b.id, b.commit
-                run.journal.extend(b.journal, arm=arm)
-            runner = ABRunner(spec, impl, run, folder, script, self._track)
-            await runner.execute(builds, progress)
+            async with target_lock(self.workspace.state_dir, spec.name, run.id, waiting):
+                for arm, arm_patch in (("A", None), ("B", run.patch)):
+                    builds[arm] = await self.build(
+                        run.target,
+                        base=run.base,
+                        patch=arm_patch,
+                        backend=run.backend,
+                        progress=note,
+                        allow_constant_tuning=run.allow_constant_tuning,
+                    )
+                build_b = builds["B"]
+                run.patch_sha256, run.patch_files = build_b.patch_sha256, build_b.patch_files
+                for arm, b in builds.items():
+                    run.builds[arm], run.commits[arm] = b.id, b.commit
+                    run.journal.extend(b.journal, arm=arm)
+                runner = ABRunner(spec, impl, run, folder, script, self._track)
+                await runner.execute(builds, progress)
             if run.report is not None:
                 from autoopt.tools.plot import plot_run
 
@@ -288,8 +344,10 @@ class Engine:
                 save_model(folder / "run.json", run)
         except BaseException as exc:
             if run.status == "running":
-                run.status = "failed"
-                run.error = str(exc)
+                cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+                run.status, run.error = run.stop_reason or (
+                    ("interrupted", "stopped before any run") if cancelled else ("failed", str(exc))
+                )
             with anyio.CancelScope(shield=True):
                 save_model(folder / "run.json", run)
             raise
@@ -298,7 +356,29 @@ class Engine:
                 for b in builds.values():
                     await impl.discard(b)
                     self.source(spec).remove_worktree(Path(b.tree))
+                    shutil.rmtree(self.build_dir(b.id), ignore_errors=True)
         return run
+
+    async def run_ab(self, target: str, *, progress: RunProgress | None = None,
+                     **options: object) -> ABRun:
+        """prepare_ab then execute_ab in the caller's task (no job)."""
+        run = self.prepare_ab(target, **options)  # type: ignore[arg-type]
+        return await self.execute_ab(run, progress)
+
+    def start_ab(self, run: ABRun) -> None:
+        """Run a prepared A/B run as a job of this server; its id is the run id."""
+
+        def on_stop(status: JobStatus, message: str) -> None:
+            run.stop_reason = (status, message)
+
+        self.jobs.start(
+            run.id,
+            "run_ab",
+            run.target,
+            lambda report: self.execute_ab(run, report),
+            render=lambda _: None,  # the answer is rebuilt from run.json
+            on_stop=on_stop,
+        )
 
     def record(self, run_id: str, **kwargs: object) -> ExperimentRecord:
         """record_experiment: write the run's record (see tools/record.py)."""
@@ -315,45 +395,81 @@ class Engine:
         return experiment_status(self.workspace, target, env, source.frontier(), branch, live)
 
     def get_run(self, run_id: str) -> ABRun:
-        return load_run(self.workspace.state_dir, run_id)
+        """A persisted run; one left running by a server that ended is marked so."""
+        run = load_run(self.workspace.state_dir, run_id)
+        record = self.jobs.get(run_id)
+        if run.status == "running" and record is not None and record.finished:
+            run.status = "interrupted" if record.status == "interrupted" else "crashed"
+            run.error = record.error
+            save_model(runs_dir(self.workspace.state_dir) / run_id / "run.json", run)
+        return run
+
+    async def cancel(self, job_id: str, wait_s: float = 30) -> JobRecord:
+        """Stop a job of any server on the workspace; its record once it has stopped."""
+        record = self.jobs.require(job_id, "run")
+        if record.finished:
+            raise RuleViolation(
+                f"{record.kind} {job_id} had already finished (status {record.status}); "
+                "nothing to cancel"
+            )
+        message = "cancelled with cancel_run; what was measured so far is kept"
+        if not self.jobs.stop(job_id, "cancelled", message):
+            self.jobs.request_stop(job_id, message)
+        return await self.jobs.wait(job_id, wait_s)
 
     def _track(self, deployment: object, alive: bool) -> None:
         assert isinstance(deployment, Deployment)
         if alive:
             self.deployments[deployment.id] = deployment
+            self.registry.add(deployment, kept=False)
         else:
             self.deployments.pop(deployment.id, None)
-        self._save_deployments()
+            self.registry.remove(deployment.id, "its run finished with it")
 
     # -- crash recovery ---------------------------------------------------------------
-    @property
-    def _deployments_file(self) -> Path:
-        return self.workspace.state_dir / "deployments.json"
-
-    def _save_deployments(self) -> None:
-        with locked(self.workspace.state_dir / "deployments.lock"):
-            data = {
-                d.id: d.model_dump(mode="json", exclude={"journal"})
-                for d in self.deployments.values()
-            }
-            write_atomic(self._deployments_file, json.dumps(data, indent=1))
-
     async def recover(self) -> list[str]:
-        """Tear down deployments a crashed server left behind; their ids."""
-        data = load_json(self._deployments_file, {}) or {}
+        """Tear down what dead servers left and kept deployments that expired; discard
+        their builds. Never touches a live server's work. The ids torn down."""
         cleaned = []
-        for dep_id, raw in data.items():
-            deployment = Deployment.model_validate(raw)
+        for entry in self.registry.leftovers():
+            deployment = entry.deployment
+            owner = f"pid {entry.owner.pid}" if entry.owner else "an older server"
+            reason = (f"idle for more than {KEEP_S:g} s" if entry.kept
+                      else f"its server ({owner}) ended without tearing it down")
             try:
-                impl = self.backend(deployment.backend, check=False)
-                await impl.teardown(deployment)
-                cleaned.append(dep_id)
+                await self.backend(deployment.backend, check=False).teardown(deployment)
             except Exception:  # a backend that cannot be reached now; keep the entry
                 continue
-        self.deployments = {}
-        self._save_deployments()
+            self.registry.remove(deployment.id, reason)
+            cleaned.append(deployment.id)
+        live = {e.deployment.build_id for e in self.registry.entries().values()}
+        for path in sorted((self.workspace.state_dir / "builds").glob("*/build.json")):
+            build = Build.model_validate(load_json(path))
+            if build.gone or build.id in live:
+                continue
+            idle = build.kept and time.time() - max(build.used, build.created) > KEEP_S
+            orphan = not build.kept and (build.owner is None or not build.owner.alive())
+            if idle or orphan:
+                reason = f"idle for more than {KEEP_S:g} s" if idle else "its server ended"
+                await self.discard_build(build.id, reason)
         mark_crashed(self.workspace.state_dir)
         return cleaned
+
+
+def new_build_id() -> str:
+    return f"b-{uuid4().hex[:10]}"
+
+
+def _alive(deployment: Deployment) -> bool:
+    """Whether a deployment another server started is still there (local: its process)."""
+    if deployment.backend != "local" or deployment.pid is None:
+        return deployment.tree is None or Path(deployment.tree).is_dir()
+    import psutil
+
+    try:
+        return psutil.Process(deployment.pid).create_time() == deployment.pid_start
+    except psutil.Error:
+        return False
 
 
 def _workload_files(workspace: Workspace, spec: TargetSpec, script: Path | None) -> list[str]:

@@ -104,7 +104,7 @@ def metrics_log(run: ABRun) -> str:
 
 
 def _status(run: ABRun) -> str:
-    if run.status in ("crashed", "cancelled", "failed"):
+    if run.status in ("crashed", "cancelled", "interrupted", "failed"):
         return "crash" if run.status == "crashed" else run.status
     verdict = (run.report.decision.get("verdict") if run.report else None) or "inconclusive"
     return str(verdict).lower()

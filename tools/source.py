@@ -3,20 +3,29 @@
 `repo: local` targets are imported from their `path` into a fresh repository, with a fixed
 author and date so the same tree always gives the same commit. Builds happen in worktrees
 at exact revisions, never in the user's tree.
+
+Several server processes may share one workspace: every step that changes the repository's
+refs or worktree admin files holds a per-target lock (`<sources>/.<name>.lock`), and an
+import hashes the user's folder through a private index, so nothing shared is half-written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import re
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from autoopt.tools.errors import InvalidName, PatchError, RuleViolation, TargetSpecError
 from autoopt.tools.journal import Journal, Step
+from autoopt.tools.state import locked
 from autoopt.tools.targets import TargetSpec
 from autoopt.tools.workspace import Workspace, inside
 
@@ -30,6 +39,16 @@ _IDENTITY = {
     "GIT_AUTHOR_DATE": "2000-01-01T00:00:00Z",
     "GIT_COMMITTER_DATE": "2000-01-01T00:00:00Z",
 }
+# git's empty tree (SHA-1 and SHA-256 repositories): never imported.
+EMPTY_TREES = frozenset(
+    {
+        "4b825dc642cb6eb9a060e54bf8d69288fbee4904",
+        "6ef19b41225c5369f1c104d45d8d85efa9b057b53b14b4b9b939dd74decc5321",
+    }
+)
+# What an import leaves out (as shutil.ignore_patterns("__pycache__", "*.pyc") did).
+_IGNORED = ("__pycache__", "*.pyc")
+_EXCLUDE = tuple(f":(exclude,glob){p}" for p in ("**/__pycache__/**", "**/*.pyc", "**/*.pyc/**"))
 _NUMBER = re.compile(r"(?<![\w.])[-+]?(?:0[xX][0-9a-fA-F_]+|\d[\d_]*\.?\d*(?:[eE][-+]?\d+)?)")
 
 
@@ -42,8 +61,6 @@ class PatchInfo(BaseModel):
 
 
 def git(repo: Path, *args: str, input_text: str | None = None, check: bool = True) -> str:
-    import os
-
     env = {**os.environ, **_IDENTITY, "GIT_TERMINAL_PROMPT": "0"}
     proc = subprocess.run(
         ["git", "-C", str(repo), *args],
@@ -103,77 +120,147 @@ class Source:
         self.repo = workspace.state_dir / "sources" / spec.name
 
     # -- the repository -------------------------------------------------------------
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """The per-target lock (across processes) for ref and worktree-admin steps."""
+        with locked(self.repo.parent / f".{self.spec.name}.lock"):
+            yield
+
     def ensure(self) -> Path:
         """Clone or import the source once; re-import a local tree that changed."""
         if self.spec.source.repo == "local":
             self._import_local()
         elif not (self.repo / ".git").exists():
-            self.repo.parent.mkdir(parents=True, exist_ok=True)
-            proc = subprocess.run(
-                [
-                    "git",
-                    "clone",
-                    "--branch",
-                    self.spec.source.branch,
-                    self.spec.source.repo,
-                    str(self.repo),
-                ],
-                capture_output=True,
-                text=True,
-            )
-            if proc.returncode != 0:
-                raise TargetSpecError(
-                    f"cannot clone {self.spec.source.repo} (branch {self.spec.source.branch}) "
-                    f"for target {self.spec.name}: {proc.stderr.strip()[-500:]}"
-                )
-            git(self.repo, "update-ref", FRONTIER, "HEAD")
+            self._clone()
         return self.repo
 
+    def _clone(self) -> None:
+        """Clone into a private folder and rename it into place, so no process ever sees a
+        half-made repository; the lock keeps a second process from cloning too."""
+        self.repo.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            if (self.repo / ".git").exists():
+                return
+            tmp = Path(tempfile.mkdtemp(dir=self.repo.parent, prefix=f".{self.spec.name}.clone-"))
+            try:
+                clone = tmp / "repo"
+                proc = subprocess.run(
+                    [
+                        "git",
+                        "clone",
+                        "--branch",
+                        self.spec.source.branch,
+                        self.spec.source.repo,
+                        str(clone),
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
+                if proc.returncode != 0:
+                    raise TargetSpecError(
+                        f"cannot clone {self.spec.source.repo} (branch {self.spec.source.branch})"
+                        f" for target {self.spec.name}: {proc.stderr.strip()[-500:]}"
+                    )
+                git(clone, "update-ref", FRONTIER, "HEAD")
+                try:
+                    clone.rename(self.repo)
+                except OSError as err:
+                    raise TargetSpecError(
+                        f"cannot clone target {self.spec.name} into {self.repo}: {err}"
+                    ) from err
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _init_local(self) -> None:
+        """An empty repository for a local import, made aside and moved into place."""
+        self.repo.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            if (self.repo / ".git").exists():
+                return
+            tmp = Path(tempfile.mkdtemp(dir=self.repo.parent, prefix=f".{self.spec.name}.init-"))
+            try:
+                git(tmp, "init", "-q", "-b", self.spec.source.branch)
+                (tmp / ".git").rename(self.repo / ".git")
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+
     def _import_local(self) -> None:
+        """Commit the folder's tree when it differs from the last import.
+
+        Fast path, no lock: hash the folder through a private index and compare with the
+        imported tree. Otherwise, under the lock, hash again (a view older than the last
+        import must not win), commit, and move the refs in one compare-and-swap transaction.
+        """
         if not self.spec.source.path:
             raise TargetSpecError(f"target {self.spec.name}: 'repo: local' needs 'path:'")
-        tree = inside(self.workspace.root, self.spec.source.path)
-        if not tree.is_dir():
-            raise TargetSpecError(f"target {self.spec.name}: source path {tree} is not a folder")
+        folder = inside(self.workspace.root, self.spec.source.path)
+        if not folder.is_dir():
+            raise TargetSpecError(f"target {self.spec.name}: source path {folder} is not a folder")
         if not (self.repo / ".git").exists():
-            self.repo.mkdir(parents=True, exist_ok=True)
-            git(self.repo, "init", "-q", "-b", self.spec.source.branch)
-        staging = self.repo.parent / f".{self.spec.name}.import"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(tree, staging, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        env_index = str(self.repo / ".git" / "autoopt-import.index")
-        tree_id = _write_tree(self.repo, staging, env_index)
-        shutil.rmtree(staging, ignore_errors=True)
-        previous = git(self.repo, "rev-parse", "-q", "--verify", IMPORTED, check=False).strip()
-        if previous and git(self.repo, "rev-parse", f"{previous}^{{tree}}").strip() == tree_id:
+            self._init_local()
+        tree_id = self._folder_tree(folder)
+        known = _git_ok(self.repo, "rev-parse", f"{IMPORTED}^{{tree}}", FRONTIER, "--")
+        if known is not None and known.split()[0] == tree_id:
             return
-        parents = ["-p", previous] if previous else []
-        commit = git(
-            self.repo,
-            "commit-tree",
-            tree_id,
-            *parents,
-            "-m",
-            f"import {self.spec.source.path}",
-        ).strip()
-        git(self.repo, "update-ref", IMPORTED, commit)
-        git(self.repo, "update-ref", f"refs/heads/{self.spec.source.branch}", commit)
-        frontier = git(self.repo, "rev-parse", "-q", "--verify", FRONTIER, check=False).strip()
-        if not frontier or frontier == previous:
-            git(self.repo, "update-ref", FRONTIER, commit)
+        with self._lock():
+            tree_id = self._folder_tree(folder)
+            previous = _git_ok(self.repo, "rev-parse", "-q", "--verify", IMPORTED) or ""
+            frontier = _git_ok(self.repo, "rev-parse", "-q", "--verify", FRONTIER) or ""
+            if previous and _tree_of(self.repo, previous) == tree_id:
+                if not frontier:
+                    git(self.repo, "update-ref", FRONTIER, previous, "")
+                return
+            parents = ["-p", previous] if previous else []
+            commit = git(
+                self.repo,
+                "commit-tree",
+                tree_id,
+                *parents,
+                "-m",
+                f"import {self.spec.source.path}",
+            ).strip()
+            moves = [
+                _ref_move(IMPORTED, commit, previous),
+                f"update refs/heads/{self.spec.source.branch} {commit}",
+            ]
+            # The frontier follows the import only while nobody moved it (a kept
+            # experiment); a frontier on the empty tree (left by older versions) is healed.
+            if not frontier or frontier == previous or _tree_of(self.repo, frontier) in EMPTY_TREES:
+                moves.append(_ref_move(FRONTIER, commit, frontier))
+            git(self.repo, "update-ref", "--stdin", input_text="\n".join(moves) + "\n")
+
+    def _folder_tree(self, folder: Path) -> str:
+        """The tree id of `folder` as an import stores it, written to the object store only
+        (objects are immutable and written atomically); refuses an empty tree."""
+        with tempfile.TemporaryDirectory(prefix="autoopt-import-") as tmp:
+            work = folder
+            if _has_symlink(folder):
+                # The import has always stored what symlinks point at; a private copy keeps that.
+                work = Path(tmp) / "tree"
+                shutil.copytree(folder, work, ignore=shutil.ignore_patterns(*_IGNORED))
+            tree_id = _write_tree(self.repo, work, str(Path(tmp) / "index"))
+        if tree_id in EMPTY_TREES:
+            raise TargetSpecError(
+                f"target {self.spec.name}: source folder {folder} has no files to import "
+                f"({' and '.join(_IGNORED)} are left out); put the target's code there"
+            )
+        return tree_id
 
     def frontier(self) -> str:
+        """The frontier commit (the base new experiments start from)."""
         self.ensure()
         return git(self.repo, "rev-parse", FRONTIER).strip()
 
     def set_frontier(self, commit: str) -> None:
-        git(self.repo, "update-ref", FRONTIER, commit)
+        """Move the frontier to `commit` (a kept experiment's B)."""
+        with self._lock():
+            git(self.repo, "update-ref", FRONTIER, commit)
 
     def resolve(self, base: str | None) -> str:
         """The full commit id of `base` (a commit, branch or tag), or of the frontier."""
         self.ensure()
         if base is None:
-            return self.frontier()
+            return git(self.repo, "rev-parse", FRONTIER).strip()
         if base.startswith("-") or not re.fullmatch(r"[\w./@^~-]+", base) or ".." in base:
             raise InvalidName(f"invalid revision {base!r}")
         out = git(self.repo, "rev-parse", "-q", "--verify", f"{base}^{{commit}}", check=False)
@@ -211,8 +298,11 @@ class Source:
 
     def worktree(self, commit: str, dest: Path, patch: str | None, journal: Journal) -> str:
         """Check out `commit` at `dest`, apply and commit `patch`; the tree's commit id."""
-        git(self.repo, "worktree", "prune")
-        git(self.repo, "worktree", "add", "--detach", "-f", str(dest), commit)
+        with self._lock():
+            git(self.repo, "worktree", "prune")
+            git(self.repo, "worktree", "add", "--detach", "--no-checkout", "-f", str(dest), commit)
+        # What `worktree add` runs to check out, done outside the lock.
+        git(dest, "reset", "--hard", "-q", "--no-recurse-submodules")
         journal.add(
             Step(
                 phase="source",
@@ -245,14 +335,23 @@ class Source:
         return git(dest, "rev-parse", "HEAD").strip()
 
     def remove_worktree(self, dest: Path) -> None:
-        git(self.repo, "worktree", "remove", "--force", str(dest), check=False)
+        """Delete the tree, then drop its admin entry under the lock."""
         shutil.rmtree(dest, ignore_errors=True)
+        with self._lock():
+            git(self.repo, "worktree", "prune", check=False)
 
     def bundle(self, commit: str, dest: Path) -> None:
-        """A git bundle holding `commit`, so a clean shell can check it out."""
+        """A git bundle holding `commit` as refs/heads/autoopt-base, so a clean shell can
+        check it out. The ref lives in a private repository borrowing this one's objects, so
+        concurrent callers never share it."""
         ref = "refs/heads/autoopt-base"
-        git(self.repo, "update-ref", ref, commit)
-        git(self.repo, "bundle", "create", str(dest), ref)
+        with tempfile.TemporaryDirectory(prefix="autoopt-bundle-") as tmp:
+            private = Path(tmp)
+            git(private, "init", "-q", "--bare")
+            objects = (self.repo / ".git" / "objects").resolve()
+            (private / "objects" / "info" / "alternates").write_text(f"{objects}\n")
+            git(private, "update-ref", ref, commit)
+            git(private, "bundle", "create", str(Path(dest).resolve()), ref)
 
     # -- reading --------------------------------------------------------------------
     def read(self, path: str, start: int, end: int, revision: str | None) -> tuple[str, int]:
@@ -296,15 +395,47 @@ def _check_rel(path: str) -> None:
 
 
 def _write_tree(repo: Path, tree: Path, index: str) -> str:
-    import os
+    """Stage `tree` (a folder) into the private `index` and write its tree object."""
+    env = {**os.environ, **_IDENTITY, "GIT_INDEX_FILE": index}
+    base = ["git", "--git-dir", str(repo / ".git"), "--work-tree", str(tree)]
+    steps = [[*base, "add", "-A", "-f", "--", ".", *_EXCLUDE], [*base, "write-tree"]]
+    for argv in steps:
+        proc = subprocess.run(argv, env=env, cwd=tree, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise TargetSpecError(f"cannot import {tree}: {proc.stderr.strip()[-1000:]}")
+    return proc.stdout.strip()
 
-    env = {**os.environ, **_IDENTITY, "GIT_INDEX_FILE": index, "GIT_WORK_TREE": str(tree)}
-    base = ["git", "--git-dir", str(repo / ".git")]
-    subprocess.run([*base, "read-tree", "--empty"], env=env, check=True)
-    subprocess.run([*base, "add", "-A", "-f", "."], env=env, check=True, cwd=tree)
-    return subprocess.run(
-        [*base, "write-tree"], env=env, check=True, capture_output=True, text=True
-    ).stdout.strip()
+
+def _has_symlink(folder: Path) -> bool:
+    """Whether any entry below `folder` (outside the ignored names) is a symlink."""
+    import fnmatch
+
+    pending = [folder]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if any(fnmatch.fnmatch(entry.name, p) for p in _IGNORED):
+                    continue
+                if entry.is_symlink():
+                    return True
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+    return False
+
+
+def _git_ok(repo: Path, *args: str) -> str | None:
+    """Stdout of a git command, or None when it fails (a missing ref)."""
+    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def _tree_of(repo: Path, commit: str) -> str:
+    return git(repo, "rev-parse", f"{commit}^{{tree}}").strip()
+
+
+def _ref_move(ref: str, new: str, old: str) -> str:
+    """An `update-ref --stdin` line that only succeeds while `ref` is still `old`."""
+    return f"update {ref} {new} {old}" if old else f"create {ref} {new}"
 
 
 __all__ = ["FRONTIER", "PatchInfo", "Source", "is_numeric_only", "touched_files"]

@@ -68,6 +68,7 @@ def experiment_status(
         if data.get("target") == target and data.get("status") in (
             "crashed",
             "cancelled",
+            "interrupted",
             "failed",
         ):
             interrupted.append(

@@ -48,7 +48,7 @@ async def test_build_deploy_workload_collect_teardown(client: Client, workspace:
         assert not psutil.pid_exists(dep["pid"]) or psutil.Process(dep["pid"]).status() == "zombie"
     # teardown is idempotent at the backend; the tool reports an unknown id clearly
     again = await client.call_tool("teardown", {"deployment_id": deps[0]["deployment_id"]})
-    assert again.is_error and "unknown deployment" in again.content[0].text
+    assert again.is_error and "is gone (torn down" in again.content[0].text
 
 
 async def test_patch_rules(client: Client) -> None:

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.anyio
 
 READ_ONLY_TOOLS = {
     "list_targets", "read_source", "search_source", "get_run", "experiment_status",
-    "diff_profiles",
+    "diff_profiles", "get_build", "get_profile",
 }
 
 

@@ -117,3 +117,13 @@ def test_bad_revision_is_refused(source: Source) -> None:
     for rev in ["--upload-pack=x", "nope", "a..b"]:
         with pytest.raises(InvalidName):
             source.resolve(rev)
+
+
+def test_reimport_leaves_a_moved_frontier_alone(source: Source, tmp_path: Path) -> None:
+    base = source.frontier()
+    patch = diff("app.py", APP, APP.replace("out = []", "out = list()"))
+    kept = source.worktree(base, tmp_path / "b", patch, Journal())
+    source.set_frontier(kept)
+    (tmp_path / "targets" / "demo" / "src" / "other.py").write_text("Y = 3\n")
+    assert source.frontier() == kept
+    assert source.resolve("refs/autoopt/imported") != base

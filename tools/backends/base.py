@@ -14,6 +14,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, Field
 
+from autoopt.tools.jobs import Owner
 from autoopt.tools.journal import Journal
 from autoopt.tools.targets import TargetSpec
 
@@ -37,6 +38,10 @@ class Build(BaseModel):
     log_tail: str = ""
     created: float = Field(default_factory=time.time)
     journal: Journal = Field(default_factory=Journal)
+    owner: Owner | None = Field(None, description="the server that made it")
+    kept: bool = Field(False, description="made with the build tool: outlives its server")
+    used: float = 0.0
+    gone: str | None = Field(None, description="why the tree was removed, once it was")
 
 
 class Deployment(BaseModel):

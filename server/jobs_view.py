@@ -1,0 +1,58 @@
+"""How tools answer for jobs: the bounded wait, and the compact "still running" answer."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from mcp.server.mcpserver import Context
+from pydantic import BaseModel, Field
+
+from autoopt.server.progress import Note
+from autoopt.tools.jobs import JobRecord, Report
+
+MAX_WAIT_S = 50
+
+WaitS = Annotated[
+    float,
+    Field(
+        ge=0,
+        le=MAX_WAIT_S,
+        description="seconds to wait for the result before answering status=running "
+        f"(0 to {MAX_WAIT_S}; clients give up on a call after about 60 s)",
+    ),
+]
+
+
+class StillRunning(BaseModel):
+    progress: str = Field(description="done of planned, and the latest step")
+    next_call: str = Field(description="the call that waits for the result")
+
+
+def still_running(record: JobRecord, tool: str, arg: str) -> StillRunning:
+    return StillRunning(
+        progress=record.progress_text() or "started",
+        next_call=f"{tool}({arg}='{record.id}', wait_s={MAX_WAIT_S - 10})",
+    )
+
+
+def notes(report: Report) -> Note:
+    """An engine progress callback (one message a step) that reports to a job."""
+    count = 0
+
+    async def note(message: str) -> None:
+        nonlocal count
+        count += 1
+        await report(count, None, message)
+
+    return note
+
+
+def forward(ctx: Context | None) -> Report | None:
+    """Job progress as MCP progress on this call (when the client sent a progressToken)."""
+    if ctx is None:
+        return None
+
+    async def report(done: float, total: float | None, message: str) -> None:
+        await ctx.report_progress(done, total, message)
+
+    return report
