@@ -38,7 +38,13 @@ async def _stdio_until_signal(server: Any) -> None:
                 async for _ in signals:
                     server.engine.jobs.interrupt_all()
                     group.cancel_scope.cancel()
-                    return
+                    # the SDK reads stdin in a thread that no cancel can wake: once the
+                    # shutdown has run, leave without waiting for it
+                    with anyio.CancelScope(shield=True):
+                        while not server.engine.stopped:
+                            await anyio.sleep(0.05)
+                    sys.stdout.flush()
+                    os._exit(0)
 
         group.start_soon(on_signal)
         await server.run_stdio_async()

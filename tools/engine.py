@@ -69,6 +69,7 @@ class Engine:
         self.deployments: dict[str, Deployment] = {}  # started by this server
         self.jobs = Jobs(workspace.state_dir)
         self.registry = Registry(workspace.state_dir)
+        self.stopped = False  # set when shutdown has finished
 
     # -- lookups --------------------------------------------------------------------
     def spec(self, target: str) -> TargetSpec:
@@ -251,6 +252,7 @@ class Engine:
             for dep_id in list(self.deployments):
                 if dep_id in owned:
                     await self.teardown(dep_id, "its server stopped")
+        self.stopped = True
 
     # -- A/B runs --------------------------------------------------------------------
     def prepare_ab(
