@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 
+from autoopt.server.demo import call_until_done
 from bench.common import PYSERVER, cv, log, median, read_run, table, temp_workspace
 
 VERDICTS = ("KEEP", "DISCARD", "INCONCLUSIVE")
@@ -187,7 +188,7 @@ async def run_series(
             args = {"target": PYSERVER, "runs": runs, "backend": backend, "seed": i + 1}
             if warmup is not None:
                 args["warmup"] = warmup
-            result = await client.call_tool("run_ab", args, progress_callback=progress)
+            result = await call_until_done(client, "run_ab", args, progress)
             if result.is_error:
                 text = getattr(result.content[0], "text", "") if result.content else ""
                 out.errors.append(text[:500])

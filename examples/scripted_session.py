@@ -33,6 +33,14 @@ async def main(patch_file: str) -> None:
             {"target": "pyserver", "patch": Path(patch_file).read_text(), "runs": 5},
             progress_callback=progress,
         )
+        # a run still going after wait_s (40 s) answers status=running: wait with get_run
+        while not result.is_error and result.structured_content["status"] == "running":
+            print("  still running:", result.structured_content["progress"])
+            result = await client.call_tool(
+                "get_run",
+                {"run_id": result.structured_content["run_id"], "wait_s": 40},
+                progress_callback=progress,
+            )
         run = result.structured_content
         print(run["verdict"], run["reason"])
 

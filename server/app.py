@@ -19,6 +19,7 @@ from autoopt.server import profiling_tools, trace_log_tools, views
 from autoopt.server.errors import tool_errors
 from autoopt.server.jobs_view import StillRunning, WaitS, forward, notes, still_running
 from autoopt.server.params import ACTS, READ_ONLY, STOPS, Backend, TargetName
+from autoopt.server.tasks import TaskServer, TasksExtension
 from autoopt.tools.abrun import MIN_RUNS, ABRun, Order
 from autoopt.tools.backends.base import Build
 from autoopt.tools.engine import BACKENDS, Engine, new_build_id
@@ -65,7 +66,10 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         finally:
             await engine.shutdown()
 
-    mcp = MCPServer("autoopt", version="0.1.0", instructions=INSTRUCTIONS, lifespan=lifespan)
+    mcp = TaskServer(
+        "autoopt", version="0.1.0", instructions=INSTRUCTIONS, lifespan=lifespan,
+        extensions=[TasksExtension(engine)],
+    )
     mcp.engine = engine  # type: ignore[attr-defined]  # for in-process tests and the demo
 
     _register_resources(mcp, ws)

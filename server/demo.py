@@ -61,10 +61,36 @@ class Session:
                 where = f"[{int(done)}/{int(total)}] " if total else ""
                 say(f"    {where}{message}")
 
-        result = await self.client.call_tool(tool, args, progress_callback=progress)
+        result = await call_until_done(self.client, tool, args, progress)
         if result.is_error:
             raise SystemExit(f"{tool} failed: {result.content[0].text}")
         return result.structured_content or {}
+
+
+WAITERS = {
+    "run_ab": ("get_run", "run_id"),
+    "profile_memory": ("get_profile", "profile_id"),
+    "profile_cpu": ("get_profile", "profile_id"),
+    "build": ("get_build", "build_id"),
+}
+
+
+async def call_until_done(
+    client: Any, tool: str, args: dict[str, Any], progress_callback: Any = None
+) -> Any:
+    """Call a tool; while it answers status=running, wait with its get_* tool (each call
+    stays well under a client's 60 s limit)."""
+    progress = progress_callback
+    result = await client.call_tool(tool, args, progress_callback=progress)
+    waiter = WAITERS.get(tool)
+    while waiter and not result.is_error and (result.structured_content or {}).get(
+        "status"
+    ) == "running":
+        get, key = waiter
+        result = await client.call_tool(
+            get, {key: result.structured_content[key], "wait_s": 40}, progress_callback=progress
+        )
+    return result
 
 
 def prepare_workspace(dest: Path | None) -> Path:

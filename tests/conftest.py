@@ -12,6 +12,7 @@ import pytest
 from mcp import Client
 
 from autoopt.server.app import create_server
+from autoopt.server.demo import call_until_done as call_done
 from autoopt.tools.workspace import Workspace
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,6 +42,9 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
 async def client(workspace: Workspace) -> AsyncIterator[Client]:
     async with Client(create_server(workspace)) as c:
         yield c
+
+
+__all__ = ["call_done"]  # run_ab & co. through their get_* tool until they are done
 
 
 def patch_text(name: str) -> str:

@@ -393,7 +393,11 @@ class Engine:
         source = self.source(spec)
         marker = source.repo / ".git" / "autoopt-frontier-branch"
         branch = marker.read_text().strip() if marker.exists() else spec.source.branch
-        live = [d.id for d in self.deployments.values() if d.target == target]
+        live = sorted(
+            e.deployment.id
+            for e in self.registry.entries().values()
+            if e.deployment.target == target
+        )
         return experiment_status(self.workspace, target, env, source.frontier(), branch, live)
 
     def get_run(self, run_id: str) -> ABRun:

@@ -27,6 +27,7 @@ from autoopt.tools.engine import Engine
 from autoopt.tools.errors import BuildFailed, DeployFailed
 from autoopt.tools.workload import workload_argv, workload_script
 from autoopt.tools.workspace import Workspace
+from tests.conftest import call_done
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]
 
@@ -245,7 +246,8 @@ def _text(result: object) -> str:
 
 # -- (1) a whole A/B run through the MCP server -----------------------------------------
 async def _run_ab(client: Client, patch: str, runs: int) -> dict:
-    result = await client.call_tool(
+    result = await call_done(
+        client,
         "run_ab",
         {
             "target": "pyserver",
@@ -360,7 +362,7 @@ async def _record_and_replay(server: object, view: dict, ws: Workspace) -> None:
 async def test_broken_dockerfile_is_a_build_error_with_the_log_tail(ws: Workspace) -> None:
     add_target(ws, "tiny-broken", dockerfile=BROKEN_DOCKERFILE)
     async with Client(create_server(ws)) as client:
-        result = await client.call_tool("build", {"target": "tiny-broken", "backend": "docker"})
+        result = await call_done(client, "build", {"target": "tiny-broken", "backend": "docker"})
     text = _text(result)
     assert result.is_error, text
     assert "docker build of tiny-broken failed" in text
@@ -601,13 +603,14 @@ async def test_unreachable_engine_is_reported_and_list_targets_works(
 async def test_profile_cpu_attaches_to_a_docker_deployment(ws: Workspace) -> None:
     """py-spy runs on the host and attaches to the container's process by its host pid."""
     async with Client(create_server(ws)) as client:
-        build = await client.call_tool("build", {"target": "pyserver", "backend": "docker"})
+        build = await call_done(client, "build", {"target": "pyserver", "backend": "docker"})
         assert not build.is_error, _text(build)
         dep = await client.call_tool("deploy", {"build_id": build.structured_content["build_id"]})
         assert not dep.is_error, _text(dep)
         dep_id = dep.structured_content["deployment_id"]
         try:
-            prof = await client.call_tool(
+            prof = await call_done(
+                client,
                 "profile_cpu",
                 {
                     "target": "pyserver",
@@ -621,7 +624,8 @@ async def test_profile_cpu_attaches_to_a_docker_deployment(ws: Workspace) -> Non
             assert view["tool"] == "py-spy"
             assert any("host pid" in note for note in view["notes"])
             assert any("_store_contains" in line for line in view["top"][:5]), view["top"][:5]
-            mem = await client.call_tool(
+            mem = await call_done(
+                client,
                 "profile_memory", {"target": "pyserver", "deployment_id": dep_id, "tool": "memray"}
             )
             assert mem.is_error and "memray" in _text(mem)

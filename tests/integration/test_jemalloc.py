@@ -20,7 +20,7 @@ import pytest
 from mcp import Client
 
 from autoopt.tools.workspace import Workspace
-from tests.conftest import processes_under
+from tests.conftest import call_done, processes_under
 from tests.integration.test_profiling import PEAK_C, PEAK_TARGET_MD, call
 
 pytestmark = pytest.mark.anyio
@@ -56,7 +56,7 @@ def jemalloc_target(workspace: Workspace, name: str, build: str, workload: str =
 
 async def profile(client: Client, **args: object) -> dict:
     """profile_memory through MCP; its structured result (it must succeed)."""
-    result = await client.call_tool("profile_memory", args)
+    result = await call_done(client, "profile_memory", args)
     assert not result.is_error, result.content[0].text
     assert result.structured_content is not None
     return result.structured_content
@@ -177,7 +177,7 @@ async def test_dynamic_jemalloc_auto_and_heaptrack_both_see_it(
 async def test_jemalloc_program_that_crashes_keeps_its_dumps(
         client: Client, workspace: Workspace) -> None:
     jemalloc_target(workspace, "jecrash", STATIC_BUILD, workload="./peak crash")
-    result = await client.call_tool("profile_memory", {"target": "jecrash", "label": "crash"})
+    result = await call_done(client, "profile_memory", {"target": "jecrash", "label": "crash"})
     assert result.is_error
     assert "exited with code" in result.content[0].text and "INCOMPLETE" in result.content[0].text
     folder = workspace.results_dir / "jecrash" / "local" / "profiles"
@@ -205,7 +205,7 @@ async def test_jemalloc_preloaded_into_a_program_without_it(
 
 
 async def test_jemalloc_refused_for_a_python_program(client: Client, workspace: Workspace) -> None:
-    result = await client.call_tool("profile_memory", {"target": "pyserver", "tool": "jemalloc"})
+    result = await call_done(client, "profile_memory", {"target": "pyserver", "tool": "jemalloc"})
     assert result.is_error
     assert "does not run on jemalloc" in result.content[0].text
     assert "memray" in result.content[0].text
@@ -351,7 +351,7 @@ async def test_jemalloc_through_a_workload_script(
     (folder / "target.md").write_text(
         script_target_md("jescript", "peak.c", f"kind: batch\nbuild: {build}"))
     (folder / "workload.sh").write_text('#!/usr/bin/env bash\n./peak\n./peak\n')
-    result = await client.call_tool("profile_memory", {"target": "jescript", "tool": "jemalloc",
+    result = await call_done(client, "profile_memory", {"target": "jescript", "tool": "jemalloc",
                                                        "label": "script"})
     saved = json.loads((workspace.results_dir / "jescript" / "local" / "profiles" /
                         "script-profile.json").read_text())

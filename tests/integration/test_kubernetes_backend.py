@@ -47,6 +47,7 @@ from autoopt.tools.engine import Engine
 from autoopt.tools.errors import DeployFailed
 from autoopt.tools.workload import workload_argv, workload_script
 from autoopt.tools.workspace import Workspace
+from tests.conftest import call_done
 
 pytestmark = [pytest.mark.kubernetes, pytest.mark.anyio]
 
@@ -297,7 +298,8 @@ async def test_run_ab_pyserver_history_cap_then_record(
     server = create_server(workspace)
     t0 = time.monotonic()
     async with Client(server) as client:
-        result = await client.call_tool(
+        result = await call_done(
+            client,
             "run_ab",
             {
                 "target": "pyserver",
@@ -498,11 +500,12 @@ async def test_without_a_context_kubernetes_is_unavailable_and_the_rest_works(
         assert readiness["kubernetes"]["available"] is False
         assert "AUTOOPT_K8S_CONTEXT" in readiness["kubernetes"]["reason"], readiness
         assert readiness["local"]["available"] is True
-        refused = await client.call_tool(
+        refused = await call_done(
+            client,
             "run_ab", {"target": "pyserver", "backend": "kubernetes", "runs": 3}
         )
         assert refused.is_error and "AUTOOPT_K8S_CONTEXT" in _text(refused), _text(refused)
-        built = await client.call_tool("build", {"target": "pyserver", "backend": "local"})
+        built = await call_done(client, "build", {"target": "pyserver", "backend": "local"})
         assert not built.is_error, _text(built)
 
 

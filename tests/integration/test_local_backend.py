@@ -11,13 +11,13 @@ from mcp import Client
 
 from autoopt.tools import procfs
 from autoopt.tools.workspace import Workspace
-from tests.conftest import patch_text, processes_under
+from tests.conftest import call_done, patch_text, processes_under
 
 pytestmark = pytest.mark.anyio
 
 
 async def call(client: Client, tool: str, **args: object) -> dict:
-    result = await client.call_tool(tool, args)
+    result = await call_done(client, tool, args)
     assert not result.is_error, result.content[0].text
     return result.structured_content
 
@@ -53,14 +53,14 @@ async def test_build_deploy_workload_collect_teardown(client: Client, workspace:
 
 async def test_patch_rules(client: Client) -> None:
     outside = "--- a/workload.py\n+++ b/workload.py\n@@ -1 +1 @@\n-x\n+y\n"
-    result = await client.call_tool("build", {"target": "pyserver", "patch": outside})
+    result = await call_done(client, "build", {"target": "pyserver", "patch": outside})
     assert result.is_error and "workload.py" in result.content[0].text
     assert "editable" in result.content[0].text
 
     server = (Path(__file__).resolve().parents[2] / "targets/pyserver/src/server.py").read_text()
     line = next(x for x in server.splitlines() if x.startswith("def "))
     broken = f"--- a/server.py\n+++ b/server.py\n@@ -1,1 +1,1 @@\n-{line}XX\n+{line}YY\n"
-    result = await client.call_tool("build", {"target": "pyserver", "patch": broken})
+    result = await call_done(client, "build", {"target": "pyserver", "patch": broken})
     assert result.is_error and "does not apply" in result.content[0].text
 
     number_line = next(
@@ -72,9 +72,10 @@ async def test_patch_rules(client: Client) -> None:
 
     bumped = re.sub(r"\d+", lambda m: str(int(m.group()) + 1), number_line, count=1)
     numeric = unified(server, server.replace(number_line, bumped, 1))
-    result = await client.call_tool("build", {"target": "pyserver", "patch": numeric})
+    result = await call_done(client, "build", {"target": "pyserver", "patch": numeric})
     assert result.is_error and "configuration tuning" in result.content[0].text
-    ok = await client.call_tool(
+    ok = await call_done(
+        client,
         "build", {"target": "pyserver", "patch": numeric, "allow_constant_tuning": True}
     )
     assert not ok.is_error, ok.content[0].text

@@ -14,7 +14,7 @@ import pytest
 from mcp import Client
 
 from autoopt.tools.workspace import Workspace
-from tests.conftest import patch_text, processes_under
+from tests.conftest import call_done, patch_text, processes_under
 
 pytestmark = pytest.mark.anyio
 
@@ -81,7 +81,7 @@ workload: {workload}
 
 
 async def call(client: Client, tool: str, **args: object) -> dict:
-    result = await client.call_tool(tool, args)
+    result = await call_done(client, tool, args)
     assert not result.is_error, result.content[0].text
     assert result.structured_content is not None
     return result.structured_content
@@ -172,7 +172,7 @@ async def test_native_peak_names_the_function_and_its_bytes(
 
 
 async def test_cpu_profile_names_the_membership_check(client: Client) -> None:
-    result = await client.call_tool("profile_cpu", {"target": "pyserver", "label": "ingest-cpu",
+    result = await call_done(client, "profile_cpu", {"target": "pyserver", "label": "ingest-cpu",
                                                     "workload": "workload-ingest.sh"})
     assert not result.is_error, result.content[0].text
     assert [c.type for c in result.content] == ["text", "text", "image"]
@@ -194,7 +194,7 @@ async def test_missing_native_profiler_says_which_package(
     real = shutil.which
     monkeypatch.setattr(detect.shutil, "which",
                         lambda name, *a, **k: None if name == "perf" else real(name, *a, **k))
-    result = await client.call_tool("profile_cpu", {"target": "peakc"})
+    result = await call_done(client, "profile_cpu", {"target": "peakc"})
     assert result.is_error
     assert "apt-get install -y linux-perf" in result.content[0].text
 
@@ -207,7 +207,7 @@ async def test_service_that_dies_mid_profile_keeps_what_was_captured(
     dying = server.replace(anchor, anchor + "    if run >= 5:\n        os._exit(3)\n", 1)
     patch = "".join(difflib.unified_diff(server.splitlines(True), dying.splitlines(True),
                                          "a/server.py", "b/server.py"))
-    result = await client.call_tool("profile_memory", {"target": "pyserver", "patch": patch,
+    result = await call_done(client, "profile_memory", {"target": "pyserver", "patch": patch,
                                                        "label": "dies"})
     assert result.is_error
     text = result.content[0].text
@@ -225,7 +225,7 @@ async def test_service_that_dies_mid_profile_keeps_what_was_captured(
 async def test_native_program_that_crashes_keeps_its_peak_rss(
         client: Client, workspace: Workspace) -> None:
     c_target(workspace, "crashc", workload="./peak crash")
-    result = await client.call_tool("profile_memory", {"target": "crashc", "label": "crash"})
+    result = await call_done(client, "profile_memory", {"target": "crashc", "label": "crash"})
     assert result.is_error
     assert "exited with code" in result.content[0].text
     saved = json.loads((workspace.results_dir / "crashc" / "local" / "profiles" /
@@ -261,7 +261,7 @@ async def test_python_batch_that_crashes_keeps_memray_capture(
         PEAK_TARGET_MD.format(name="crashpy", workload="python3 job.py")
         .replace("gcc -g -O0 -o peak peak.c", "python3 -m py_compile job.py")
         .replace("peak.c", "job.py"))
-    result = await client.call_tool("profile_memory", {"target": "crashpy", "label": "crash"})
+    result = await call_done(client, "profile_memory", {"target": "crashpy", "label": "crash"})
     assert result.is_error and "exited with code" in result.content[0].text
     saved = json.loads((workspace.results_dir / "crashpy" / "local" / "profiles" /
                         "crash-profile.json").read_text())
@@ -279,7 +279,7 @@ async def test_attach_to_a_running_deployment(client: Client, workspace: Workspa
                      label="attached-cpu")
     assert cpu["tool"] == "py-spy" and cpu["total"] > 0
     assert not any("[build]" in (s["note"] or "") for s in cpu["journal"])  # nothing rebuilt
-    mem = await client.call_tool("profile_memory", {
+    mem = await call_done(client, "profile_memory", {
         "target": "pyserver", "deployment_id": dep["deployment_id"],
         "workload": "workload-process.sh", "label": "attached-mem"})
     if mem.is_error:  # memray must be importable by the service's own interpreter
@@ -288,7 +288,7 @@ async def test_attach_to_a_running_deployment(client: Client, workspace: Workspa
         r = mem.structured_content
         assert r is not None and r["tool"] == "memray"
         assert any("attach" in n for n in r["notes"])
-    res = await client.call_tool("profile_memory", {
+    res = await call_done(client, "profile_memory", {
         "target": "pyserver", "tool": "procfs", "deployment_id": dep["deployment_id"],
         "label": "attached-procfs"})
     assert not res.is_error, res.content[0].text

@@ -9,6 +9,7 @@ from mcp import Client, StdioServerParameters
 
 from autoopt.server.app import create_server
 from autoopt.tools.workspace import Workspace
+from tests.conftest import call_done
 
 pytestmark = pytest.mark.anyio
 
@@ -123,7 +124,7 @@ async def test_broken_target_md_is_listed_with_its_error(workspace: Workspace) -
 
 
 async def test_runs_below_three_is_refused(any_client: Client) -> None:
-    result = await any_client.call_tool("run_ab", {"target": "pyserver", "runs": 2})
+    result = await call_done(any_client, "run_ab", {"target": "pyserver", "runs": 2})
     assert result.is_error
     assert "3" in result.content[0].text
 

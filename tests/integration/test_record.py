@@ -15,7 +15,7 @@ from mcp import Client
 
 from autoopt.tools.record import COLUMNS, append_row
 from autoopt.tools.workspace import Workspace
-from tests.conftest import processes_under
+from tests.conftest import call_done, processes_under
 
 pytestmark = pytest.mark.anyio
 
@@ -59,7 +59,7 @@ def test_concurrent_appends_lose_no_row(tmp_path: Path) -> None:
 
 
 async def test_record_refuses_to_overwrite(client: Client, workspace: Workspace) -> None:
-    result = await client.call_tool("run_ab", {"target": "pyserver", "runs": 3, "warmup": 0})
+    result = await call_done(client, "run_ab", {"target": "pyserver", "runs": 3, "warmup": 0})
     run_id = result.structured_content["run_id"]
     args = {"run_id": run_id, "description": "A/A", "hypothesis": "noise floor"}
     first = await client.call_tool("record_experiment", {**args, "exp_id": "baseline"})

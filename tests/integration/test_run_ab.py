@@ -9,13 +9,13 @@ import pytest
 from mcp import Client
 
 from autoopt.tools.workspace import Workspace
-from tests.conftest import patch_text, processes_under
+from tests.conftest import call_done, patch_text, processes_under
 
 pytestmark = pytest.mark.anyio
 
 
 async def run_ab(client: Client, **args: object) -> dict:
-    result = await client.call_tool("run_ab", {"target": "pyserver", **args})
+    result = await call_done(client, "run_ab", {"target": "pyserver", **args})
     assert not result.is_error, result.content[0].text
     return result.structured_content
 
@@ -35,7 +35,8 @@ async def test_history_fix_is_keep_with_progress_and_picture(
     async def progress(done: float, total: float | None, message: str | None) -> None:
         messages.append(message or "")
 
-    result = await client.call_tool(
+    result = await call_done(
+        client,
         "run_ab",
         {
             "target": "pyserver",

@@ -42,6 +42,7 @@ from autoopt.tools.clickhouse_executor import (
 from autoopt.tools.profiling import store
 from autoopt.tools.trace_log import run_query, validate
 from autoopt.tools.workspace import Workspace
+from tests.conftest import call_done
 
 pytestmark = pytest.mark.anyio
 
@@ -332,7 +333,7 @@ def test_missing_trace_log_is_a_clear_error(chdb_fixture: Fixture) -> None:
 # -- through an MCP client --------------------------------------------------------------
 
 async def call(client: Client, tool: str, **args: object) -> dict:
-    result = await client.call_tool(tool, args)
+    result = await call_done(client, tool, args)
     assert not result.is_error, result.content[0].text
     return result.structured_content
 
