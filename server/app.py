@@ -211,11 +211,20 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
     @mcp.tool(annotations=STOPS)
     @tool_errors
     async def teardown(
-        deployment_id: Annotated[str, Field(description="from deploy")],
+        deployment_id: Annotated[str | None, Field(description="from deploy")] = None,
+        build_id: Annotated[
+            str | None, Field(description="from build: remove the build (its deployments first)")
+        ] = None,
     ) -> views.TeardownResult:
-        """Stop a deployment and remove what it started."""
-        await engine.teardown(check_name(deployment_id, "deployment id"))
-        return views.TeardownResult(deployment_id=deployment_id, torn_down=True)
+        """Stop a deployment and remove what it started; or remove a build made with build
+        (tree and image), stopping its deployments first. Give one of the two ids."""
+        if (deployment_id is None) == (build_id is None):
+            raise ToolError("give deployment_id (from deploy) or build_id (from build), not both")
+        if deployment_id is not None:
+            await engine.teardown(check_name(deployment_id, "deployment id"))
+            return views.TeardownResult(deployment_id=deployment_id, torn_down=True)
+        stopped = await engine.remove_build(check_name(build_id, "build id"))  # type: ignore[arg-type]
+        return views.TeardownResult(build_id=build_id, torn_down=True, deployments=stopped)
 
     @mcp.tool(annotations=READ_ONLY)
     @tool_errors

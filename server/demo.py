@@ -52,8 +52,9 @@ def say(message: str) -> None:
 class Session:
     """A thin helper over the MCP client that fails loudly on tool errors."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, tally: list[dict[str, Any]] | None = None) -> None:
         self.client = client
+        self.tally = tally
 
     async def call(self, tool: str, **args: Any) -> dict[str, Any]:
         async def progress(done: float, total: float | None, message: str | None) -> None:
@@ -61,7 +62,7 @@ class Session:
                 where = f"[{int(done)}/{int(total)}] " if total else ""
                 say(f"    {where}{message}")
 
-        result = await call_until_done(self.client, tool, args, progress)
+        result = await call_until_done(self.client, tool, args, progress, self.tally)
         if result.is_error:
             raise SystemExit(f"{tool} failed: {result.content[0].text}")
         return result.structured_content or {}
@@ -76,12 +77,17 @@ WAITERS = {
 
 
 async def call_until_done(
-    client: Any, tool: str, args: dict[str, Any], progress_callback: Any = None
+    client: Any,
+    tool: str,
+    args: dict[str, Any],
+    progress_callback: Any = None,
+    tally: list[dict[str, Any]] | None = None,
 ) -> Any:
     """Call a tool; while it answers status=running, wait with its get_* tool (each call
-    stays well under a client's 60 s limit)."""
+    stays well under a client's 60 s limit). `tally` gets the size of every answer."""
     progress = progress_callback
     result = await client.call_tool(tool, args, progress_callback=progress)
+    _count(tally, tool, result)
     waiter = WAITERS.get(tool)
     while waiter and not result.is_error and (result.structured_content or {}).get(
         "status"
@@ -90,7 +96,20 @@ async def call_until_done(
         result = await client.call_tool(
             get, {key: result.structured_content[key], "wait_s": 40}, progress_callback=progress
         )
+        _count(tally, get, result)
     return result
+
+
+def _count(tally: list[dict[str, Any]] | None, tool: str, result: Any) -> None:
+    """What a client hands the model for one answer: text, structured content, images."""
+    if tally is None:
+        return
+    import json
+
+    text = sum(len(c.text) for c in result.content if c.type == "text")
+    images = sum(len(c.data) for c in result.content if c.type == "image")
+    structured = len(json.dumps(result.structured_content)) if result.structured_content else 0
+    tally.append({"tool": tool, "text": text, "structured": structured, "images": images})
 
 
 def prepare_workspace(dest: Path | None) -> Path:
@@ -105,7 +124,9 @@ def prepare_workspace(dest: Path | None) -> Path:
     return root
 
 
-async def demo(root: Path, runs: int, backend: str) -> list[dict[str, Any]]:
+async def demo(
+    root: Path, runs: int, backend: str, tally: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     import os
 
     from mcp import Client, StdioServerParameters
@@ -122,7 +143,15 @@ async def demo(root: Path, runs: int, backend: str) -> list[dict[str, Any]]:
     patches = REPO / "examples" / "patches"
     rows: list[dict[str, Any]] = []
     async with Client(params) as client:
-        s = Session(client)
+        s = Session(client, tally)
+        if tally is not None:
+            import json
+
+            listed = await client.list_tools()
+            tools = [t.model_dump(mode="json", by_alias=True, exclude_none=True)
+                     for t in listed.tools]
+            tally.append({"tool": "tools/list", "text": 0, "images": 0,
+                          "structured": len(json.dumps({"tools": tools}))})
         say(f"autoopt demo: workspace {root}, backend {backend}, {runs} runs per arm")
         targets = await s.call("list_targets")
         spec = next(t for t in targets["targets"] if t["name"] == "pyserver")["spec"]

@@ -66,8 +66,12 @@ class WorkloadRun(BaseModel):
 
 
 class TeardownResult(BaseModel):
-    deployment_id: str
+    deployment_id: str | None = None
+    build_id: str | None = None
     torn_down: bool
+    deployments: list[str] = Field(
+        default_factory=list, description="with build_id: the deployments it stopped"
+    )
 
 
 class SourceText(BaseModel):

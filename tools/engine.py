@@ -244,6 +244,17 @@ class Engine:
         build.gone = reason
         save_model(folder / "build.json", build)
 
+    async def remove_build(self, build_id: str) -> list[str]:
+        """teardown(build_id): stop the build's deployments, then discard it; their ids."""
+        self.get_build(build_id)
+        stopped = []
+        for entry in list(self.registry.entries().values()):
+            if entry.deployment.build_id == build_id:
+                await self.teardown(entry.deployment.id, "its build was removed")
+                stopped.append(entry.deployment.id)
+        await self.discard_build(build_id, "removed with teardown")
+        return stopped
+
     async def shutdown(self) -> None:
         """Tear down what this server started and does not keep (kept builds and
         deployments stay for later servers until they expire)."""

@@ -630,5 +630,8 @@ async def test_profile_cpu_attaches_to_a_docker_deployment(ws: Workspace) -> Non
             )
             assert mem.is_error and "memray" in _text(mem)
         finally:
-            await client.call_tool("teardown", {"deployment_id": dep_id})
+            removed = await client.call_tool(
+                "teardown", {"build_id": build.structured_content["build_id"]}
+            )
+            assert removed.structured_content["deployments"] == [dep_id], _text(removed)
     assert containers_left() == []

@@ -125,7 +125,24 @@ async def test_ids_outlive_the_server_one_process_per_call(workspace: Workspace)
     assert not psutil.pid_exists(dep["pid"]) or psutil.Process(dep["pid"]).status() == "zombie"
     async with Client(stdio(workspace)) as client:
         gone = await client.call_tool("run_workload", {"deployment_id": dep["deployment_id"]})
-    assert gone.is_error and "is gone (torn down" in gone.content[0].text
+        assert gone.is_error and "is gone (torn down" in gone.content[0].text
+        again = await client.call_tool("deploy", {"build_id": build["build_id"]})
+        assert not again.is_error, again.content[0].text
+        removed = await client.call_tool("teardown", {"build_id": build["build_id"]})
+        assert removed.structured_content["deployments"] == [
+            again.structured_content["deployment_id"]
+        ]
+        missing = await client.call_tool("deploy", {"build_id": build["build_id"]})
+        both = await client.call_tool("teardown", {})
+    assert missing.is_error and "is gone: removed with teardown" in missing.content[0].text
+    assert both.is_error and "deployment_id" in both.content[0].text
+    assert not Path(build_tree(workspace, build["build_id"])).exists()
+    assert processes_under(workspace.root) == []
+
+
+def build_tree(workspace: Workspace, build_id: str) -> str:
+    data = json.loads((workspace.state_dir / "builds" / build_id / "build.json").read_text())
+    return data["tree"]
 
 
 async def test_program_md_on_a_workspace_without_one(tmp_path: Path) -> None:
@@ -162,7 +179,7 @@ async def test_sigterm_mid_run_stops_the_service_and_keeps_samples(
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # wait for one sample and a live service
             data = json.loads(run_file.read_text())
-            services = [p for p in processes_under(workspace.state_dir) if "python" in p.name()]
+            services = [p for p in processes_under(workspace.state_dir) if _python(p)]
             if data["samples"] and services:
                 break
             await anyio.sleep(0.2)
@@ -181,6 +198,13 @@ async def test_sigterm_mid_run_stops_the_service_and_keeps_samples(
     finally:
         if server.poll() is None:
             server.kill()
+
+
+def _python(proc: psutil.Process) -> bool:
+    try:
+        return "python" in proc.name()
+    except psutil.Error:  # it ended meanwhile (a batch step, a health probe)
+        return False
 
 
 class _Rpc:
