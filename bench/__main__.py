@@ -21,7 +21,16 @@ from typing import Any
 
 import anyio
 
-from bench import aa_series, e2e, mcp_startup, native_profilers, overhead, profilers, simulate
+from bench import (
+    aa_series,
+    context,
+    e2e,
+    mcp_startup,
+    native_profilers,
+    overhead,
+    profilers,
+    simulate,
+)
 from bench.common import (
     ROOT,
     fmt_load,
@@ -417,6 +426,22 @@ def demo_section(cfg: Config, key: dict[str, Any]) -> Section:
     return timed(s, work)
 
 
+def context_section(cfg: Config) -> Section:
+    before = ROOT / "docs" / "context" / "before.json"
+    s = Section(context.TITLE, commands=[py(
+        f"-m bench.context --runs {cfg.demo_runs} --before {before.relative_to(ROOT)}")])
+
+    def work() -> str:
+        import json
+
+        tally = context.measure(cfg.demo_runs)
+        earlier = json.loads(before.read_text()) if before.is_file() else None
+        # the section's own heading and commands are the Section's; keep its body
+        return context.section(tally, earlier, cfg.demo_runs).split("```\n\n", 1)[1]
+
+    return timed(s, work)
+
+
 def simulation_section(cfg: Config) -> Section:
     s = Section(
         "Decision quality: the simulation",
@@ -593,8 +618,9 @@ def main(argv: list[str] | None = None) -> int:
     prof = profilers_section(cfg, key)
     native = native_section(cfg, key)
     demo = demo_section(cfg, key)
+    reads = context_section(cfg)
     sim = simulation_section(cfg)
-    sections = [sim, aa, harness, demo, mcp, prof, native]  # the report's order, not the run's
+    sections = [sim, aa, harness, demo, reads, mcp, prof, native]  # the report's order
 
     text = report(cfg, sections, key, started, load_start, raw)
     args.out.parent.mkdir(parents=True, exist_ok=True)

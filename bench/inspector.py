@@ -178,11 +178,15 @@ def one_shot_chain(root: Path) -> dict[str, Any]:
 
 
 def program_on_fresh(root: Path) -> dict[str, Any]:
-    """Check 3: program.md where the workspace has none."""
+    """Check 3: program.md where the workspace has none; and the tool list, --strict."""
     cli = Inspector([sys.executable, "-m", "autoopt.server.cli", "serve"],
                     {"AUTOOPT_WORKSPACE": str(root), "PATH": os.environ["PATH"]})
     _, out = cli("resources/read", "--uri", "autoopt://program.md")
-    return {"chars": len(out["contents"][0]["text"]), "has_own": (root / "program.md").exists()}
+    _, listed = cli("tools/list", "--strict")  # exit 6 on a portability error: raises
+    return {"chars": len(out["contents"][0]["text"]), "has_own": (root / "program.md").exists(),
+            "tools": len(listed["tools"]),
+            "tools_list_bytes": len(json.dumps(listed, separators=(",", ":"))),
+            "tools_list_printed": cli.calls[-1]["bytes"]}
 
 
 async def job_overhead(root: Path, rounds: int) -> dict[str, Any]:
@@ -241,10 +245,12 @@ def report(results: dict[str, Any], sleep: float) -> str:
         "",
         f"{c_calls(b)}",
         "",
-        "## autoopt://program.md on a workspace without one",
+        "## autoopt://program.md on a workspace without one, and the tool list",
         "",
         f"Read {c['chars']:,} characters (the installed package's copy; the workspace has "
-        f"{'one' if c['has_own'] else 'none'}).",
+        f"{'one' if c['has_own'] else 'none'}). `tools/list --strict` passed: {c['tools']} "
+        f"tools, {c['tools_list_bytes']:,} bytes of JSON ({c['tools_list_printed']:,} as the "
+        "Inspector prints it, indented).",
         "",
         "## Job overhead",
         "",

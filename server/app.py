@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,21 +11,31 @@ from typing import Annotated
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.resources import FileResource
-from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
-from pydantic import Field
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field
 
 from autoopt.server import profiling_tools, trace_log_tools, views
+from autoopt.server.compact import compact_tools
 from autoopt.server.errors import tool_errors
-from autoopt.server.jobs_view import StillRunning, WaitS, forward, notes, still_running
-from autoopt.server.params import ACTS, READ_ONLY, STOPS, Backend, TargetName
+from autoopt.server.jobs_view import WaitS, forward, notes, still_running
+from autoopt.server.params import (
+    ACTS,
+    NAME_PATTERN,
+    READ_ONLY,
+    STOPS,
+    Backend,
+    Env,
+    TargetName,
+)
+from autoopt.server.run_answer import RunView, run_result
 from autoopt.server.tasks import TaskServer, TasksExtension
-from autoopt.tools.abrun import MIN_RUNS, ABRun, Order
+from autoopt.tools.abrun import MIN_RUNS, Order
 from autoopt.tools.backends.base import Build
 from autoopt.tools.engine import BACKENDS, Engine, new_build_id
 from autoopt.tools.errors import AutooptError, TargetNotFound
 from autoopt.tools.jobs import JobRecord, Report
-from autoopt.tools.record import ExperimentRecord, OutputType
-from autoopt.tools.status import ExperimentStatus, append_candidate
+from autoopt.tools.record import OutputType
+from autoopt.tools.status import append_candidate
 from autoopt.tools.targets import load_target
 from autoopt.tools.workspace import Workspace, check_name
 
@@ -43,11 +52,11 @@ no constant tuning) and writes the reproducible record itself (record_experiment
 Patch = Annotated[
     str | None,
     Field(
-        description="a unified diff (git diff) against the source "
-        "root; omit for the unmodified base"
+        description="unified diff"
     ),
 ]
-Base = Annotated[str | None, Field(description="base commit; omit for the target's frontier")]
+Base = Annotated[str | None, Field(description="default: the frontier")]
+IncludePlot = bool
 
 
 def create_server(workspace: Workspace | None = None) -> MCPServer:
@@ -80,57 +89,52 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
 
     @mcp.tool(annotations=READ_ONLY)
     @tool_errors
-    async def list_targets() -> views.TargetList:
-        """Every target in the workspace: its parsed target.md (metric, scope, guardrails,
-        workload), whether each backend can run it, and any problem with its files."""
-        infos = []
+    async def list_targets(
+        detail: bool = False,
+    ) -> Annotated[CallToolResult, views.TargetList]:
+        """The targets: metric, editable scope, guardrails, workload, ready backends."""
+        infos, lines, said = [], [], set()
         for name in sorted(ws.target_names() + _broken_names(ws)):
+            spec = None
             if not (ws.targets_dir / name / "target.md").is_file():
-                infos.append(
-                    views.TargetInfo(
-                        name=name,
-                        valid=False,
-                        error=f"targets/{name}/ has no target.md; add one (see program.md)",
-                    )
-                )
-                continue
-            try:
-                spec = load_target(ws, name)
-            except AutooptError as exc:
-                infos.append(views.TargetInfo(name=name, valid=False, error=str(exc)))
-                continue
-            readiness = {}
-            for backend in BACKENDS:
-                reason = engine.readiness(spec, backend)
-                readiness[backend] = views.Readiness(available=reason is None, reason=reason)
-            infos.append(
-                views.TargetInfo(
-                    name=name,
-                    valid=True,
-                    spec=spec,
-                    readiness=readiness,
-                    has_hints=(ws.targets_dir / name / "hints.md").is_file(),
-                )
-            )
-        return views.TargetList(workspace=str(ws.root), program_md=str(program), targets=infos)
+                error = f"targets/{name}/ has no target.md; add one (see program.md)"
+                info = views.TargetInfo(name=name, valid=False, error=error)
+            else:
+                try:
+                    spec = load_target(ws, name)
+                except AutooptError as exc:
+                    info = views.TargetInfo(name=name, valid=False, error=str(exc))
+                else:
+                    readiness = {
+                        b: engine.readiness(spec, b) or views.READY for b in BACKENDS
+                    }
+                    info = views.TargetInfo.of(spec, readiness, detail)
+            infos.append(info)
+            lines.append(info.line(spec, (ws.targets_dir / name / "hints.md").is_file(), said))
+        listing = views.TargetList(program_md=str(program), targets=infos)
+        head = f"workspace {ws.root}; methodology: autoopt://program.md ({program})"
+        return _plain("\n".join([head, *lines]), listing)
 
     @mcp.tool(annotations=ACTS)
     @tool_errors
     async def build(
-        target: TargetName,
+        target: Annotated[str | None, Field(pattern=NAME_PATTERN, max_length=64)] = None,
         patch: Patch = None,
         base: Base = None,
         backend: Backend = "local",
         allow_constant_tuning: Annotated[
-            bool, Field(description="run a patch that only changes numbers anyway (recorded)")
+            bool, Field(description="numbers-only patch (recorded)")
         ] = False,
+        build_id: Annotated[str | None, Field(description="wait for this build instead")] = None,
         wait_s: WaitS = 40,
         ctx: Context | None = None,
-    ) -> views.BuildResult:
-        """Build the target at a base commit (default: the frontier), optionally with a patch,
-        in a fresh worktree. The patch must stay inside the target's editable scope. The
-        build outlives this server (any later one can deploy it) until idle for an hour.
-        A build still running after wait_s answers status=running: call get_build."""
+    ) -> Annotated[CallToolResult, views.BuildResult]:
+        """Build base + patch in a fresh worktree, kept an hour after last use. After wait_s:
+        status=running."""
+        if build_id is not None:
+            return _typed(await _wait_build(check_name(build_id, "build id"), wait_s, ctx))
+        if target is None:
+            raise ToolError("give target (to build) or build_id (to wait for a build)")
         spec = engine.spec(target)
         source = engine.source(spec)
         source.resolve(base)
@@ -153,18 +157,9 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
 
         engine.jobs.start(build_id, "build", target, work, render=lambda v: v.model_dump())
         record = await engine.jobs.wait_started(build_id, wait_s, forward(ctx))
-        return _build_answer(record)
+        return _typed(_build_answer(record))
 
-    @mcp.tool(annotations=READ_ONLY)
-    @tool_errors
-    async def get_build(
-        build_id: Annotated[str, Field(description="from build")],
-        wait_s: WaitS = 40,
-        ctx: Context | None = None,
-    ) -> views.BuildResult:
-        """A build by id, from this or an earlier server: waits up to wait_s for one still
-        running, then answers as build would have."""
-        check_name(build_id, "build id")
+    async def _wait_build(build_id: str, wait_s: float, ctx: Context | None) -> views.BuildResult:
         record = engine.jobs.get(build_id)
         if record is None:  # made before builds were jobs, or by run_ab: its build.json
             return _build_view(engine.get_build(build_id))
@@ -176,102 +171,92 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
     @mcp.tool(annotations=ACTS)
     @tool_errors
     async def deploy(
-        build_id: Annotated[str, Field(description="from build")],
-    ) -> views.DeployResult:
-        """Start a build (a service: on a free port, health-checked; a batch program: its
-        tree is prepared). It outlives this server, so a later session can use it; tear it
-        down with teardown when done (else it stops after an hour without use)."""
+        build_id: str,
+    ) -> Annotated[CallToolResult, views.DeployResult]:
+        """Start a build (a service: free port, health-checked); kept until teardown."""
         d = await engine.deploy(check_name(build_id, "build id"), kept=True)
-        return views.DeployResult(
-            deployment_id=d.id, build_id=d.build_id, kind=d.kind, endpoint=d.endpoint, pid=d.pid
-        )
+        return _typed(views.DeployResult(deployment_id=d.id, endpoint=d.endpoint, pid=d.pid))
 
     @mcp.tool(annotations=ACTS)
     @tool_errors
     async def run_workload(
-        deployment_id: Annotated[str, Field(description="from deploy")],
+        deployment_id: str,
         workload: Annotated[
             str | None,
             Field(
-                description="a targeted workload file in the target's folder, e.g. "
-                "'workload-ingest.sh'; omit for the target's own workload"
+                description="in the target's folder"
             ),
         ] = None,
-    ) -> views.WorkloadRun:
-        """Run the workload against a deployment once; returns its key=value metrics."""
+    ) -> Annotated[CallToolResult, views.WorkloadRun]:
+        """Run the workload once against a deployment; its metrics."""
         r = await engine.run_workload(check_name(deployment_id, "deployment id"), workload)
-        return views.WorkloadRun(
-            deployment_id=deployment_id,
+        return _typed(views.WorkloadRun(
             metrics=r.metrics,
             exit_code=r.exit_code,
             duration_s=r.duration_s,
             log_tail=r.log_tail,
-        )
+        ))
 
     @mcp.tool(annotations=STOPS)
     @tool_errors
     async def teardown(
-        deployment_id: Annotated[str | None, Field(description="from deploy")] = None,
-        build_id: Annotated[
-            str | None, Field(description="from build: remove the build (its deployments first)")
-        ] = None,
-    ) -> views.TeardownResult:
-        """Stop a deployment and remove what it started; or remove a build made with build
-        (tree and image), stopping its deployments first. Give one of the two ids."""
+        deployment_id: str | None = None,
+        build_id: str | None = None,
+    ) -> Annotated[CallToolResult, views.TeardownResult]:
+        """Stop a deployment, or remove a build and its deployments."""
         if (deployment_id is None) == (build_id is None):
             raise ToolError("give deployment_id (from deploy) or build_id (from build), not both")
         if deployment_id is not None:
             await engine.teardown(check_name(deployment_id, "deployment id"))
-            return views.TeardownResult(deployment_id=deployment_id, torn_down=True)
+            return _typed(views.TeardownResult(deployment_id=deployment_id, torn_down=True))
         stopped = await engine.remove_build(check_name(build_id, "build id"))  # type: ignore[arg-type]
-        return views.TeardownResult(build_id=build_id, torn_down=True, deployments=stopped)
+        return _typed(views.TeardownResult(build_id=build_id, torn_down=True, deployments=stopped))
 
     @mcp.tool(annotations=READ_ONLY)
     @tool_errors
     async def read_source(
         target: TargetName,
-        path: Annotated[str, Field(description="file path relative to the source root")],
+        path: str,
         start_line: Annotated[int, Field(ge=1)] = 1,
         end_line: Annotated[int, Field(ge=1)] = 200,
         revision: Base = None,
-    ) -> views.SourceText:
-        """Lines of a file in the target's source at a revision (default: the frontier)."""
+    ) -> Annotated[CallToolResult, views.SourceText]:
+        """Numbered lines of a source file (default revision: the frontier)."""
         spec = engine.spec(target)
         source = engine.source(spec)
         end = min(end_line, start_line + 999)
         text, total = source.read(path, start_line, end, revision)
-        return views.SourceText(
-            target=target,
-            path=path,
+        info = views.SourceText(
             revision=source.resolve(revision),
             start_line=start_line,
             end_line=min(end, total),
             total_lines=total,
-            text=text,
         )
+        head = f"{path} lines {start_line}-{info.end_line} of {total} @ {info.revision[:12]}"
+        return _plain(f"{head}\n{text}", info)
 
     @mcp.tool(annotations=READ_ONLY)
     @tool_errors
     async def search_source(
         target: TargetName,
         pattern: Annotated[
-            str, Field(description="an extended regular expression", min_length=1, max_length=500)
+            str, Field( min_length=1, max_length=500)
         ],
-        glob: Annotated[str | None, Field(description="limit to paths, e.g. '*.py'")] = None,
+        glob: str | None = None,
         revision: Base = None,
         limit: Annotated[int, Field(ge=1, le=500)] = 100,
-    ) -> views.SourceMatches:
-        """Search the target's source (git grep) at a revision; path:line:text per match."""
+    ) -> Annotated[CallToolResult, views.SourceMatches]:
+        """git grep the source: path:line:text per match."""
         spec = engine.spec(target)
         source = engine.source(spec)
         hits = source.search(pattern, glob, revision, limit + 1)
-        return views.SourceMatches(
-            target=target,
+        info = views.SourceMatches(
             revision=source.resolve(revision),
-            pattern=pattern,
-            matches=hits[:limit],
+            count=min(len(hits), limit),
             truncated=len(hits) > limit,
         )
+        more = f"\n(over {limit} matches: narrow the pattern or glob)" if info.truncated else ""
+        return _plain("\n".join(hits[:limit]) + more if hits else "no match", info)
 
     @mcp.tool(annotations=ACTS)
     @tool_errors
@@ -284,51 +269,47 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
             Field(
                 ge=3,
                 le=200,
-                description=("runs per arm; the methodology requires N >= 3 (5+ recommended)"),
+                description="per arm (N >= 3; 5+ advised)",
             ),
         ] = 5,
-        warmup: Annotated[int, Field(ge=0, le=10, description="discarded warmup pairs")] = 1,
+        warmup: Annotated[int, Field(ge=0, le=10)] = 1,
         backend: Backend = "local",
         order: Annotated[
             Order,
             Field(
-                description="abba (randomised ABBA/BAAB blocks), random (within pairs) or alternate"
+
             ),
         ] = "abba",
-        seed: Annotated[int | None, Field(description="schedule seed (recorded)")] = None,
+        seed: int | None = None,
         min_effect: Annotated[
             float | None,
             Field(
-                ge=0, description=("minimum worthwhile gain in %; default from target.md, else 1")
+                ge=0, description="%; default target.md's"
             ),
         ] = None,
         sequential: Annotated[
             bool,
             Field(
-                description=(
-                    "planned looks at 5/10/15/20 runs per arm (O'Brien-Fleming); runs is the cap"
-                )
+                description="may stop at 5/10/15/20 runs"
             ),
         ] = False,
         metric: Annotated[
             str | None,
-            Field(description="primary metric; default target.md's", pattern=r"^[A-Za-z_][\w.]*$"),
+            Field(pattern=r"^[A-Za-z_][\w.]*$"),
         ] = None,
         workload: Annotated[
-            str | None, Field(description=("a targeted workload file in the target's folder"))
+            str | None, Field(description="in the target's folder")
         ] = None,
         allow_constant_tuning: Annotated[
-            bool, Field(description="run a numeric-literal-only patch anyway (recorded)")
+            bool, Field(description="numbers-only patch (recorded)")
         ] = False,
         wait_s: WaitS = 40,
+        include_plot: IncludePlot = False,
         ctx: Context | None = None,
-    ) -> Annotated[CallToolResult, views.RunResult]:
-        """A/B benchmark of a patch against its base commit: both arms built from the same
-        commit, `runs` fresh-process runs per arm interleaved in randomised ABBA blocks, then
-        KEEP / DISCARD / INCONCLUSIVE from a 95% CI of the ratio plus the target's guardrails.
-        No patch = an A/A run (the noise floor). The run goes on in the server: still running
-        after wait_s, it answers status=running with its progress; get_run waits for the
-        decision. Cancelling this call before it answers stops the run (so does cancel_run)."""
+    ) -> Annotated[CallToolResult, RunView]:
+        """A/B of a patch vs its base commit in fresh-process ABBA runs: KEEP, DISCARD or
+        INCONCLUSIVE from a 95% CI and the guardrails. No patch: A/A. After wait_s:
+        status=running."""
         if runs < MIN_RUNS:  # the schema says so too; clients that skip it get this
             raise ToolError(f"runs={runs}: the minimum is {MIN_RUNS} runs per arm (N >= 3)")
         run = engine.prepare_ab(
@@ -348,34 +329,34 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         )
         engine.start_ab(run)
         await engine.jobs.wait_started(run.id, wait_s, forward(ctx))
-        return _run_answer(engine, run.id)
+        return _run_answer(engine, run.id, include_plot=include_plot)
 
     @mcp.tool(annotations=READ_ONLY)
     @tool_errors
     async def get_run(
-        run_id: Annotated[str, Field(description="from run_ab")],
+        run_id: str,
         wait_s: WaitS = 40,
+        detail: bool = False,
+        include_plot: IncludePlot = False,
         ctx: Context | None = None,
-    ) -> Annotated[CallToolResult, views.RunResult]:
-        """An A/B run by id, from this or an earlier server: waits up to wait_s for one still
-        running, then answers as run_ab would have (also for a cancelled or crashed run)."""
+    ) -> Annotated[CallToolResult, RunView]:
+        """Wait up to wait_s for an A/B run; answers as run_ab would."""
         check_name(run_id, "run id")
         engine.get_run(run_id)  # unknown ids fail here, naming the id
         if engine.jobs.get(run_id) is not None:
             await engine.jobs.wait(run_id, wait_s, forward(ctx))
-        return _run_answer(engine, run_id)
+        return _run_answer(engine, run_id, detail=detail, include_plot=include_plot)
 
     @mcp.tool(annotations=STOPS)
     @tool_errors
     async def cancel_run(
-        run_id: Annotated[str, Field(description="a run id (run_ab), profile id or build id")],
-    ) -> views.CancelResult:
-        """Stop a running job (an A/B run, a profile or a build), in this or another server on
-        the workspace, and tear down what it started. Samples so far are kept."""
+        run_id: Annotated[str, Field(description="run, profile or build id")],
+    ) -> Annotated[CallToolResult, views.CancelResult]:
+        """Stop a run, profile or build and tear down what it started; samples are kept."""
         record = await engine.cancel(check_name(run_id, "run id"))
-        return views.CancelResult(
+        return _typed(views.CancelResult(
             run_id=record.id, kind=record.kind, status=record.status, message=record.error or ""
-        )
+        ))
 
     @mcp.tool(
         annotations=ToolAnnotations(
@@ -387,13 +368,12 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
     )
     @tool_errors
     async def record_experiment(
-        run_id: Annotated[str, Field(description="from run_ab; the record is built from it")],
+        run_id: str,
         exp_id: Annotated[
             str,
             Field(
                 pattern=r"^[a-z0-9][a-z0-9._-]*$",
                 max_length=64,
-                description="a new experiment id, e.g. 'exp001'",
             ),
         ],
         description: Annotated[str, Field(min_length=1, max_length=500)],
@@ -402,24 +382,14 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
             str | None,
             Field(
                 max_length=20000,
-                description=("the profile evidence: function, stack, bytes, % of peak"),
             ),
         ] = None,
-        output_type: Annotated[
-            OutputType,
-            Field(
-                description=(
-                    "pr (a measured fix), issue (a design-level problem), report (a dead end)"
-                )
-            ),
-        ] = "pr",
+        output_type: OutputType = "pr",
         profile: Annotated[
             str | None,
             Field(
                 pattern=r"^[a-z0-9][a-z0-9._-]*$",
                 max_length=64,
-                description="label of a stored profile (the evidence): adds profile.sh and "
-                "its stacks to the record",
             ),
         ] = None,
         tag: Annotated[
@@ -427,15 +397,12 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
             Field(
                 pattern=r"^[a-z0-9][a-z0-9._-]*$",
                 max_length=32,
-                description="branch tag: autoopt/<target>/<tag>-<exp_id>",
             ),
         ] = "exp",
-    ) -> ExperimentRecord:
-        """Write results/<target>/<env>/<exp_id>/ from a finished run — scripts rendered from
-        what actually ran, metrics.log, diff.patch, README.md — and append its row to
-        results.tsv. There is no way to pass metrics: the server records what it measured.
-        A KEEP moves the frontier to the experiment's branch; a DISCARD does not."""
-        return engine.record(
+    ) -> Annotated[CallToolResult, views.RecordView]:
+        """Record a finished run: results/<target>/<env>/<exp_id>/ (scripts of what ran,
+        metrics, README) and results.tsv. KEEP moves the frontier."""
+        written = engine.record(
             check_name(run_id, "run id"),
             exp_id=exp_id,
             description=description,
@@ -445,18 +412,17 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
             tag=tag,
             profile=profile,
         )
+        return _plain(views.record_text(written), views.RecordView.of(written))
 
     @mcp.tool(annotations=READ_ONLY)
     @tool_errors
     async def experiment_status(
         target: TargetName,
-        env: Annotated[
-            str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="local | docker | kubernetes")
-        ] = "local",
-    ) -> ExperimentStatus:
-        """Where the loop stands (resume): frontier, candidates.md, the last results.tsv rows,
-        the latest profiles, and runs interrupted by a crash or a cancel."""
-        return engine.status(target, env)
+        env: Env = "local",
+    ) -> Annotated[CallToolResult, views.StatusView]:
+        """Resume: frontier, candidates, last results, profiles, interrupted runs."""
+        status = engine.status(target, env)
+        return _plain(views.status_text(status), views.StatusView.of(status))
 
     @mcp.tool(
         annotations=ToolAnnotations(
@@ -474,15 +440,14 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
             str,
             Field(
                 min_length=1,
-                description=("profile evidence: function, stack, bytes and % of the total"),
             ),
         ],
         root_cause: Annotated[str, Field(min_length=1)],
-        fix: Annotated[str, Field(min_length=1, description="the structural fix (not a constant)")],
+        fix: Annotated[str, Field(min_length=1)],
         targeted_workload: Annotated[str, Field(min_length=1)],
         env: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")] = "local",
     ) -> dict[str, str]:
-        """Append a Phase 2 candidate to results/<target>/<env>/candidates.md."""
+        """Append a Phase 2 candidate to candidates.md."""
         engine.spec(target)
         path = append_candidate(
             ws,
@@ -496,33 +461,45 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         )
         return {"candidates_file": path}
 
+    compact_tools(mcp)
     return mcp
 
 
-def _run_answer(engine: Engine, run_id: str) -> CallToolResult:
+def _run_answer(
+    engine: Engine, run_id: str, *, detail: bool = False, include_plot: bool = False
+) -> CallToolResult:
     """What run_ab answers for a run: the decision, or the job's progress; a job that
     failed is the tool error it would have been."""
     record = engine.jobs.get(run_id)
     if record is not None and record.status == "failed":
         raise ToolError(record.error or "the run failed")
     run = engine.get_run(run_id)
+    still = None
     if run.status == "running" and record is not None and not record.finished:
-        return run_result(run, still=still_running(record, "get_run", "run_id"))
-    return run_result(run)
+        still = still_running(record, "get_run", "run_id")
+    return run_result(run, still, detail=detail, include_plot=include_plot)
+
+
+def _typed(info: BaseModel) -> CallToolResult:
+    """A small typed answer, its JSON as the text; fields without a value are left out."""
+    return _plain(info.model_dump_json(exclude_none=True), info)
+
+
+def _plain(text: str, info: BaseModel) -> CallToolResult:
+    """Plain text for the model, and the small typed record beside it."""
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)],
+        structured_content=info.model_dump(mode="json", exclude_none=True),
+    )
 
 
 def _build_view(result: Build) -> views.BuildResult:
     return views.BuildResult(
         build_id=result.id,
         status="done",
-        target=result.target,
-        backend=result.backend,
-        base=result.base,
         commit=result.commit,
-        patch_sha256=result.patch_sha256,
         patch_files=result.patch_files,
         duration_s=result.duration_s,
-        log_tail=result.log_tail,
     )
 
 
@@ -532,64 +509,9 @@ def _build_answer(record: JobRecord) -> views.BuildResult:
     if record.finished:
         raise ToolError(f"build {record.id} {record.status}: {record.error}")
     return views.BuildResult(
-        build_id=record.id, status="running", target=record.target,
-        **still_running(record, "get_build", "build_id").model_dump(),
+        build_id=record.id, status="running",
+        **still_running(record, "build", "build_id").model_dump(),
     )
-
-
-def run_result(run: ABRun, still: StillRunning | None = None) -> CallToolResult:
-    """The structured view, a one-paragraph summary, and the picture when there is one."""
-    decision = run.report.decision if run.report else {}
-    values: dict[str, list[float | None]] = {"A": [], "B": []}
-    for sample in run.samples:
-        if not sample.warmup:
-            values[sample.arm].append(sample.metrics.get(run.metric) if sample.ok else None)
-    view = views.RunResult(
-        run_id=run.id,
-        target=run.target,
-        backend=run.backend,
-        status=run.status,
-        verdict=decision.get("verdict"),
-        reason=decision.get("reason"),  # type: ignore[arg-type]
-        seed_rule_keep=decision.get("seed_rule_keep"),  # type: ignore[arg-type]
-        warnings=decision.get("warnings", []),  # type: ignore[arg-type]
-        base=run.base,
-        commits=run.commits,
-        patch_sha256=run.patch_sha256,
-        patch_files=run.patch_files,
-        runs=run.runs,
-        warmup=run.warmup,
-        order=run.order,
-        seed=run.seed,
-        metric=run.metric,
-        direction=run.direction,
-        min_effect_pct=run.min_effect_pct,
-        values=values,
-        failed={
-            a: sum(1 for s in run.samples if s.arm == a and not s.ok and not s.warmup)
-            for a in ("A", "B")
-        },
-        report=run.report.model_dump(mode="json") if run.report else None,
-        error=run.error,
-        plot=run.plot,
-        progress=still.progress if still else None,
-        next_call=still.next_call if still else None,
-    )
-    if still:
-        summary = f"{run.id} [running] {still.progress}. Next: {still.next_call}"
-    else:
-        summary = (
-            f"{run.id} [{run.status}] {view.verdict or 'no decision'}: "
-            f"{view.reason or run.error or ''}"
-        )
-    content: list[TextContent | ImageContent] = [
-        TextContent(type="text", text=summary),
-        TextContent(type="text", text=view.model_dump_json()),
-    ]
-    if run.plot and Path(run.plot).is_file():
-        data = base64.b64encode(Path(run.plot).read_bytes()).decode()
-        content.append(ImageContent(type="image", data=data, mime_type="image/png"))
-    return CallToolResult(content=content, structured_content=view.model_dump(mode="json"))
 
 
 def _broken_names(ws: Workspace) -> list[str]:
@@ -603,10 +525,10 @@ def _broken_names(ws: Workspace) -> list[str]:
     )
 
 
-def _program_md(ws: Workspace) -> Path:
-    """The workspace's own program.md, else the one installed with autoopt."""
-    own = ws.root / "program.md"
-    return own if own.is_file() else Path(__file__).with_name("program.md")
+def _program_md(ws: Workspace, name: str = "program.md") -> Path:
+    """The workspace's own copy of a methodology file, else the one installed with autoopt."""
+    own = ws.root / name
+    return own if own.is_file() else Path(__file__).with_name(name)
 
 
 def _register_resources(mcp: MCPServer, ws: Workspace) -> None:
@@ -618,6 +540,15 @@ def _register_resources(mcp: MCPServer, ws: Workspace) -> None:
             path=program,
             mime_type="text/markdown",
             description="The methodology: read this first.",
+        )
+    )
+    mcp.add_resource(
+        FileResource(
+            uri="autoopt://program-reference.md",
+            name="program-reference.md",
+            path=_program_md(ws, "program-reference.md"),
+            mime_type="text/markdown",
+            description="The methodology's reference: reading a run_ab report, lessons, layout.",
         )
     )
 
@@ -654,6 +585,22 @@ def _register_resources(mcp: MCPServer, ws: Workspace) -> None:
             raise TargetNotFound(f"no experiment {exp_id} for {target}/{env}")
         return path.read_text(encoding="utf-8")
 
+    @mcp.resource("autoopt://runs/{run_id}/run.json", mime_type="application/json")
+    def run_json(run_id: str) -> str:
+        """An A/B run in full: every sample, every metric's statistics, the commands."""
+        path = ws.state_dir / "runs" / check_name(run_id, "run id") / "run.json"
+        if not path.is_file():
+            raise TargetNotFound(f"no run {run_id} in this workspace")
+        return path.read_text(encoding="utf-8")
+
+    @mcp.resource("autoopt://runs/{run_id}/plot.png", mime_type="image/png")
+    def run_plot(run_id: str) -> bytes:
+        """The picture of an A/B run: each arm's values in run order."""
+        path = ws.state_dir / "runs" / check_name(run_id, "run id") / "plot.png"
+        if not path.is_file():
+            raise TargetNotFound(f"no picture for run {run_id} (it has no decision yet)")
+        return path.read_bytes()
+
     @mcp.resource("autoopt://targets/{name}/hints.md", mime_type="text/markdown")
     def hints_md(name: str) -> str:
         """Domain hints for a target."""
@@ -668,7 +615,8 @@ def _register_prompts(mcp: MCPServer) -> None:
         return (
             f"Optimize the target '{target}'{chosen}, following autoopt://program.md.\n"
             f"1. Read autoopt://program.md, autoopt://targets/{target}/target.md and "
-            f"autoopt://targets/{target}/hints.md.\n"
+            f"autoopt://targets/{target}/hints.md; autoopt://program-reference.md explains "
+            "run_ab's report and the seed's lessons when you need them.\n"
             f"2. Call experiment_status(target='{target}', env='local') to resume, or start "
             "with a baseline.\n"
             "3. Profile (profile_memory / profile_cpu) before reading code; read only the code "

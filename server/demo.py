@@ -72,7 +72,7 @@ WAITERS = {
     "run_ab": ("get_run", "run_id"),
     "profile_memory": ("get_profile", "profile_id"),
     "profile_cpu": ("get_profile", "profile_id"),
-    "build": ("get_build", "build_id"),
+    "build": ("build", "build_id"),
 }
 
 
@@ -120,7 +120,8 @@ def prepare_workspace(dest: Path | None) -> Path:
     shutil.copytree(
         REPO / "targets", root / "targets", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
     )
-    shutil.copy2(REPO / "program.md", root / "program.md")
+    for name in ("program.md", "program-reference.md"):
+        shutil.copy2(REPO / name, root / name)
     return root
 
 
@@ -154,12 +155,8 @@ async def demo(
                           "structured": len(json.dumps({"tools": tools}))})
         say(f"autoopt demo: workspace {root}, backend {backend}, {runs} runs per arm")
         targets = await s.call("list_targets")
-        spec = next(t for t in targets["targets"] if t["name"] == "pyserver")["spec"]
-        say(
-            f"[setup] pyserver: {spec['primary']['name']} ({spec['primary']['direction']} is "
-            f"better), editable {spec['scope']['editable']}, "
-            f"{len(spec['guardrails'])} guardrails"
-        )
+        info = next(t for t in targets["targets"] if t["name"] == "pyserver")
+        say(f"[setup] pyserver: {info['metric']}, editable {info['editable']}")
         say("[phase 0] workload check: build, deploy, one workload run, teardown")
         build = await s.call("build", target="pyserver", backend=backend)
         dep = await s.call("deploy", build_id=build["build_id"])
@@ -170,12 +167,10 @@ async def demo(
         prof = await s.call("profile_memory", target="pyserver", label="baseline", backend=backend)
         for line in prof["top"][:3]:
             say(f"    {line}")
-        top = prof["top_paths"][0]
         say("[phase 2] candidates from the profile")
         for exp_id, _, _, description, hypothesis in EXPERIMENTS:
             evidence = (
-                f"top path at the peak: {' > '.join(f.split(' (')[0] for f in top['frames'][-6:])}"
-                f" = {top['pct']:.1f}% of the peak"
+                f"top path at the peak: {prof['top'][0]}"
                 if exp_id == "exp001"
                 else "profile_cpu / latency: see hints.md"
             )
@@ -231,24 +226,17 @@ async def demo(
                     before="baseline",
                     after="after-exp001",
                 )
-                pct = diff["delta_total_pct"]
-                say(
-                    f"    heap at the peak: {diff['before_total'] / 2**20:.1f} MiB -> "
-                    f"{diff['after_total'] / 2**20:.1f} MiB ({pct:+.1f}%)"
-                    if pct is not None
-                    else "    (no total to compare)"
-                )
+                say(f"    heap at the peak: {diff['total']}")
     return rows
 
 
 def _row(exp_id: str, result: dict[str, Any]) -> dict[str, Any]:
-    primary = ((result.get("report") or {}).get("decision") or {}).get("primary") or {}
     return {
         "exp_id": exp_id,
         "metric": result["metric"],
         "verdict": result["verdict"],
-        "change": primary.get("change_pct"),
-        "ci": (primary.get("ci_low"), primary.get("ci_high")),
+        "change": result.get("change_pct"),
+        "ci": result.get("ci_pct") or (None, None),
     }
 
 
@@ -261,7 +249,7 @@ def summary(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         change = "-" if r["change"] is None else f"{r['change']:+.1f}%"
         lo, hi = r["ci"]
-        ci = "-" if lo is None else f"{(lo - 1) * 100:+.1f}% .. {(hi - 1) * 100:+.1f}%"
+        ci = "-" if lo is None else f"{lo:+.1f}% .. {hi:+.1f}%"
         out.append(f"| {r['exp_id']} | {r['metric']} | {r['verdict']} | {change} | {ci} |")
     return "\n".join(out)
 

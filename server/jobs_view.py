@@ -14,12 +14,7 @@ MAX_WAIT_S = 50
 
 WaitS = Annotated[
     float,
-    Field(
-        ge=0,
-        le=MAX_WAIT_S,
-        description="seconds to wait for the result before answering status=running "
-        f"(0 to {MAX_WAIT_S}; clients give up on a call after about 60 s)",
-    ),
+    Field(ge=0, le=MAX_WAIT_S),
 ]
 
 

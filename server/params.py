@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from mcp_types import ToolAnnotations
 from pydantic import Field
@@ -19,10 +19,6 @@ STOPS = ToolAnnotations(
     read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
 )
 
-TargetName = Annotated[
-    str,
-    Field(description="a target folder name, e.g. 'pyserver'", pattern=NAME_PATTERN, max_length=64),
-]
-Backend = Annotated[
-    str, Field(description="local | docker | kubernetes", pattern=r"^(local|docker|kubernetes)$")
-]
+TargetName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
+Backend = Literal["local", "docker", "kubernetes"]
+Env = Annotated[str, Field(pattern=NAME_PATTERN)]

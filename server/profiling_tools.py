@@ -7,7 +7,7 @@ import base64
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import uuid4
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -17,10 +17,10 @@ from pydantic import BaseModel, Field
 
 from autoopt.server.errors import tool_errors
 from autoopt.server.jobs_view import WaitS, forward, notes, still_running
-from autoopt.server.params import ACTS, READ_ONLY, Backend, TargetName
+from autoopt.server.params import ACTS, READ_ONLY, Backend, Env, TargetName
 from autoopt.server.progress import Note
 from autoopt.tools.engine import Engine
-from autoopt.tools.errors import NotFound
+from autoopt.tools.errors import AutooptError, NotFound
 from autoopt.tools.jobs import JobRecord, Report
 from autoopt.tools.journal import Step
 from autoopt.tools.profiling import run as profiling
@@ -32,35 +32,31 @@ from autoopt.tools.workspace import Workspace, check_name
 Label = Annotated[
     str | None,
     Field(
-        description="profile name, stored as results/<target>/<env>/profiles/<label>-*; e.g. "
-        "'baseline' (the methodology's baseline-stacks.txt). Default: mem-/cpu-<time>",
+
         pattern=r"^[a-z0-9][a-z0-9._-]*$",
         max_length=64,
     ),
 ]
-DeploymentId = Annotated[
-    str | None,
-    Field(description="profile a running deployment (from deploy) instead of building one"),
-]
+DeploymentId = Annotated[str | None, Field(description="profile it instead of building")]
 Patch = Annotated[
     str | None,
     Field(
-        description="a unified diff applied on the frontier before building (not with "
-        "deployment_id)"
+        description="diff on the frontier"
     ),
 ]
+TopN = Annotated[int, Field(ge=1, le=20)]
+IncludeFlamegraph = bool
 Workload = Annotated[
     str | None,
     Field(
-        description="a targeted workload file in the target's folder, e.g. 'workload-process.sh'; "
-        "omit for the target's own workload"
+        description="in the target's folder"
     ),
 ]
 
 
-class ProfileView(BaseModel):
-    """A profile's summary: the tool, the top tables, the files and the commands. While
-    the profile is still running, only the id, status, progress and next call are set."""
+class ProfileFull(BaseModel):
+    """A profile in full: the tool, the top tables, the files and the commands (what a
+    job stores, and what get_profile(detail=true) returns in `full`)."""
 
     profile_id: str = Field(description="the job id: get_profile / cancel_run take it")
     status: str = Field(description="done, or running (then call next_call)")
@@ -109,15 +105,117 @@ class ProfileView(BaseModel):
     next_call: str | None = Field(None, description="while running: the call that waits")
 
 
+class ProfileView(BaseModel):
+    """A profile, answer first: the top paths as lines. While it runs, only the id, status,
+    progress and next call are set; `full` only with detail=true."""
+
+    profile_id: str = Field(description="get_profile / cancel_run take it")
+    status: str = Field(description="done, or running (then call next_call)")
+    label: str | None = None
+    total: str | None = Field(None, description="bytes at the peak, or samples")
+    top: list[str] = Field(
+        default_factory=list,
+        description="per top path: % of total, value, leaf < the target's own frames",
+    )
+    progress: str | None = None
+    next_call: str | None = None
+    full: dict[str, Any] | None = None
+
+
+def _trimmed(frames: list[str], own: set[str], keep: int = 4) -> str:
+    """The leaf, then the nearest frames in the target's own files (file:line), leaf first."""
+    leaf_first = list(reversed(frames))
+    mine = [f for f in leaf_first[1:] if _file_of(f) in own][:keep]
+    shown = [leaf_first[0], *mine] if mine else leaf_first[: keep + 1]
+    return " < ".join(shown)
+
+
+def _file_of(label: str) -> str:
+    inside = label.rsplit(" (", 1)[-1].rstrip(")") if label.endswith(")") else ""
+    return inside.split(":")[0]
+
+
+def _lean(record_result: dict[str, Any], own: set[str], n: int) -> ProfileView:
+    full = ProfileFull.model_validate(record_result)
+    unit = full.unit or ""
+    top = [
+        f"#{e.rank} {e.pct:.1f}% {human_value(e.value, unit)}: "  # type: ignore[arg-type]
+        f"{_trimmed(e.frames, own)}"
+        for e in full.top_paths[:n]
+    ]
+    return ProfileView(
+        profile_id=full.profile_id,
+        status=full.status,
+        label=full.label,
+        total=human_value(full.total, unit) if full.total is not None else None,  # type: ignore[arg-type]
+        top=top,
+    )
+
+
+def _text(view: ProfileView, full: ProfileFull) -> str:
+    hwm = full.memory.vm_hwm_mb if full.memory else None
+    head = (f"{view.profile_id} {view.label}: {full.measure} ({full.tool}), total {view.total}"
+            + (f", VmHWM {hwm:.1f} MB" if hwm is not None else "")
+            + ("" if full.complete else ", INCOMPLETE"))
+    lines = [head, *view.top, *(f"Note: {n}" for n in full.notes)]
+    stacks = f"autoopt://profiles/{full.target}/{full.env}/{full.label}/stacks.txt"
+    lines.append(f"Detail: get_profile(profile_id='{view.profile_id}', detail=true) or "
+                 f"{stacks}" + (f"; flame graph {full.resource_uri}" if full.resource_uri
+                                else ""))
+    return "\n".join(lines)
+
+
+class DiffView(BaseModel):
+    """Two profiles compared: the totals, then one line per changed path."""
+
+    before: str
+    after: str
+    total: str = Field(description="before -> after (signed change)")
+    changes: list[str] = Field(description="per path: change, delta, before -> after, frames")
+    counts: dict[str, int] = Field(description="paths grown / shrunk / appeared / disappeared")
+    warnings: list[str] = Field(default_factory=list)
+    full: dict[str, Any] | None = None
+
+
+def _diff_view(d: ProfileDiff, own: set[str], n: int) -> DiffView:
+    def v(x: float) -> str:
+        return human_value(abs(x), d.unit)
+
+    def signed(x: float) -> str:
+        return ("+" if x >= 0 else "-") + v(x)
+
+    pct = f", {d.delta_total_pct:+.1f}%" if d.delta_total_pct is not None else ""
+    return DiffView(
+        before=d.before,
+        after=d.after,
+        total=f"{v(d.before_total)} -> {v(d.after_total)} ({signed(d.delta_total)}{pct})",
+        changes=[
+            f"{e.change} {signed(e.delta)} ({v(e.before)} -> {v(e.after)}): "
+            f"{_trimmed(e.frames, own) if e.frames else e.key}"
+            for e in d.paths[:n]
+        ],
+        counts=d.counts,
+        warnings=d.warnings,
+    )
+
+
+def _diff_text(view: DiffView) -> str:
+    counts = ", ".join(f"{k} {c}" for k, c in view.counts.items() if c)
+    lines = [f"{view.before} -> {view.after}: {view.total}; paths {counts}"]
+    lines += [*(f"Warning: {w}" for w in view.warnings), *view.changes]
+    lines.append("Detail: diff_profiles(..., detail=true)")
+    return "\n".join(lines)
+
+
 def _line(e: PathEntry, unit: str) -> str:
     leaf = " < ".join(reversed(e.frames[-4:]))
     return f"#{e.rank} {e.pct:.1f}% {human_value(e.value, unit)}: {leaf}"  # type: ignore[arg-type]
 
 
-def _view(profile_id: str, r: profiling.ProfileRun) -> ProfileView:
+def _view(profile_id: str, r: profiling.ProfileRun) -> ProfileFull:
     p = r.profile
     png = r.files.get("flamegraph")
-    return ProfileView(
+    return ProfileFull(
         profile_id=profile_id,
         status="done",
         label=p.label,
@@ -154,32 +252,46 @@ def _view(profile_id: str, r: profiling.ProfileRun) -> ProfileView:
     )
 
 
-def _answer(record: JobRecord) -> CallToolResult:
-    """What the profiling tool answers for its job: the profile, or its progress; a job
+def _answer(
+    record: JobRecord,
+    own: set[str],
+    *,
+    n: int = 5,
+    detail: bool = False,
+    include_flamegraph: bool = False,
+) -> CallToolResult:
+    """What the profiling tool answers for its job: the top paths, or its progress; a job
     that failed is the tool error it would have been."""
     if record.status == "done" and record.result:
-        view = ProfileView.model_validate(record.result)
+        view = _lean(record.result, own, n)
+        if detail:
+            view.full = record.result
+        text = _text(view, ProfileFull.model_validate(record.result))
     elif record.finished:
         raise ToolError(f"{record.kind} {record.id} {record.status}: {record.error}")
     else:
         still = still_running(record, "get_profile", "profile_id")
-        view = ProfileView(
-            profile_id=record.id, status="running", target=record.target, **still.model_dump()
-        )
+        view = ProfileView(profile_id=record.id, status="running", **still.model_dump())
         text = f"{record.id} [running] {still.progress}. Next: {still.next_call}"
-        return CallToolResult(
-            content=[TextContent(type="text", text=text)],
-            structured_content=view.model_dump(mode="json"),
-        )
-    png = view.flamegraph
-    content: list[TextContent | ImageContent] = [
-        TextContent(type="text", text=view.table),
-        TextContent(type="text", text=view.model_dump_json()),
-    ]
-    if png and Path(png).is_file():
+    content: list[TextContent | ImageContent] = [TextContent(type="text", text=text)]
+    png = (record.result or {}).get("flamegraph")
+    if include_flamegraph and png and Path(png).is_file():
         data = base64.b64encode(Path(png).read_bytes()).decode()
         content.append(ImageContent(type="image", data=data, mime_type="image/png"))
-    return CallToolResult(content=content, structured_content=view.model_dump(mode="json"))
+    structured = view.model_dump(mode="json", exclude_none=True)
+    return CallToolResult(content=content, structured_content=structured)
+
+
+def _own_files(engine: Engine, target: str) -> set[str]:
+    """Basenames of the target's source files: the frames the agent can change."""
+    from autoopt.tools.source import git
+
+    try:
+        source = engine.source(engine.spec(target))
+        names = git(source.repo, "ls-tree", "-r", "--name-only", source.frontier())
+    except AutooptError:
+        return set()
+    return {Path(n).name for n in names.split()}
 
 
 def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
@@ -191,6 +303,8 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         wait_s: float,
         ctx: Context | None,
         work: Callable[[Note], Awaitable[profiling.ProfileRun]],
+        n: int,
+        include_flamegraph: bool,
     ) -> CallToolResult:
         engine.spec(target)  # an unknown target fails now, not in the job
         profile_id = f"prof-{time.strftime('%Y%m%d-%H%M%S')}-{uuid4().hex[:6]}"
@@ -202,7 +316,9 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
             profile_id, kind, target, job,
             render=lambda r: _view(profile_id, r).model_dump(mode="json"),
         )
-        return _answer(await engine.jobs.wait_started(profile_id, wait_s, forward(ctx)))
+        record = await engine.jobs.wait_started(profile_id, wait_s, forward(ctx))
+        return _answer(record, _own_files(engine, target), n=n,
+                       include_flamegraph=include_flamegraph)
 
     @mcp.tool(annotations=ACTS)
     @tool_errors
@@ -215,25 +331,17 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         tool: Annotated[
             profiling.MemoryTool,
             Field(
-                description=(
-                    "auto: memray for Python (tracemalloc only where memray cannot run); for "
-                    "native code jemalloc's own heap profiler when the program runs on jemalloc "
-                    "(linked, preloaded or built in), else heaptrack; jemalloc on a native program "
-                    "without it preloads Debian's libjemalloc (sampled stacks; VmHWM is then "
-                    "jemalloc's); procfs: /proc readings only"
-                )
+                description="auto: by language and allocator; procfs: /proc only"
             ),
         ] = "auto",
         backend: Backend = "local",
         wait_s: WaitS = 40,
+        top: TopN = 5,
+        include_flamegraph: IncludeFlamegraph = False,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, ProfileView]:
-        """Phase 1: which function holds the memory at the PEAK, through which stack, how many
-        bytes and what % of the peak. Builds the target (frontier + optional patch), starts
-        it under the profiler, resets VmHWM, runs the workload, reads VmHWM / VmRSS /
-        smaps_rollup, tears down. Stores <label>-stacks.txt (top-10 paths), folded stacks,
-        speedscope JSON and a flame graph PNG under results/<target>/<env>/profiles/.
-        Still running after wait_s: answers status=running; get_profile waits for it."""
+        """Which stacks hold the memory at the PEAK (bytes, % of peak): builds, runs the
+        workload under a profiler, stores the stacks. After wait_s: status=running."""
         return await run_as_job(
             "profile_memory",
             target,
@@ -250,6 +358,8 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
                 backend=backend,
                 progress=note,
             ),
+            top,
+            include_flamegraph,
         )
 
     @mcp.tool(annotations=ACTS)
@@ -263,19 +373,17 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         tool: Annotated[
             profiling.CpuTool,
             Field(
-                description=(
-                    "auto: py-spy for Python (the real Python pid), perf cpu-clock for native"
-                )
+                description="auto: py-spy (Python), perf (native)"
             ),
         ] = "auto",
         backend: Backend = "local",
-        rate_hz: Annotated[int, Field(ge=10, le=2000, description="samples per second")] = 100,
+        rate_hz: Annotated[int, Field(ge=10, le=2000)] = 100,
         wait_s: WaitS = 40,
+        top: TopN = 5,
+        include_flamegraph: IncludeFlamegraph = False,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, ProfileView]:
-        """Where CPU time goes under the workload: sampled stacks (py-spy for Python, perf
-        for native), the top functions by self and total samples, folded stacks, speedscope
-        JSON and a flame graph PNG. Same build/deploy/teardown and wait_s as profile_memory."""
+        """Where CPU time goes under the workload (sampled stacks); as profile_memory."""
         return await run_as_job(
             "profile_cpu",
             target,
@@ -293,19 +401,25 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
                 rate_hz=rate_hz,
                 progress=note,
             ),
+            top,
+            include_flamegraph,
         )
 
     @mcp.tool(annotations=READ_ONLY)
     @tool_errors
     async def get_profile(
-        profile_id: Annotated[str, Field(description="from profile_memory or profile_cpu")],
+        profile_id: str,
         wait_s: WaitS = 40,
+        top: TopN = 5,
+        detail: bool = False,
+        include_flamegraph: IncludeFlamegraph = False,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, ProfileView]:
-        """A profile by id, from this or an earlier server: waits up to wait_s for one still
-        running, then answers as profile_memory / profile_cpu would have."""
-        engine.jobs.require(check_name(profile_id, "profile id"), "profile")
-        return _answer(await engine.jobs.wait(profile_id, wait_s, forward(ctx)))
+        """Wait up to wait_s for a profile; answers as the profiling call would."""
+        record = engine.jobs.require(check_name(profile_id, "profile id"), "profile")
+        record = await engine.jobs.wait(profile_id, wait_s, forward(ctx))
+        return _answer(record, _own_files(engine, record.target), n=top, detail=detail,
+                       include_flamegraph=include_flamegraph)
 
     @mcp.tool(annotations=READ_ONLY)
     @tool_errors
@@ -314,20 +428,36 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         before: Annotated[
             str,
             Field(
-                description="label of the earlier profile, e.g. baseline",
+
                 pattern=r"^[a-z0-9][a-z0-9._-]*$",
             ),
         ],
         after: Annotated[
-            str, Field(description="label of the later profile", pattern=r"^[a-z0-9][a-z0-9._-]*$")
+            str, Field( pattern=r"^[a-z0-9][a-z0-9._-]*$")
         ],
-        env: Annotated[
-            str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="local | docker | kubernetes")
-        ] = "local",
-    ) -> ProfileDiff:
-        """Compare two stored profiles: call paths that grew, shrank, appeared or disappeared
-        (signed bytes or samples), the same for functions (inclusive), and the totals."""
-        return profiling.diff_profiles(engine, target, env, before, after)
+        env: Env = "local",
+        top: TopN = 8,
+        detail: bool = False,
+    ) -> Annotated[CallToolResult, DiffView]:
+        """Two stored profiles compared: totals, then the paths that changed most."""
+        d = profiling.diff_profiles(engine, target, env, before, after)
+        view = _diff_view(d, _own_files(engine, target), top)
+        if detail:
+            view.full = d.model_dump(mode="json")
+        return CallToolResult(
+            content=[TextContent(type="text", text=_diff_text(view))],
+            structured_content=view.model_dump(mode="json", exclude_none=True),
+        )
+
+    @mcp.resource("autoopt://profiles/{target}/{env}/{label}/stacks.txt", mime_type="text/plain")
+    def stacks_txt(target: str, env: str, label: str) -> str:
+        """A stored profile's top-10 paths (every frame) and its top functions tables."""
+        path = store.file_of(
+            ws, check_name(target, "target name"), check_name(env, "env"), label, "stacks"
+        )
+        if not path.is_file():
+            raise NotFound(f"no profile {label} of {target}/{env}")
+        return path.read_text(encoding="utf-8")
 
     @mcp.resource("autoopt://profiles/{target}/{env}/{label}/flamegraph.png", mime_type="image/png")
     def flamegraph_png(target: str, env: str, label: str) -> bytes:

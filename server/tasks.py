@@ -1,7 +1,7 @@
 """MCP tasks over the server's jobs: run_ab, profile_memory, profile_cpu and build.
 
 A task is a job (tools/jobs.py) seen through the protocol: the task id is the job id, its
-status is the job record's, and its result is what get_run / get_profile / get_build answer
+status is the job record's, and its result is what get_run / get_profile / build(build_id) answer
 for it. Nothing is stored beside the job records, so any server process on the workspace
 can answer for a task another one created.
 
@@ -91,7 +91,7 @@ JOB_TOOLS: dict[str, JobTool] = {
     "run_ab": JobTool("run_id", "get_run"),
     "profile_memory": JobTool("profile_id", "get_profile"),
     "profile_cpu": JobTool("profile_id", "get_profile"),
-    "build": JobTool("build_id", "get_build"),
+    "build": JobTool("build_id", "build"),
 }
 
 # (ctx, tool name, arguments) -> exactly what tools/call would answer (no interceptors).

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from mcp.server.mcpserver import MCPServer
-from mcp_types import ToolAnnotations
-from pydantic import Field
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field
 
 from autoopt.server.errors import tool_errors
 from autoopt.tools import trace_log
 from autoopt.tools.engine import Engine
 from autoopt.tools.errors import NotFound
+from autoopt.tools.profiling.model import Unit, human_value
 from autoopt.tools.trace_log import (
     DEFAULT_TIMEOUT_S,
     MAX_LIMIT,
@@ -31,9 +32,12 @@ QUERIES = ToolAnnotations(
 
 
 def live_endpoints(engine: Engine, target: str) -> list[LiveEndpoint]:
-    """The target's running deployments with an HTTP endpoint, newest first."""
+    """The target's running deployments with an HTTP endpoint (of any server on the
+    workspace), newest first."""
     out = []
-    for dep in sorted(engine.deployments.values(), key=lambda d: -d.started):
+    live = {e.deployment.id: e.deployment for e in engine.registry.entries().values()}
+    live.update(engine.deployments)
+    for dep in sorted(live.values(), key=lambda d: -d.started):
         if dep.target != target or not dep.endpoint:
             continue
         try:
@@ -53,8 +57,7 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         target: Annotated[
             str | None,
             Field(
-                description="the target (e.g. 'clickhouse'): its live deployment is queried and "
-                "the stacks are stored as its profile",
+                description="stored as its profile",
                 pattern=r"^[a-z0-9][a-z0-9._-]*$",
                 max_length=64,
             ),
@@ -62,36 +65,22 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         url: Annotated[
             str | None,
             Field(
-                description="http(s)://host:port of a ClickHouse server (credentials from "
-                "AUTOOPT_CLICKHOUSE_USER/_PASSWORD), or chdb://<dir> for a chdb "
-                "session directory inside the workspace; default: the target's "
-                "deployment, else AUTOOPT_CLICKHOUSE_URL",
+                description="http(s)://host:port or chdb://<dir>",
                 max_length=500,
             ),
         ] = None,
-        trace_type: Annotated[
-            TraceType,
-            Field(
-                description="Memory (allocations crossing memory_profiler_step), MemorySample, "
-                "MemoryPeak, CPU, Real or JemallocSample"
-            ),
-        ] = "Memory",
+        trace_type: TraceType = "Memory",
         since: Annotated[
             str | None,
-            Field(
-                description="ISO datetime, inclusive (UTC unless it has an offset)", max_length=40
-            ),
+            Field( max_length=40),
         ] = None,
         until: Annotated[
             str | None,
-            Field(
-                description="ISO datetime, exclusive (UTC unless it has an offset)", max_length=40
-            ),
+            Field(max_length=40),
         ] = None,
         query_id: Annotated[
             str | None,
             Field(
-                description="only this query's traces",
                 pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
                 max_length=128,
             ),
@@ -99,7 +88,7 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         query_like: Annotated[
             str | None,
             Field(
-                description="only queries whose text matches this LIKE pattern (query_log)",
+                description="LIKE on the query",
                 min_length=1,
                 max_length=500,
             ),
@@ -109,40 +98,30 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
             Field(
                 ge=1,
                 le=MAX_LIMIT,
-                description=(
-                    f"top stacks returned (at most {MAX_LIMIT}; the stored profile keeps up to "
-                    f"{trace_log.STORE_LIMIT})"
-                ),
             ),
         ] = 20,
-        memory_context: Annotated[
-            MemoryContext | None,
-            Field(description="only one memory-tracker level (Process = the query)"),
-        ] = None,
+        memory_context: MemoryContext | None = None,
         database: Annotated[
             str,
             Field(
-                description="database holding trace_log and query_log (a copy, e.g. in chdb)",
                 pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
                 max_length=64,
             ),
         ] = "system",
         lines: Annotated[
             bool,
-            Field(description="also resolve file:line (addressToLine; slow on big debug builds)"),
+            Field(description="resolve file:line (slow)"),
         ] = False,
         timeout_s: Annotated[
             int,
             Field(
                 ge=1,
                 le=MAX_TIMEOUT_S,
-                description=("server-side max_execution_time; the client waits 5 s longer"),
             ),
         ] = DEFAULT_TIMEOUT_S,
         label: Annotated[
             str | None,
             Field(
-                description="profile label (default tracelog-<type>); diff two labels to compare",
                 pattern=r"^[a-z0-9][a-z0-9._-]*$",
                 max_length=64,
             ),
@@ -150,17 +129,14 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         env: Annotated[
             str | None,
             Field(
-                description="results environment (default: the deployment's backend, else local)",
                 pattern=r"^[a-z0-9][a-z0-9._-]*$",
                 max_length=32,
             ),
         ] = None,
-    ) -> TraceLogResult:
-        """Top stacks from ClickHouse's system.trace_log (symbolized with addressToSymbol),
-        with bytes or samples, % of the selection's total, the share of frames that did not
-        symbolize, and per-query peak memory from system.query_log. With a target, the stacks
-        are stored as its profile (results/<target>/<env>/profiles/<label>-*), so two runs
-        diff like any other profile."""
+        detail: bool = False,
+    ) -> Annotated[CallToolResult, TraceLogView]:
+        """Top stacks of ClickHouse's system.trace_log with % of total, and per-query peak
+        memory; with a target, stored as its profile."""
         req = trace_log.validate(
             trace_type,
             database=database,
@@ -177,8 +153,54 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         if target:
             engine.spec(target)  # an unknown target is a clear error before any connection
             live = live_endpoints(engine, target)
-        return await anyio.to_thread.run_sync(
+        result = await anyio.to_thread.run_sync(
             lambda: trace_log.query_trace_log(
                 ws, req, url=url, target=target, live=live, env=env, label=label
             )
         )
+        view = _view(result, detail)
+        return CallToolResult(
+            content=[TextContent(type="text", text=_text(view, result))],
+            structured_content=view.model_dump(mode="json", exclude_none=True),
+        )
+
+
+class TraceLogView(BaseModel):
+    """The answer first: one line per top stack; `full` only with detail=true."""
+
+    endpoint: str
+    total: str
+    stacks: list[str]
+    queries: list[str] = Field(default_factory=list)
+    profile_label: str | None = None
+    notes: list[str] = Field(default_factory=list)
+    full: dict[str, Any] | None = None
+
+
+def _view(r: TraceLogResult, detail: bool) -> TraceLogView:
+    unit: Unit = r.unit
+
+    def v(x: float) -> str:
+        return human_value(x, unit)
+
+    return TraceLogView(
+        endpoint=r.endpoint,
+        total=v(r.total),
+        stacks=[f"#{s.rank} {s.percent:.1f}% {v(s.value)}: "
+                + " < ".join([s.leaf, *list(reversed(s.frames[:-1]))[:4]])
+                for s in r.stacks],
+        queries=[f"{q.query_id}: {v(q.value)}"
+                 + (f", peak {q.peak_memory_mb:.0f} MB" if q.peak_memory_mb is not None else "")
+                 + (f": {q.query[:80]}" if q.query else "") for q in r.queries[:5]],
+        profile_label=r.profile_label,
+        notes=r.notes,
+        full=r.model_dump(mode="json") if detail else None,
+    )
+
+
+def _text(view: TraceLogView, r: TraceLogResult) -> str:
+    head = (f"{view.endpoint}: {r.measure}, total {view.total} in {r.rows} rows; "
+            f"{r.symbolization.unresolved_share:.0%} of frames unresolved")
+    label = [f"Stored as profile {view.profile_label}"] if view.profile_label else []
+    return "\n".join([head, *view.stacks, *view.queries, *label,
+                      *(f"Note: {n}" for n in view.notes)])

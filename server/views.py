@@ -2,27 +2,62 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
+from autoopt.tools.record import ExperimentRecord
+from autoopt.tools.status import ExperimentStatus, InterruptedRun
 from autoopt.tools.targets import TargetSpec
 
-
-class Readiness(BaseModel):
-    available: bool
-    reason: str | None = None
+READY = "ready"
 
 
 class TargetInfo(BaseModel):
+    """A target in brief (the text adds guardrails and workload); `spec`, the whole parsed
+    target.md, only with detail=true."""
+
     name: str
     valid: bool
     error: str | None = Field(None, description="why target.md did not parse")
-    spec: TargetSpec | None = None
-    readiness: dict[str, Readiness] = Field(default_factory=dict)
-    has_hints: bool = False
+    metric: str | None = Field(None, description="primary metric (direction, unit)")
+    editable: list[str] = Field(default_factory=list)
+    readiness: dict[str, str] = Field(
+        default_factory=dict, description="backend -> 'ready' or why not"
+    )
+    spec: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, spec: TargetSpec, readiness: dict[str, str], detail: bool) -> TargetInfo:
+        unit = f", {spec.primary.unit}" if spec.primary.unit else ""
+        return cls(
+            name=spec.name,
+            valid=True,
+            metric=f"{spec.primary.name} ({spec.primary.direction} is better{unit})",
+            editable=spec.scope.editable,
+            readiness=readiness,
+            spec=spec.model_dump(mode="json") if detail else None,
+        )
+
+    def line(self, spec: TargetSpec | None, hints: bool, said: set[str]) -> str:
+        """One paragraph for the model: what it is, what may change, where it runs (a reason
+        already in `said`, given for an earlier target, is not repeated)."""
+        if spec is None:
+            return f"{self.name}: INVALID: {self.error}"
+        ready = ", ".join(b for b, r in self.readiness.items() if r == READY) or "none"
+        out = [f"{self.name} ({spec.kind}): {self.metric}; editable {', '.join(self.editable)}"]
+        out += [f"  guardrail: {g.text}" for g in spec.guardrails]
+        out.append(f"  workload: {spec.local.workload or spec.workload.script}")
+        out.append(f"  runs on: {ready}" + "".join(
+            f"; not {b}: {r if r not in said else '(as above)'}"
+            for b, r in self.readiness.items() if r != READY))
+        said.update(self.readiness.values())
+        if hints:
+            out.append(f"  hints: autoopt://targets/{self.name}/hints.md")
+        return "\n".join(out)
 
 
 class TargetList(BaseModel):
-    workspace: str
     program_md: str = Field(description="the program.md served as autoopt://program.md")
     targets: list[TargetInfo]
 
@@ -30,14 +65,9 @@ class TargetList(BaseModel):
 class BuildResult(BaseModel):
     build_id: str
     status: str = Field(description="done, or running (then call next_call)")
-    target: str
-    backend: str | None = None
-    base: str | None = Field(None, description="the base commit")
     commit: str | None = Field(None, description="the built tree's commit (base + patch)")
-    patch_sha256: str | None = None
     patch_files: list[str] = Field(default_factory=list)
     duration_s: float | None = None
-    log_tail: str = ""
     progress: str | None = None
     next_call: str | None = None
 
@@ -51,14 +81,11 @@ class CancelResult(BaseModel):
 
 class DeployResult(BaseModel):
     deployment_id: str
-    build_id: str
-    kind: str
-    endpoint: str | None
-    pid: int | None
+    endpoint: str | None = None
+    pid: int | None = None
 
 
 class WorkloadRun(BaseModel):
-    deployment_id: str
     metrics: dict[str, float]
     exit_code: int
     duration_s: float
@@ -75,51 +102,70 @@ class TeardownResult(BaseModel):
 
 
 class SourceText(BaseModel):
-    target: str
-    path: str
+    """Where the lines come from; the lines themselves are the text content."""
+
     revision: str
     start_line: int
     end_line: int
     total_lines: int
-    text: str
 
 
 class SourceMatches(BaseModel):
-    target: str
+    """The search; the matches themselves (path:line:text) are the text content."""
+
     revision: str
-    pattern: str
-    matches: list[str]
+    count: int
     truncated: bool
 
 
-class RunResult(BaseModel):
-    """A persisted A/B run: the decision first, then the numbers behind it."""
+class StatusView(BaseModel):
+    """Where the loop stands; the text adds candidates.md, results.tsv rows and profiles."""
 
-    run_id: str
-    target: str
-    backend: str
+    frontier: str
+    frontier_branch: str
+    experiments: list[str]
+    interrupted_runs: list[InterruptedRun]
+
+    @classmethod
+    def of(cls, s: ExperimentStatus) -> StatusView:
+        return cls(frontier=s.frontier, frontier_branch=s.frontier_branch,
+                   experiments=s.experiments, interrupted_runs=s.interrupted_runs)
+
+
+def status_text(s: ExperimentStatus) -> str:
+    out = [f"{s.target}/{s.env}: frontier {s.frontier[:12]} ({s.frontier_branch}); "
+           f"experiments: {', '.join(s.experiments) or 'none'}"]
+    if s.results_tail:
+        keys = list(s.results_tail[0])
+        out += ["results.tsv (last rows):", "\t".join(keys)]
+        out += ["\t".join(row.get(k, "") for k in keys) for row in s.results_tail]
+    out += [f"interrupted: {r.run_id} ({r.status}, {r.samples} samples): {r.error}"
+            for r in s.interrupted_runs]
+    if s.live_deployments:
+        out.append(f"live deployments: {', '.join(s.live_deployments)}")
+    if s.profiles:
+        out.append(f"profiles (newest first): {', '.join(s.profiles[:8])}")
+    out.append(s.candidates.strip() or "candidates.md: none yet")
+    return "\n".join(out)
+
+
+class RecordView(BaseModel):
+    """A written experiment record; the text adds the results.tsv row and the files."""
+
+    exp_id: str
     status: str
-    verdict: str | None = Field(None, description="KEEP | DISCARD | INCONCLUSIVE")
-    reason: str | None = None
-    seed_rule_keep: bool | None = Field(None, description="the seed's rule, for reference")
-    warnings: list[str] = Field(default_factory=list)
-    base: str
-    commits: dict[str, str]
-    patch_sha256: str | None
-    patch_files: list[str]
-    runs: int
-    warmup: int
-    order: str
-    seed: int
-    metric: str
-    direction: str
-    min_effect_pct: float
-    values: dict[str, list[float | None]] = Field(
-        default_factory=dict, description="primary metric per arm, in run order (None = failed)"
-    )
-    failed: dict[str, int] = Field(default_factory=dict)
-    report: dict[str, object] | None = None
-    error: str | None = None
-    plot: str | None = None
-    progress: str | None = Field(None, description="while running: samples done of planned")
-    next_call: str | None = Field(None, description="while running: the call that waits")
+    directory: str
+    branch: str
+    frontier_moved: bool
+
+    @classmethod
+    def of(cls, r: ExperimentRecord) -> RecordView:
+        return cls(exp_id=r.exp_id, status=r.status, directory=r.directory, branch=r.branch,
+                   frontier_moved=r.frontier_moved)
+
+
+def record_text(r: ExperimentRecord) -> str:
+    moved = f"frontier moved to {r.frontier[:12]}" if r.frontier_moved else "frontier unchanged"
+    row = "; ".join(f"{k}={v}" for k, v in r.row.items() if v)
+    return (f"{r.exp_id} [{r.status}] recorded in {r.directory} (branch {r.branch}; {moved})\n"
+            f"results.tsv: {row}\nfiles: {', '.join(r.files)}")

@@ -47,6 +47,18 @@ async def client(workspace: Workspace) -> AsyncIterator[Client]:
 __all__ = ["call_done"]  # run_ab & co. through their get_* tool until they are done
 
 
+async def full_view(client: Client, result: object) -> dict:
+    """The whole answer behind a lean one: get_run / get_profile with detail=true."""
+    view = result.structured_content  # type: ignore[attr-defined]
+    if "profile_id" in view:
+        tool, key = "get_profile", "profile_id"
+    else:
+        tool, key = "get_run", "run_id"
+    detailed = await client.call_tool(tool, {key: view[key], "wait_s": 0, "detail": True})
+    assert not detailed.is_error, detailed.content[0].text
+    return {**view, **detailed.structured_content["full"]}
+
+
 def patch_text(name: str) -> str:
     return (PATCHES / name).read_text()
 

@@ -86,6 +86,8 @@ class JobRecord(BaseModel):
         return self.status != "running"
 
     def progress_text(self) -> str:
+        if not self.done and not self.message:
+            return ""
         of = f"/{self.total:g}" if self.total else ""
         return f"{self.done:g}{of} {self.message}".strip()
 

@@ -13,7 +13,7 @@ class InterruptedRun(BaseModel):
     run_id: str
     status: str
     samples: int
-    error: str | None
+    error: str | None = None
 
 
 class ExperimentStatus(BaseModel):

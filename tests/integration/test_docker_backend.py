@@ -27,7 +27,7 @@ from autoopt.tools.engine import Engine
 from autoopt.tools.errors import BuildFailed, DeployFailed
 from autoopt.tools.workload import workload_argv, workload_script
 from autoopt.tools.workspace import Workspace
-from tests.conftest import call_done
+from tests.conftest import call_done, full_view
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]
 
@@ -258,7 +258,7 @@ async def _run_ab(client: Client, patch: str, runs: int) -> dict:
         },
     )
     assert not result.is_error, _text(result)
-    return result.structured_content
+    return await full_view(client, result)
 
 
 def _only_latency_noise(view: dict) -> bool:
@@ -595,9 +595,8 @@ async def test_unreachable_engine_is_reported_and_list_targets_works(
     targets = {t["name"]: t for t in result.structured_content["targets"]}
     assert targets["pyserver"]["valid"], targets["pyserver"]
     docker_ready = targets["pyserver"]["readiness"]["docker"]
-    assert docker_ready["available"] is False
-    assert "no Docker engine reachable" in docker_ready["reason"]
-    assert targets["pyserver"]["readiness"]["local"]["available"] is True
+    assert "no Docker engine reachable" in docker_ready
+    assert targets["pyserver"]["readiness"]["local"] == "ready"
 
 
 async def test_profile_cpu_attaches_to_a_docker_deployment(ws: Workspace) -> None:
@@ -620,7 +619,7 @@ async def test_profile_cpu_attaches_to_a_docker_deployment(ws: Workspace) -> Non
                 },
             )
             assert not prof.is_error, _text(prof)
-            view = prof.structured_content
+            view = await full_view(client, prof)
             assert view["tool"] == "py-spy"
             assert any("host pid" in note for note in view["notes"])
             assert any("_store_contains" in line for line in view["top"][:5]), view["top"][:5]

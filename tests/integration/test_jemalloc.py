@@ -20,7 +20,7 @@ import pytest
 from mcp import Client
 
 from autoopt.tools.workspace import Workspace
-from tests.conftest import call_done, processes_under
+from tests.conftest import call_done, full_view, processes_under
 from tests.integration.test_profiling import PEAK_C, PEAK_TARGET_MD, call
 
 pytestmark = pytest.mark.anyio
@@ -55,11 +55,11 @@ def jemalloc_target(workspace: Workspace, name: str, build: str, workload: str =
 
 
 async def profile(client: Client, **args: object) -> dict:
-    """profile_memory through MCP; its structured result (it must succeed)."""
+    """profile_memory through MCP; the whole profile behind its answer (it must succeed)."""
     result = await call_done(client, "profile_memory", args)
     assert not result.is_error, result.content[0].text
     assert result.structured_content is not None
-    return result.structured_content
+    return await full_view(client, result)
 
 
 def by_key(r: dict) -> dict[str, dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import anyio
@@ -27,8 +28,11 @@ async def test_build_deploy_workload_collect_teardown(client: Client, workspace:
     patched = await call(
         client, "build", target="pyserver", patch=patch_text("pyserver-history-cap.patch")
     )
-    assert patched["base"] == base["base"] == base["commit"]
     assert patched["commit"] != base["commit"]
+    parent = subprocess.run(
+        ["git", "-C", str(workspace.state_dir / "sources" / "pyserver"), "rev-parse",
+         f"{patched['commit']}^"], capture_output=True, text=True, check=True).stdout.strip()
+    assert parent == base["commit"], "the patched arm is the base commit plus the patch"
     assert patched["patch_files"] == ["server.py"]
 
     deps = [await call(client, "deploy", build_id=b["build_id"]) for b in (base, patched)]
@@ -106,7 +110,7 @@ async def test_cancel_mid_workload_leaves_no_process(client: Client, workspace: 
 async def test_batch_target(client: Client) -> None:
     build = await call(client, "build", target="batchdemo")
     dep = await call(client, "deploy", build_id=build["build_id"])
-    assert dep["kind"] == "batch" and dep["pid"] is None
+    assert dep.get("pid") is None  # a batch target starts nothing at deploy
     run = await call(client, "run_workload", deployment_id=dep["deployment_id"])
     assert run["exit_code"] == 0 and "elapsed_ms" in run["metrics"]
     await call(client, "teardown", deployment_id=dep["deployment_id"])
@@ -147,11 +151,19 @@ async def test_crashing_workload_reports_and_leaves_nothing(
 
 
 async def test_read_and_search_source_at_a_revision(client: Client) -> None:
-    hits = await call(
-        client, "search_source", target="pyserver", pattern="def _snapshot_store", glob="*.py"
+    found = await client.call_tool(
+        "search_source", {"target": "pyserver", "pattern": "def _snapshot_store", "glob": "*.py"}
     )
-    path, line, _ = hits["matches"][0].split(":", 2)
-    assert path == "server.py" and not hits["truncated"]
+    hits = found.structured_content
+    path, line, _ = found.content[0].text.splitlines()[0].split(":", 2)
+    assert path == "server.py" and not hits["truncated"] and hits["count"] == 1
+    read = await client.call_tool(
+        "read_source",
+        {"target": "pyserver", "path": "server.py", "start_line": int(line),
+         "end_line": int(line) + 2},
+    )
+    assert "def _snapshot_store" in read.content[0].text  # plain lines, not JSON
+    assert '"text"' not in read.content[0].text and "text" not in read.structured_content
     text = await call(
         client,
         "read_source",
@@ -160,6 +172,6 @@ async def test_read_and_search_source_at_a_revision(client: Client) -> None:
         start_line=int(line),
         end_line=int(line) + 2,
     )
-    assert "def _snapshot_store" in text["text"] and text["revision"] == hits["revision"]
+    assert text["revision"] == hits["revision"] and text["end_line"] == int(line) + 2
     outside = await client.call_tool("read_source", {"target": "pyserver", "path": "../target.md"})
     assert outside.is_error and "'..'" in outside.content[0].text

@@ -14,7 +14,7 @@ import pytest
 from mcp import Client
 
 from autoopt.tools.workspace import Workspace
-from tests.conftest import call_done, patch_text, processes_under
+from tests.conftest import call_done, full_view, patch_text, processes_under
 
 pytestmark = pytest.mark.anyio
 
@@ -81,9 +81,12 @@ workload: {workload}
 
 
 async def call(client: Client, tool: str, **args: object) -> dict:
+    """The tool's answer; for a profile, in full (one get_profile call away)."""
     result = await call_done(client, tool, args)
     assert not result.is_error, result.content[0].text
     assert result.structured_content is not None
+    if tool.startswith("profile_"):
+        return await full_view(client, result)
     return result.structured_content
 
 
@@ -100,6 +103,12 @@ def frames_text(entry: dict) -> str:
 
 async def test_memory_peak_names_history_deepcopy_and_the_fix_shrinks_it(
         client: Client, workspace: Workspace) -> None:
+    lean = await call_done(client, "profile_memory", {"target": "pyserver", "label": "lean"})
+    text = lean.content[0].text
+    assert len(text) <= 4000 and [c.type for c in lean.content] == ["text"], text
+    first = text.splitlines()[1]  # '#1 74.4% 33.3 MiB: _deepcopy_dict (copy.py:231) < ...'
+    assert first.startswith("#1 ") and "% " in first and "iB: " in first, first
+    assert "_snapshot_store (server.py:" in first, first  # the target's own frame, kept
     base = await call(client, "profile_memory", target="pyserver", label="baseline")
     assert base["tool"] == "memray" and base["unit"] == "bytes" and base["complete"]
     top = base["top_paths"][0]
@@ -139,8 +148,13 @@ async def test_memory_peak_names_history_deepcopy_and_the_fix_shrinks_it(
     fixed = await call(client, "profile_memory", target="pyserver", label="history-cap",
                        patch=patch_text("pyserver-history-cap.patch"))
     assert fixed["revision"] != base["revision"]
-    diff = await call(client, "diff_profiles", target="pyserver", env="local",
-                      before="baseline", after="history-cap")
+    lean = await client.call_tool("diff_profiles", {
+        "target": "pyserver", "env": "local", "before": "baseline", "after": "history-cap"})
+    text = lean.content[0].text
+    assert len(text) <= 2500 and "_snapshot_store" in text and "shrunk" in text, text
+    assert lean.structured_content["changes"][0].startswith(("shrunk -", "disappeared -"))
+    diff = (await call(client, "diff_profiles", target="pyserver", env="local",
+                       before="baseline", after="history-cap", detail=True))["full"]
     assert diff["delta_total"] < 0
     copy_path = next(p for p in diff["paths"]
                      if "_snapshot_store" in p["key"] and "deepcopy" in p["key"])
@@ -175,10 +189,15 @@ async def test_cpu_profile_names_the_membership_check(client: Client) -> None:
     result = await call_done(client, "profile_cpu", {"target": "pyserver", "label": "ingest-cpu",
                                                     "workload": "workload-ingest.sh"})
     assert not result.is_error, result.content[0].text
-    assert [c.type for c in result.content] == ["text", "text", "image"]
-    assert "top functions by self" in result.content[0].text
-    r = result.structured_content
-    assert r is not None
+    assert [c.type for c in result.content] == ["text"]  # the picture only when asked for
+    text = result.content[0].text
+    assert len(text) <= 4000 and "_store_contains" in text and "% " in text, text
+    assert "detail=true" in text and "flamegraph.png" in text
+    pictured = await client.call_tool("get_profile", {
+        "profile_id": result.structured_content["profile_id"], "include_flamegraph": True})
+    assert [c.type for c in pictured.content] == ["text", "image"]
+    r = await full_view(client, result)
+    assert "top functions by self" in r["table"]
     assert r["tool"] == "py-spy" and r["unit"] == "samples" and r["total"] > 20
     top = [e["key"] for e in r["top_self"][:5]]
     assert "_store_contains (server.py)" in top, r["table"]
@@ -285,15 +304,14 @@ async def test_attach_to_a_running_deployment(client: Client, workspace: Workspa
     if mem.is_error:  # memray must be importable by the service's own interpreter
         assert "cannot import memray" in mem.content[0].text or "gdb" in mem.content[0].text
     else:
-        r = mem.structured_content
-        assert r is not None and r["tool"] == "memray"
+        r = await full_view(client, mem)
+        assert r["tool"] == "memray"
         assert any("attach" in n for n in r["notes"])
     res = await call_done(client, "profile_memory", {
         "target": "pyserver", "tool": "procfs", "deployment_id": dep["deployment_id"],
         "label": "attached-procfs"})
     assert not res.is_error, res.content[0].text
-    procfs = res.structured_content
-    assert procfs is not None
+    procfs = await full_view(client, res)
     assert procfs["memory"]["peak_reset"] and procfs["memory"]["vm_hwm_mb"] > 0
     assert procfs["stacks"] == 0
     # the borrowed deployment is still running and still ours to tear down

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.anyio
 
 READ_ONLY_TOOLS = {
     "list_targets", "read_source", "search_source", "get_run", "experiment_status",
-    "diff_profiles", "get_build", "get_profile",
+    "diff_profiles", "get_profile",
 }
 
 
@@ -81,7 +82,11 @@ async def test_optimize_prompt(any_client: Client) -> None:
 
 
 async def test_list_targets_shows_pyserver(any_client: Client) -> None:
-    result = await any_client.call_tool("list_targets", {})
+    lean = await any_client.call_tool("list_targets", {})
+    pyserver = next(t for t in lean.structured_content["targets"] if t["name"] == "pyserver")
+    assert pyserver["metric"] == "peak_rss_mb (lower is better, MB)" and "spec" not in pyserver
+    assert "guardrail: latency_p99_ms" in lean.content[0].text
+    result = await any_client.call_tool("list_targets", {"detail": True})
     assert not result.is_error
     targets = {t["name"]: t for t in result.structured_content["targets"]}
     spec = targets["pyserver"]["spec"]
@@ -96,7 +101,7 @@ async def test_list_targets_shows_pyserver(any_client: Client) -> None:
         "error_rate",
         "pod_restarts",
     }
-    assert targets["pyserver"]["readiness"]["local"]["available"] is True
+    assert targets["pyserver"]["readiness"]["local"] == "ready"
 
 
 @pytest.mark.parametrize("target", ["../../etc", "nope"])
@@ -132,8 +137,21 @@ async def test_runs_below_three_is_refused(any_client: Client) -> None:
 async def test_readiness_names_missing_target_files(client: Client) -> None:
     result = await client.call_tool("list_targets", {})
     targets = {t["name"]: t for t in result.structured_content["targets"]}
-    assert targets["batchdemo"]["readiness"]["local"]["available"]
+    assert targets["batchdemo"]["readiness"]["local"] == "ready"
     docker = targets["batchdemo"]["readiness"]["docker"]
-    assert not docker["available"]
-    if targets["pyserver"]["readiness"]["docker"]["available"]:  # the engine is up
-        assert "Dockerfile" in docker["reason"]
+    assert docker != "ready"
+    if targets["pyserver"]["readiness"]["docker"] == "ready":  # the engine is up
+        assert "Dockerfile" in docker
+
+
+@pytest.mark.parametrize("version", ["2025-11-25", "2026-07-28"])
+async def test_tools_list_is_lean(workspace: Workspace, version: str) -> None:
+    """What every conversation pays for: the tool list as it goes over the wire."""
+    async with Client(stdio_params(workspace),
+                      mode="legacy" if version == "2025-11-25" else "auto") as c:
+        listed = await c.list_tools()
+    wire = listed.model_dump_json(by_alias=True, exclude_none=True)
+    assert len(wire) <= 15_000, len(wire)
+    for tool in listed.tools:
+        assert tool.output_schema and tool.output_schema["type"] == "object", tool.name
+        assert "\"title\": \"" not in json.dumps(tool.input_schema), tool.name

@@ -66,11 +66,14 @@ async def test_record_refuses_to_overwrite(client: Client, workspace: Workspace)
     assert not first.is_error, first.content[0].text
     record = first.structured_content
     assert not record["frontier_moved"]
-    assert "diff.patch" not in record["files"]  # a baseline has no patch
+    assert (workspace.root / record["directory"] / "README.md").is_file()
+    assert not (workspace.root / record["directory"] / "diff.patch").exists()  # no patch
+    assert "results.tsv: " in first.content[0].text
     again = await client.call_tool("record_experiment", {**args, "exp_id": "baseline"})
     assert again.is_error and "never overwritten" in again.content[0].text
     status = await client.call_tool("experiment_status", {"target": "pyserver"})
-    assert status.structured_content["results_tail"][-1]["exp_id"] == "baseline"
+    assert status.structured_content["experiments"] == ["baseline"]
+    assert "results.tsv (last rows):" in status.content[0].text
     readme = await client.read_resource("autoopt://results/pyserver/local/baseline/README.md")
     assert "noise floor" in readme.contents[0].text
 

@@ -9,15 +9,16 @@ import pytest
 from mcp import Client
 
 from autoopt.tools.workspace import Workspace
-from tests.conftest import call_done, patch_text, processes_under
+from tests.conftest import call_done, full_view, patch_text, processes_under
 
 pytestmark = pytest.mark.anyio
 
 
 async def run_ab(client: Client, **args: object) -> dict:
+    """run_ab's answer with the whole run behind it (get_run detail=true)."""
     result = await call_done(client, "run_ab", {"target": "pyserver", **args})
     assert not result.is_error, result.content[0].text
-    return result.structured_content
+    return await full_view(client, result)
 
 
 async def test_aa_is_not_keep(client: Client) -> None:
@@ -47,17 +48,26 @@ async def test_history_fix_is_keep_with_progress_and_picture(
         progress_callback=progress,
     )
     assert not result.is_error, result.content[0].text
-    report = result.structured_content
+    text = result.content[0].text
+    assert len(text) <= 3000 and "KEEP" in text and "95% CI" in text, text
+    assert len(result.model_dump_json(by_alias=True, exclude_none=True)) <= 12_000
+    assert "Guardrail pass: latency_p99_ms" in text and "Unchanged in every B run" in text
+    report = await full_view(client, result)
     assert report["verdict"] == "KEEP", report["reason"]
     assert "peak_rss_mb" in report["reason"]
     assert report["commits"]["A"] == report["base"] != report["commits"]["B"]
     # one progress message per run (5 per arm + 1 warmup pair), plus build notes
     assert sum(m.startswith(("run ", "warmup ")) for m in messages) == 12
-    assert any(c.type == "image" for c in result.content)
+    assert [c.type for c in result.content] == ["text"]  # the picture only when asked for
     assert processes_under(workspace.root) == []
-    # the run is persisted and readable again
-    again = await client.call_tool("get_run", {"run_id": report["run_id"]})
+    # the run is persisted and readable again, with its picture on request
+    again = await client.call_tool("get_run", {"run_id": report["run_id"], "include_plot": True})
     assert again.structured_content["verdict"] == "KEEP"
+    assert [c.type for c in again.content] == ["text", "image"]
+    plot = await client.read_resource(f"autoopt://runs/{report['run_id']}/plot.png")
+    assert plot.contents[0].mime_type == "image/png"
+    whole = await client.read_resource(f"autoopt://runs/{report['run_id']}/run.json")
+    assert json.loads(whole.contents[0].text)["id"] == report["run_id"]
 
 
 async def test_schedule_is_interleaved_abba(client: Client, workspace: Workspace) -> None:

@@ -333,9 +333,14 @@ def test_missing_trace_log_is_a_clear_error(chdb_fixture: Fixture) -> None:
 # -- through an MCP client --------------------------------------------------------------
 
 async def call(client: Client, tool: str, **args: object) -> dict:
-    result = await call_done(client, tool, args)
+    """The tool's whole result (detail=true), after checking its short answer."""
+    result = await call_done(client, tool, {**args, "detail": True})
     assert not result.is_error, result.content[0].text
-    return result.structured_content
+    lean = result.structured_content
+    if tool == "query_trace_log":
+        assert all(s.startswith("#") for s in lean["stacks"])
+        assert len(result.content[0].text) <= 4000
+    return lean["full"]
 
 
 async def test_mcp_query_trace_log_on_chdb(client: Client, workspace: Workspace,
@@ -343,7 +348,10 @@ async def test_mcp_query_trace_log_on_chdb(client: Client, workspace: Workspace,
     fx = chdb_fixture
     tools = {t.name: t for t in (await client.list_tools()).tools}
     hints = tools["query_trace_log"].annotations
-    assert hints.open_world_hint and not hints.destructive_hint  # stores a profile, reads a server
+    # stores a profile and reads a server: not read-only, not destructive, open world (the
+    # spec's default, so the lean tool list leaves it out)
+    assert not hints.read_only_hint and hints.destructive_hint is False
+    assert hints.open_world_hint is not False
     out = await call(client, "query_trace_log", url=ws_fixture, database=DB, since=SINCE,
                      trace_type="Memory", target="clickhouse", label="before")
     want = fx.expected("Memory", since=BASE_TS - 1000)
