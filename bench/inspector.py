@@ -32,44 +32,14 @@ from typing import Any
 
 import anyio
 
+from tests.fixtures.sleeper import add_sleeper
+
 REPO = Path(__file__).resolve().parent.parent
 INSPECTOR = "@modelcontextprotocol/inspector@2.12.0"
 CLIENT_LIMIT_S = 60.0
 
-SLEEPER = """# Target: sleeper
-
-## Source
-repo: local
-branch: main
-path: targets/sleeper/src
-
-## Primary Metric
-name: peak_rss_mb
-direction: lower
-unit: MB
-
-## Workload
-description: sleeps {sleep} s, then allocates 8 MiB: a long batch job in two lines
-script: targets/sleeper/workload.sh
-
-## Scope
-editable:
-  - job.py
-
-## Local
-kind: batch
-workload: python3 job.py
-"""
-
-
 def make_workspace(root: Path, sleep: float, *, with_pyserver: bool) -> Path:
-    folder = root / "targets" / "sleeper"
-    (folder / "src").mkdir(parents=True)
-    (folder / "target.md").write_text(SLEEPER.format(sleep=sleep))
-    (folder / "workload.sh").write_text('#!/bin/sh\ncd "${1:-.}" && exec python3 job.py\n')
-    (folder / "src" / "job.py").write_text(
-        f"import time\ntime.sleep({sleep})\nblock = bytearray(8 << 20)\nprint('done=1')\n"
-    )
+    add_sleeper(root, sleep)
     if with_pyserver:
         import shutil
 

@@ -585,21 +585,21 @@ def _register_resources(mcp: MCPServer, ws: Workspace) -> None:
             raise TargetNotFound(f"no experiment {exp_id} for {target}/{env}")
         return path.read_text(encoding="utf-8")
 
+    def run_file(run_id: str, name: str) -> Path:
+        path = ws.state_dir / "runs" / check_name(run_id, "run id") / name
+        if not path.is_file():
+            raise TargetNotFound(f"no {name} for run {run_id} in this workspace")
+        return path
+
     @mcp.resource("autoopt://runs/{run_id}/run.json", mime_type="application/json")
     def run_json(run_id: str) -> str:
         """An A/B run in full: every sample, every metric's statistics, the commands."""
-        path = ws.state_dir / "runs" / check_name(run_id, "run id") / "run.json"
-        if not path.is_file():
-            raise TargetNotFound(f"no run {run_id} in this workspace")
-        return path.read_text(encoding="utf-8")
+        return run_file(run_id, "run.json").read_text(encoding="utf-8")
 
     @mcp.resource("autoopt://runs/{run_id}/plot.png", mime_type="image/png")
     def run_plot(run_id: str) -> bytes:
-        """The picture of an A/B run: each arm's values in run order."""
-        path = ws.state_dir / "runs" / check_name(run_id, "run id") / "plot.png"
-        if not path.is_file():
-            raise TargetNotFound(f"no picture for run {run_id} (it has no decision yet)")
-        return path.read_bytes()
+        """The picture of an A/B run (once it has a decision): each arm's values in order."""
+        return run_file(run_id, "plot.png").read_bytes()
 
     @mcp.resource("autoopt://targets/{name}/hints.md", mime_type="text/markdown")
     def hints_md(name: str) -> str:

@@ -20,45 +20,9 @@ from mcp import Client, StdioServerParameters
 from autoopt.server.app import create_server
 from autoopt.tools.workspace import Workspace
 from tests.conftest import processes_under
+from tests.fixtures.sleeper import add_sleeper
 
 pytestmark = pytest.mark.anyio
-
-SLEEPER = """# Target: sleeper
-
-## Source
-repo: local
-branch: main
-path: targets/sleeper/src
-
-## Primary Metric
-name: peak_rss_mb
-direction: lower
-unit: MB
-
-## Workload
-description: sleeps, then allocates a little; long runs in few lines
-script: targets/sleeper/workload.sh
-
-## Scope
-editable:
-  - job.py
-
-## Local
-kind: batch
-workload: python3 job.py
-"""
-
-
-def add_sleeper(workspace: Workspace, seconds: float) -> None:
-    folder = workspace.targets_dir / "sleeper"
-    (folder / "src").mkdir(parents=True)
-    (folder / "target.md").write_text(SLEEPER)
-    (folder / "workload.sh").write_text('#!/bin/sh\ncd "${1:-.}" && exec python3 job.py\n')
-    (folder / "src" / "job.py").write_text(
-        f"import time\ntime.sleep({seconds})\nblock = bytearray(8 << 20)\n"
-        "print(f'elapsed_ms={time.time() % 1:.3f}')\n"
-    )
-
 
 def stdio(workspace: Workspace) -> StdioServerParameters:
     return StdioServerParameters(
@@ -79,7 +43,7 @@ async def one_shot(workspace: Workspace, tool: str, **args: object) -> dict:
 async def test_run_ab_answers_running_then_get_run_gives_the_same_decision(
     workspace: Workspace,
 ) -> None:
-    add_sleeper(workspace, 2.0)
+    add_sleeper(workspace.root, 2.0)
     async with Client(create_server(workspace)) as starter:
         first = await starter.call_tool(
             "run_ab", {"target": "sleeper", "runs": 3, "warmup": 0, "seed": 5, "wait_s": 1}
@@ -148,7 +112,7 @@ def build_tree(workspace: Workspace, build_id: str) -> str:
 async def test_program_md_on_a_workspace_without_one(tmp_path: Path) -> None:
     root = tmp_path / "fresh"
     (root / "targets").mkdir(parents=True)
-    add_sleeper(Workspace(root), 0.1)
+    add_sleeper(root, 0.1)
     async with Client(stdio(Workspace(root))) as client:
         listed = await client.list_resources()
         for resource in listed.resources:
@@ -243,7 +207,7 @@ async def test_bad_ids_and_waits(client: Client, workspace: Workspace) -> None:
         assert result.is_error and "x-unknown" in result.content[0].text, tool
     too_long = await client.call_tool("get_run", {"run_id": "run-x", "wait_s": 500})
     assert too_long.is_error and "50" in too_long.content[0].text
-    add_sleeper(workspace, 0.1)
+    add_sleeper(workspace.root, 0.1)
     done = await client.call_tool("run_ab", {"target": "sleeper", "runs": 3, "warmup": 0})
     assert done.structured_content["status"] == "done"
     again = await client.call_tool("cancel_run", {"run_id": done.structured_content["run_id"]})
@@ -251,7 +215,7 @@ async def test_bad_ids_and_waits(client: Client, workspace: Workspace) -> None:
 
 
 async def test_cancel_run_from_another_server(workspace: Workspace) -> None:
-    add_sleeper(workspace, 3.0)
+    add_sleeper(workspace.root, 3.0)
     async with Client(create_server(workspace)) as owner:
         started = await owner.call_tool(
             "run_ab", {"target": "sleeper", "runs": 3, "warmup": 0, "wait_s": 0.5})

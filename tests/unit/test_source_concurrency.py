@@ -21,23 +21,10 @@ from autoopt.tools.errors import TargetSpecError
 from autoopt.tools.source import EMPTY_TREES, IMPORTED, Source, git
 from autoopt.tools.targets import parse_target
 from autoopt.tools.workspace import Workspace
+from tests.unit.test_source import TARGET  # a local target: app.py, lib/
 
 pytestmark = pytest.mark.timeout(120)
 
-TARGET = """# Target: demo
-
-## Source
-repo: local
-path: targets/demo/src
-
-## Primary Metric
-name: peak_rss_mb
-direction: lower
-
-## Scope
-editable:
-  - app.py
-"""
 
 APP = "SIZE = 1024\n\n\ndef run(items):\n    return [i * 2 for i in items]\n"
 EDITED = APP.replace("i * 2", "i << 1")
