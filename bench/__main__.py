@@ -59,7 +59,8 @@ SETUP_TEXT = (
 MCP_TEXT = (
     "Cold start = spawn `python -m autoopt.server.cli serve` and complete `initialize` "
     "(median and best of {starts}); list_targets = {calls} `tools/call` round trips on one "
-    "session (nearest-rank p50/p99); tools/list bytes = the JSON of the tool list. The "
+    "session (nearest-rank p50/p99); tools/list bytes = the tool list as sent (compact JSON, "
+    "no nulls). The "
     "workspace is this checkout."
 )
 DEMO_TEXT = (

@@ -30,6 +30,7 @@ from bench.common import ROOT
 
 TITLE = "What the model reads: the demo's loop"
 GOAL = 40_000
+BEFORE_COMMIT = "4b6873e"  # docs/context/before.json was measured there
 
 
 def measure(runs: int) -> list[dict[str, Any]]:
@@ -99,8 +100,8 @@ def section(after: list[dict[str, Any]], before: list[dict[str, Any]] | None, ru
         "Every answer of one demo loop through a real stdio client, as a client hands it to the "
         "model: text content, structured content (counted too: many clients forward it) and "
         "images (base64). JSON is measured with Python's default separators; the wire is "
-        "compact, so tools/list on the wire is smaller still. `before` is the same run at the "
-        "commit before the lean answers (docs/context/before.json).",
+        "compact, so tools/list on the wire is smaller still. `before` is the same run at "
+        f"commit {BEFORE_COMMIT}, before the lean answers (docs/context/before.json).",
         "",
         table(a, b),
         "",
@@ -126,8 +127,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write this run's per-call sizes here")
     parser.add_argument("--update", type=Path, help=f"write the section into this report "
                         f"(e.g. {ROOT / 'docs' / 'benchmarks.md'})")
+    parser.add_argument("--sizes", type=Path, help="render a saved measurement, run nothing")
     args = parser.parse_args()
-    tally = measure(args.runs)
+    tally = json.loads(args.sizes.read_text()) if args.sizes else measure(args.runs)
     before = json.loads(args.before.read_text()) if args.before else None
     if args.json:
         args.json.write_text(json.dumps(tally, indent=1))
