@@ -51,3 +51,18 @@ def forward(ctx: Context | None) -> Report | None:
         await ctx.report_progress(done, total, message)
 
     return report
+
+
+def capped(lines: list[str], limit: int) -> str:
+    """The lines in order while they fit in `limit` characters; the last one (where the
+    detail is) always stays, and a line says how many were left out."""
+    *body, last = lines
+    kept: list[str] = []
+    room = limit - len(last) - 60
+    for line in body:
+        if len(line) + 1 > room:
+            kept.append(f"... {len(body) - len(kept)} more lines: ask for the detail")
+            break
+        kept.append(line)
+        room -= len(line) + 1
+    return "\n".join([*kept, last])

@@ -16,7 +16,7 @@ from mcp_types import CallToolResult, ImageContent, TextContent
 from pydantic import BaseModel, Field
 
 from autoopt.server.errors import tool_errors
-from autoopt.server.jobs_view import WaitS, forward, notes, still_running
+from autoopt.server.jobs_view import WaitS, capped, forward, notes, still_running
 from autoopt.server.params import ACTS, READ_ONLY, Backend, Env, TargetName
 from autoopt.server.progress import Note
 from autoopt.tools.engine import Engine
@@ -162,7 +162,7 @@ def _text(view: ProfileView, full: ProfileFull) -> str:
     lines.append(f"Detail: get_profile(profile_id='{view.profile_id}', detail=true) or "
                  f"{stacks}" + (f"; flame graph {full.resource_uri}" if full.resource_uri
                                 else ""))
-    return "\n".join(lines)
+    return capped(lines, 4000)
 
 
 class DiffView(BaseModel):
@@ -204,7 +204,7 @@ def _diff_text(view: DiffView) -> str:
     lines = [f"{view.before} -> {view.after}: {view.total}; paths {counts}"]
     lines += [*(f"Warning: {w}" for w in view.warnings), *view.changes]
     lines.append("Detail: diff_profiles(..., detail=true)")
-    return "\n".join(lines)
+    return capped(lines, 2500)
 
 
 def _line(e: PathEntry, unit: str) -> str:

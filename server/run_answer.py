@@ -17,9 +17,10 @@ from typing import Any
 from mcp_types import CallToolResult, ImageContent, TextContent
 from pydantic import BaseModel, Field
 
-from autoopt.server.jobs_view import StillRunning
+from autoopt.server.jobs_view import StillRunning, capped
 from autoopt.tools.abrun import ABRun
 
+TEXT_LIMIT = 3000  # characters of run_ab's and get_run's text
 _CONSTANT = re.compile(r"^(\w+) (?:remained (\S+) in every B run|was (0) in every run)")
 
 
@@ -136,7 +137,7 @@ def run_text(view: RunView, more: _Lines) -> str:
     lines.append(f"Detail: get_run(run_id='{view.run_id}', detail=true) or "
                  f"autoopt://runs/{view.run_id}/run.json"
                  + (f"; picture {more.plot} (or include_plot=true)" if more.plot else ""))
-    return "\n".join(lines)
+    return capped(lines, TEXT_LIMIT)
 
 
 def run_result(run: ABRun, still: StillRunning | None = None, *, detail: bool = False,

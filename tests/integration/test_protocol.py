@@ -62,7 +62,11 @@ async def test_program_and_target_resources(any_client: Client) -> None:
     program = await any_client.read_resource("autoopt://program.md")
     text = program.contents[0].text
     assert "run_ab" in text and "Phase 1" in text
+    assert len(text) <= 12_000, "the first read must stay short"
+    assert "autoopt://program-reference.md" in text
     assert program.contents[0].mime_type == "text/markdown"
+    reference = await any_client.read_resource("autoopt://program-reference.md")
+    assert "How to read a run_ab report" in reference.contents[0].text
     target = await any_client.read_resource("autoopt://targets/pyserver/target.md")
     assert "peak_rss_mb" in target.contents[0].text
     hints = await any_client.read_resource("autoopt://targets/pyserver/hints.md")
