@@ -125,12 +125,12 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         allow_constant_tuning: Annotated[
             bool, Field(description="numbers-only patch (recorded)")
         ] = False,
-        build_id: Annotated[str | None, Field(description="wait for this build instead")] = None,
+        build_id: str | None = None,
         wait_s: WaitS = 40,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, views.BuildResult]:
         """Build base + patch in a fresh worktree, kept an hour after last use. After wait_s:
-        status=running."""
+        status=running; build_id waits."""
         if build_id is not None:
             return _typed(await _wait_build(check_name(build_id, "build id"), wait_s, ctx))
         if target is None:

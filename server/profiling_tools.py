@@ -44,6 +44,7 @@ Patch = Annotated[
         description="diff on the frontier"
     ),
 ]
+DIFF_LINES = 8  # changed paths listed by diff_profiles (detail=true: all of them)
 TopN = Annotated[int, Field(ge=1, le=20)]
 IncludeFlamegraph = bool
 Workload = Annotated[
@@ -436,12 +437,11 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
             str, Field( pattern=r"^[a-z0-9][a-z0-9._-]*$")
         ],
         env: Env = "local",
-        top: TopN = 8,
         detail: bool = False,
     ) -> Annotated[CallToolResult, DiffView]:
         """Two stored profiles compared: totals, then the paths that changed most."""
         d = profiling.diff_profiles(engine, target, env, before, after)
-        view = _diff_view(d, _own_files(engine, target), top)
+        view = _diff_view(d, _own_files(engine, target), DIFF_LINES)
         if detail:
             view.full = d.model_dump(mode="json")
         return CallToolResult(

@@ -92,6 +92,7 @@ JOB_TOOLS: dict[str, JobTool] = {
     "profile_memory": JobTool("profile_id", "get_profile"),
     "profile_cpu": JobTool("profile_id", "get_profile"),
     "build": JobTool("build_id", "build"),
+    "query_trace_log": JobTool("job_id", "query_trace_log"),
 }
 
 # (ctx, tool name, arguments) -> exactly what tools/call would answer (no interceptors).

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
+from uuid import uuid4
 
 import anyio
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from autoopt.server.errors import tool_errors
+from autoopt.server.jobs_view import WaitS, capped, forward, still_running
 from autoopt.tools import trace_log
 from autoopt.tools.engine import Engine
 from autoopt.tools.errors import NotFound
+from autoopt.tools.jobs import JobRecord, Report
 from autoopt.tools.profiling.model import Unit, human_value
 from autoopt.tools.trace_log import (
     DEFAULT_TIMEOUT_S,
@@ -23,7 +28,7 @@ from autoopt.tools.trace_log import (
     TraceLogResult,
     TraceType,
 )
-from autoopt.tools.workspace import Workspace
+from autoopt.tools.workspace import Workspace, check_name
 
 # Reads a ClickHouse server (open world) and, given a target, stores the stacks as a profile.
 QUERIES = ToolAnnotations(
@@ -57,7 +62,6 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         target: Annotated[
             str | None,
             Field(
-                description="stored as its profile",
                 pattern=r"^[a-z0-9][a-z0-9._-]*$",
                 max_length=64,
             ),
@@ -134,9 +138,15 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
             ),
         ] = None,
         detail: bool = False,
+        wait_s: WaitS = 40,
+        job_id: str | None = None,
+        ctx: Context | None = None,
     ) -> Annotated[CallToolResult, TraceLogView]:
-        """Top stacks of ClickHouse's system.trace_log with % of total, and per-query peak
-        memory; with a target, stored as its profile."""
+        """Top stacks of ClickHouse's system.trace_log (% of total), per-query peak memory;
+        stored as the target's profile. After wait_s: status=running; job_id waits."""
+        if job_id is not None:
+            engine.jobs.require(check_name(job_id, "job id"), "query")
+            return _answer(await engine.jobs.wait(job_id, wait_s, forward(ctx)), detail)
         req = trace_log.validate(
             trace_type,
             database=database,
@@ -153,27 +163,53 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         if target:
             engine.spec(target)  # an unknown target is a clear error before any connection
             live = live_endpoints(engine, target)
-        result = await anyio.to_thread.run_sync(
-            lambda: trace_log.query_trace_log(
-                ws, req, url=url, target=target, live=live, env=env, label=label
+        new_id = f"tl-{time.strftime('%Y%m%d-%H%M%S')}-{uuid4().hex[:6]}"
+
+        async def work(report: Report) -> TraceLogResult:
+            await report(0, None, f"querying {url or 'the target'}'s trace_log")
+            # a thread no cancel can stop: cancel_run leaves it to end at its timeout_s
+            return await anyio.to_thread.run_sync(
+                lambda: trace_log.query_trace_log(
+                    ws, req, url=url, target=target, live=live, env=env, label=label
+                ),
+                abandon_on_cancel=True,
             )
-        )
+
+        engine.jobs.start(new_id, "query_trace_log", target or "", work,
+                          render=lambda r: r.model_dump(mode="json"))
+        return _answer(await engine.jobs.wait_started(new_id, wait_s, forward(ctx)), detail)
+
+
+def _answer(record: JobRecord, detail: bool) -> CallToolResult:
+    """The query's stacks, or its progress; a query that failed is the error it would be."""
+    if record.status == "done" and record.result:
+        result = TraceLogResult.model_validate(record.result)
         view = _view(result, detail)
-        return CallToolResult(
-            content=[TextContent(type="text", text=_text(view, result))],
-            structured_content=view.model_dump(mode="json", exclude_none=True),
-        )
+        view.job_id = record.id
+        text = _text(view, result)
+    elif record.finished:
+        raise ToolError(f"query_trace_log {record.id} {record.status}: {record.error}")
+    else:
+        still = still_running(record, "query_trace_log", "job_id")
+        view = TraceLogView(job_id=record.id, status="running", **still.model_dump())
+        text = f"{record.id} [running] {still.progress}. Next: {still.next_call}"
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)],
+        structured_content=view.model_dump(mode="json", exclude_none=True),
+    )
 
 
 class TraceLogView(BaseModel):
     """The answer first: one line per top stack; `full` only with detail=true."""
 
-    endpoint: str
-    total: str
-    stacks: list[str]
-    queries: list[str] = Field(default_factory=list)
+    job_id: str | None = None
+    status: str = "done"
+    endpoint: str | None = None
+    total: str | None = None
+    stacks: list[str] = Field(default_factory=list)
+    progress: str | None = None
+    next_call: str | None = None
     profile_label: str | None = None
-    notes: list[str] = Field(default_factory=list)
     full: dict[str, Any] | None = None
 
 
@@ -189,18 +225,23 @@ def _view(r: TraceLogResult, detail: bool) -> TraceLogView:
         stacks=[f"#{s.rank} {s.percent:.1f}% {v(s.value)}: "
                 + " < ".join([s.leaf, *list(reversed(s.frames[:-1]))[:4]])
                 for s in r.stacks],
-        queries=[f"{q.query_id}: {v(q.value)}"
-                 + (f", peak {q.peak_memory_mb:.0f} MB" if q.peak_memory_mb is not None else "")
-                 + (f": {q.query[:80]}" if q.query else "") for q in r.queries[:5]],
         profile_label=r.profile_label,
-        notes=r.notes,
         full=r.model_dump(mode="json") if detail else None,
     )
 
 
 def _text(view: TraceLogView, r: TraceLogResult) -> str:
+    """The stacks, then the top queries' peak memory and the notes (in the text only)."""
+
+    def v(x: float) -> str:
+        return human_value(x, r.unit)
+
     head = (f"{view.endpoint}: {r.measure}, total {view.total} in {r.rows} rows; "
             f"{r.symbolization.unresolved_share:.0%} of frames unresolved")
+    queries = [f"query {q.query_id}: {v(q.value)}"
+               + (f", peak {q.peak_memory_mb:.0f} MB" if q.peak_memory_mb is not None else "")
+               + (f": {q.query[:80]}" if q.query else "") for q in r.queries[:5]]
     label = [f"Stored as profile {view.profile_label}"] if view.profile_label else []
-    return "\n".join([head, *view.stacks, *view.queries, *label,
-                      *(f"Note: {n}" for n in view.notes)])
+    detail = f"Detail: query_trace_log(job_id='{view.job_id}', detail=true)"
+    return capped([head, *view.stacks, *queries, *label, *(f"Note: {n}" for n in r.notes),
+                   detail], 4000)

@@ -35,7 +35,7 @@ from tests.conftest import processes_under
 
 pytestmark = pytest.mark.anyio
 
-JOB_TOOLS = {"run_ab", "profile_memory", "profile_cpu", "build"}
+JOB_TOOLS = {"run_ab", "profile_memory", "profile_cpu", "build", "query_trace_log"}
 QUICK_AB = {"target": "batchdemo", "runs": 3, "warmup": 0, "seed": 1}
 LONG_AB = {"target": "batchdemo", "runs": 30, "warmup": 0, "seed": 1}
 

@@ -387,6 +387,15 @@ async def test_mcp_query_trace_log_on_chdb(client: Client, workspace: Workspace,
     assert diff["delta_total"] == after_total - total
     assert diff["counts"]["disappeared"] >= 1  # stacks A, C, E belong to other queries
 
+    # as a job: answered at once with an id, then the same stacks when waited for
+    started = await client.call_tool("query_trace_log", {
+        "url": ws_fixture, "database": DB, "since": SINCE, "wait_s": 0})
+    assert started.structured_content["status"] == "running", started.content[0].text
+    job_id = started.structured_content["job_id"]
+    assert f"query_trace_log(job_id='{job_id}'" in started.content[0].text
+    waited = await call(client, "query_trace_log", job_id=job_id, wait_s=40)
+    assert waited["total"] == total and len(waited["stacks"]) == len(out["stacks"])
+
 
 @pytest.mark.parametrize(("args", "needle"), [
     ({"trace_type": "Heap"}, "Memory"),
