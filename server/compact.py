@@ -18,8 +18,8 @@ from mcp_types import ToolAnnotations
 
 def compact_schema(node: Any, *, output: bool = False, field: bool = False) -> Any:
     """The schema without generated titles, null defaults, regex patterns (the server checks
-    them and says the rule), and, in output schemas, descriptions; `X | None` becomes
-    `"type": [X, "null"]` (in an answer's fields, which are left out rather than null, `X`)."""
+    them and says the rule), and, in output schemas, descriptions; an answer's `X | None`
+    field becomes `X` (answers leave out what has no value)."""
     if isinstance(node, list):
         return [compact_schema(item, output=output) for item in node]
     if not isinstance(node, dict):
@@ -52,17 +52,20 @@ def compact_schema(node: Any, *, output: bool = False, field: bool = False) -> A
 
 
 def _nullable(node: dict[str, Any], *, keep_null: bool) -> dict[str, Any]:
-    """`anyOf: [{type: X, ...}, {type: null}]` as `type: [X, "null"]` (same meaning); in
-    answers, which leave out fields without a value, as `type: X`."""
+    """`anyOf: [{type: X, ...}, {type: null}]` as `type: X` where null cannot occur: a field
+    of an answer (answers leave out what has no value) or an argument that may be omitted.
+    Elsewhere the anyOf stays: a type array would be legal JSON Schema, but clients that
+    map schemas onto one-type dialects (Gemini's OpenAPI subset) reject it."""
     options = node.get("anyOf")
-    if not (isinstance(options, list) and len(options) == 2 and {"type": "null"} in options):
+    if keep_null or not (
+        isinstance(options, list) and len(options) == 2 and {"type": "null"} in options
+    ):
         return node
     other = next(o for o in options if o != {"type": "null"})
     if not isinstance(other.get("type"), str) or "anyOf" in other:
         return node
     merged = {k: v for k, v in node.items() if k != "anyOf"}
     merged.update(other)
-    merged["type"] = [other["type"], "null"] if keep_null else other["type"]
     return merged
 
 
@@ -74,10 +77,10 @@ _HINT_DEFAULTS = {"read_only_hint": False, "destructive_hint": True}
 def _optional_inputs(schema: dict[str, Any]) -> dict[str, Any]:
     """An argument that may be left out needs no `null`: omitting it means the default."""
     required = set(schema.get("required", []))
-    for name, prop in schema.get("properties", {}).items():
-        kind = prop.get("type")
-        if name not in required and isinstance(kind, list) and "null" in kind and len(kind) == 2:
-            prop["type"] = next(k for k in kind if k != "null")
+    properties = schema.get("properties", {})
+    for name, prop in properties.items():
+        if name not in required:
+            properties[name] = _nullable(prop, keep_null=False)
     return schema
 
 

@@ -33,7 +33,7 @@ def test_compact_schema_keeps_meaning() -> None:
         "properties": {
             "target": {"type": "string"},
             "title": {"type": "string"},
-            "base": {"type": ["string", "null"], "description": "a commit"},
+            "base": {"anyOf": [{"type": "string"}, {"type": "null"}], "description": "a commit"},
             "flag": {"type": "boolean"},
             "runs": {"type": "integer", "default": 0, "minimum": 0},
         },
@@ -45,4 +45,4 @@ def test_compact_schema_keeps_meaning() -> None:
                              "required": ["x"], "type": "object"}, output=True)
     # a field may be left out instead of null; an item of a list may still be null
     assert answer["properties"]["x"] == {"type": "number"} and "required" not in answer
-    assert answer["properties"]["xs"]["items"] == {"type": ["number", "null"]}
+    assert answer["properties"]["xs"]["items"] == {"anyOf": [{"type": "number"}, {"type": "null"}]}
