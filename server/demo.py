@@ -202,7 +202,7 @@ async def demo(
             result = await s.call(
                 "run_ab", target="pyserver", patch=patch, runs=runs, backend=backend, metric=metric
             )
-            say(f"    {result['reason']}")
+            say(f"    {result['verdict']}: {result['reason']}")
             record = await s.call(
                 "record_experiment",
                 run_id=result["run_id"],

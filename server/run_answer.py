@@ -68,9 +68,12 @@ def _split(decision: dict[str, Any]) -> tuple[list[str], list[str]]:
 
 
 def _reason(decision: dict[str, Any]) -> str | None:
-    """The decision's reason without the guardrail tail (each guardrail has its line)."""
+    """The decision's reason without the verdict in front (the view has it) and without the
+    guardrail tail (each guardrail has its line)."""
     reason = decision.get("reason")
-    return reason.split("; guardrails pass:")[0] if isinstance(reason, str) else None
+    if not isinstance(reason, str):
+        return None
+    return reason.removeprefix(f"{decision.get('verdict')}: ").split("; guardrails pass:")[0]
 
 
 def run_view(run: ABRun, still: StillRunning | None = None, detail: bool = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import statistics
 import subprocess
 import sys
@@ -66,7 +67,8 @@ async def test_record_refuses_to_overwrite(client: Client, workspace: Workspace)
     assert not first.is_error, first.content[0].text
     record = first.structured_content
     assert not record["frontier_moved"]
-    assert (workspace.root / record["directory"] / "README.md").is_file()
+    readme = workspace.root / record["directory"] / "README.md"
+    assert readme.is_file() and stat.S_IMODE(readme.stat().st_mode) == 0o644
     assert not (workspace.root / record["directory"] / "diff.patch").exists()  # no patch
     assert "results.tsv: " in first.content[0].text
     again = await client.call_tool("record_experiment", {**args, "exp_id": "baseline"})
