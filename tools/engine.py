@@ -9,6 +9,7 @@ Long work runs as jobs (tools/jobs.py) that outlive the call that started them.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ from autoopt.tools.workload import workload_argv, workload_script
 from autoopt.tools.workspace import Workspace, check_name
 
 BACKENDS = ("local", "docker", "kubernetes")
+log = logging.getLogger("autoopt")
 
 
 def make_backend(name: str, workspace: Workspace) -> Backend:
@@ -468,7 +470,10 @@ class Engine:
             orphan = not build.kept and (build.owner is None or not build.owner.alive())
             if idle or orphan:
                 reason = f"idle for more than {KEEP_S:g} s" if idle else "its server ended"
-                await self.discard_build(build.id, reason)
+                try:
+                    await self.discard_build(build.id, reason)
+                except Exception:  # a server starts even when a leftover resists; next time
+                    log.warning("could not discard leftover build %s", build.id, exc_info=True)
         mark_crashed(self.workspace.state_dir)
         return cleaned
 

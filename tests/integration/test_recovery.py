@@ -63,3 +63,17 @@ async def test_reused_pid_is_not_killed(workspace: Workspace) -> None:
     finally:
         os.killpg(bystander.pid, 9)
         bystander.wait()
+
+
+async def test_a_leftover_that_resists_does_not_stop_the_server(workspace: Workspace) -> None:
+    """A dead server's build the next one cannot discard (here: a backend that does not
+    exist) is left for later; the server starts and answers."""
+    folder = workspace.state("builds", "b-resists")
+    (folder / "build.json").write_text(json.dumps({
+        "id": "b-resists", "target": "pyserver", "backend": "no-such-backend", "base": "0" * 40,
+        "commit": "0" * 40, "tree": str(folder / "tree"),
+    }))
+    async with Client(create_server(workspace)) as client:
+        listed = await client.call_tool("list_targets", {})
+    assert not listed.is_error
+    assert (folder / "build.json").is_file()
