@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from autoopt.server import profiling_tools, trace_log_tools, views
 from autoopt.server.compact import compact_tools
 from autoopt.server.errors import tool_errors
-from autoopt.server.jobs_view import WaitS, forward, notes, still_running
+from autoopt.server.jobs_view import WaitS, forward, notes, pending, still_running
 from autoopt.server.params import (
     ACTS,
     NAME_PATTERN,
@@ -504,14 +504,10 @@ def _build_view(result: Build) -> views.BuildResult:
 
 
 def _build_answer(record: JobRecord) -> views.BuildResult:
-    if record.status == "done" and record.result:
+    still = pending(record, "build", "build_id")
+    if still is None:
         return views.BuildResult.model_validate(record.result)
-    if record.finished:
-        raise ToolError(f"build {record.id} {record.status}: {record.error}")
-    return views.BuildResult(
-        build_id=record.id, status="running",
-        **still_running(record, "build", "build_id").model_dump(),
-    )
+    return views.BuildResult(build_id=record.id, status="running", **still.model_dump())
 
 
 def _broken_names(ws: Workspace) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
 
 from autoopt.server.progress import Note
@@ -22,12 +23,25 @@ class StillRunning(BaseModel):
     progress: str = Field(description="done of planned, and the latest step")
     next_call: str = Field(description="the call that waits for the result")
 
+    def text(self, job_id: str) -> str:
+        return f"{job_id} [running] {self.progress}. Next: {self.next_call}"
+
 
 def still_running(record: JobRecord, tool: str, arg: str) -> StillRunning:
     return StillRunning(
         progress=record.progress_text() or "started",
         next_call=f"{tool}({arg}='{record.id}', wait_s={MAX_WAIT_S - 10})",
     )
+
+
+def pending(record: JobRecord, tool: str, arg: str) -> StillRunning | None:
+    """None for a job that is done; its progress while it runs; for one that failed or was
+    stopped, the tool error the call would have been."""
+    if record.status == "done":
+        return None
+    if record.finished:
+        raise ToolError(f"{record.kind} {record.id} {record.status}: {record.error}")
+    return still_running(record, tool, arg)
 
 
 def notes(report: Report) -> Note:

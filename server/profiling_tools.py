@@ -11,13 +11,12 @@ from typing import Annotated, Any
 from uuid import uuid4
 
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, ImageContent, TextContent
 from pydantic import BaseModel, Field
 
 from autoopt.server.errors import tool_errors
-from autoopt.server.jobs_view import WaitS, capped, forward, notes, still_running
-from autoopt.server.params import ACTS, READ_ONLY, Backend, Env, TargetName
+from autoopt.server.jobs_view import WaitS, capped, forward, notes, pending
+from autoopt.server.params import ACTS, NAME_PATTERN, READ_ONLY, Backend, Env, TargetName
 from autoopt.server.progress import Note
 from autoopt.tools.engine import Engine
 from autoopt.tools.errors import AutooptError, NotFound
@@ -263,17 +262,16 @@ def _answer(
 ) -> CallToolResult:
     """What the profiling tool answers for its job: the top paths, or its progress; a job
     that failed is the tool error it would have been."""
-    if record.status == "done" and record.result:
-        view = _lean(record.result, own, n)
+    still = pending(record, "get_profile", "profile_id")
+    if still is None:
+        result = record.result or {}
+        view = _lean(result, own, n)
         if detail:
-            view.full = record.result
-        text = _text(view, ProfileFull.model_validate(record.result))
-    elif record.finished:
-        raise ToolError(f"{record.kind} {record.id} {record.status}: {record.error}")
+            view.full = result
+        text = _text(view, ProfileFull.model_validate(result))
     else:
-        still = still_running(record, "get_profile", "profile_id")
         view = ProfileView(profile_id=record.id, status="running", **still.model_dump())
-        text = f"{record.id} [running] {still.progress}. Next: {still.next_call}"
+        text = still.text(record.id)
     content: list[TextContent | ImageContent] = [TextContent(type="text", text=text)]
     png = (record.result or {}).get("flamegraph")
     if include_flamegraph and png and Path(png).is_file():
@@ -331,9 +329,7 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         label: Label = None,
         tool: Annotated[
             profiling.MemoryTool,
-            Field(
-                description="auto: by language and allocator; procfs: /proc only"
-            ),
+            Field(description="auto: by language and allocator; procfs: /proc only"),
         ] = "auto",
         backend: Backend = "local",
         wait_s: WaitS = 40,
@@ -372,10 +368,7 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         workload: Workload = None,
         label: Label = None,
         tool: Annotated[
-            profiling.CpuTool,
-            Field(
-                description="auto: py-spy (Python), perf (native)"
-            ),
+            profiling.CpuTool, Field(description="auto: py-spy (Python), perf (native)")
         ] = "auto",
         backend: Backend = "local",
         rate_hz: Annotated[int, Field(ge=10, le=2000)] = 100,
@@ -417,7 +410,7 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, ProfileView]:
         """Wait up to wait_s for a profile; answers as the profiling call would."""
-        record = engine.jobs.require(check_name(profile_id, "profile id"), "profile")
+        engine.jobs.require(check_name(profile_id, "profile id"), "profile")
         record = await engine.jobs.wait(profile_id, wait_s, forward(ctx))
         return _answer(record, _own_files(engine, record.target), n=top, detail=detail,
                        include_flamegraph=include_flamegraph)
@@ -426,16 +419,8 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
     @tool_errors
     async def diff_profiles(
         target: TargetName,
-        before: Annotated[
-            str,
-            Field(
-
-                pattern=r"^[a-z0-9][a-z0-9._-]*$",
-            ),
-        ],
-        after: Annotated[
-            str, Field( pattern=r"^[a-z0-9][a-z0-9._-]*$")
-        ],
+        before: Annotated[str, Field(pattern=NAME_PATTERN)],
+        after: Annotated[str, Field(pattern=NAME_PATTERN)],
         env: Env = "local",
         detail: bool = False,
     ) -> Annotated[CallToolResult, DiffView]:

@@ -8,12 +8,11 @@ from uuid import uuid4
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from autoopt.server.errors import tool_errors
-from autoopt.server.jobs_view import WaitS, capped, forward, still_running
+from autoopt.server.jobs_view import WaitS, capped, forward, pending
 from autoopt.tools import trace_log
 from autoopt.tools.engine import Engine
 from autoopt.tools.errors import NotFound
@@ -182,17 +181,15 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
 
 def _answer(record: JobRecord, detail: bool) -> CallToolResult:
     """The query's stacks, or its progress; a query that failed is the error it would be."""
-    if record.status == "done" and record.result:
+    still = pending(record, "query_trace_log", "job_id")
+    if still is None:
         result = TraceLogResult.model_validate(record.result)
         view = _view(result, detail)
         view.job_id = record.id
         text = _text(view, result)
-    elif record.finished:
-        raise ToolError(f"query_trace_log {record.id} {record.status}: {record.error}")
     else:
-        still = still_running(record, "query_trace_log", "job_id")
         view = TraceLogView(job_id=record.id, status="running", **still.model_dump())
-        text = f"{record.id} [running] {still.progress}. Next: {still.next_call}"
+        text = still.text(record.id)
     return CallToolResult(
         content=[TextContent(type="text", text=text)],
         structured_content=view.model_dump(mode="json", exclude_none=True),

@@ -32,6 +32,7 @@ from autoopt.tools.backends.base import Backend, Build, Deployment, Progress, Wo
 from autoopt.tools.errors import BackendUnavailable, InvalidName, NotFound, RuleViolation
 from autoopt.tools.jobs import JobRecord, Jobs, JobStatus, Owner
 from autoopt.tools.journal import Journal
+from autoopt.tools.process import process_started
 from autoopt.tools.record import ExperimentRecord, record
 from autoopt.tools.registry import KEEP_S, Registry
 from autoopt.tools.source import Source
@@ -250,7 +251,7 @@ class Engine:
         """teardown(build_id): stop the build's deployments, then discard it; their ids."""
         self.get_build(build_id)
         stopped = []
-        for entry in list(self.registry.entries().values()):
+        for entry in self.registry.entries().values():
             if entry.deployment.build_id == build_id:
                 await self.teardown(entry.deployment.id, "its build was removed")
                 stopped.append(entry.deployment.id)
@@ -261,10 +262,8 @@ class Engine:
         """Tear down what this server started and does not keep (kept builds and
         deployments stay for later servers until they expire)."""
         with anyio.CancelScope(shield=True):
-            owned = {e.deployment.id for e in self.registry.mine()}
-            for dep_id in list(self.deployments):
-                if dep_id in owned:
-                    await self.teardown(dep_id, "its server stopped")
+            for entry in self.registry.mine():
+                await self.teardown(entry.deployment.id, "its server stopped")
         self.stopped = True
 
     # -- A/B runs --------------------------------------------------------------------
@@ -486,12 +485,7 @@ def _alive(deployment: Deployment) -> bool:
     """Whether a deployment another server started is still there (local: its process)."""
     if deployment.backend != "local" or deployment.pid is None:
         return deployment.tree is None or Path(deployment.tree).is_dir()
-    import psutil
-
-    try:
-        return psutil.Process(deployment.pid).create_time() == deployment.pid_start
-    except psutil.Error:
-        return False
+    return process_started(deployment.pid) == deployment.pid_start
 
 
 def _workload_files(workspace: Workspace, spec: TargetSpec, script: Path | None) -> list[str]:

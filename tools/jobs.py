@@ -12,6 +12,7 @@ reads it next.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,6 +26,7 @@ from anyio.abc import TaskGroup
 from pydantic import BaseModel, Field
 
 from autoopt.tools.errors import AutooptError, NotFound
+from autoopt.tools.process import process_started
 from autoopt.tools.state import load_json, save_model, write_atomic
 from autoopt.tools.workspace import check_name
 
@@ -43,26 +45,19 @@ class Owner(BaseModel):
 
     @classmethod
     def me(cls) -> Owner:
-        return _ME
+        return _me()
 
     def alive(self) -> bool:
-        if self == _ME:
+        if self == _me():
             return True
-        import psutil
-
-        try:
-            return abs(psutil.Process(self.pid).create_time() - self.started) < 1.0
-        except psutil.Error:
-            return False
+        started = process_started(self.pid)
+        return started is not None and abs(started - self.started) < 1.0
 
 
-def _current_owner() -> Owner:
-    import psutil
-
-    return Owner(pid=os.getpid(), started=psutil.Process().create_time())
-
-
-_ME = _current_owner()
+@functools.cache
+def _me() -> Owner:
+    """This server process (asked once, when first needed: psutil stays out of start-up)."""
+    return Owner(pid=os.getpid(), started=process_started(os.getpid()) or 0.0)
 
 
 class JobRecord(BaseModel):
@@ -218,11 +213,8 @@ class Jobs:
             except Exception as exc:
                 record.status = "failed"
                 record.error = f"{type(exc).__name__}: {exc}"
-            except BaseException:  # cancelled from outside: the server is stopping
-                record.status, record.error = live.stop or ("interrupted", STOPPED)
-                raise
             finally:
-                if record.status == "running":  # its own scope was cancelled: a stop
+                if record.status == "running":  # stopped: cancel_run, or the server stopping
                     record.status, record.error = live.stop or ("interrupted", STOPPED)
                 with anyio.CancelScope(shield=True):
                     self._save(record)

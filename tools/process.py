@@ -20,6 +20,17 @@ import anyio
 POLL_S = 0.02
 
 
+def process_started(pid: int) -> float | None:
+    """When process `pid` started (epoch seconds), or None when there is none: with the pid,
+    it tells a process from a later one that got the same pid."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
 @dataclass
 class Exit:
     """How a process ended."""

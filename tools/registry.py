@@ -58,13 +58,13 @@ class Registry:
     @contextmanager
     def _edit(self) -> Iterator[dict[str, Entry]]:
         with locked(self.lock):
-            entries = self._read()
+            entries = self.entries()
             yield entries
             data = {k: e.model_dump(mode="json", exclude={"deployment": {"journal"}})
                     for k, e in entries.items()}
             write_atomic(self.file, json.dumps(data, indent=1))
 
-    def _read(self) -> dict[str, Entry]:
+    def entries(self) -> dict[str, Entry]:
         raw = load_json(self.file, {}) or {}
         out = {}
         for key, value in raw.items():
@@ -72,9 +72,6 @@ class Registry:
                 value = {"deployment": value, "owner": None, "used": 0.0}
             out[key] = Entry.model_validate(value)
         return out
-
-    def entries(self) -> dict[str, Entry]:
-        return self._read()
 
     def add(self, deployment: Deployment, *, kept: bool) -> None:
         with self._edit() as entries:
@@ -88,11 +85,14 @@ class Registry:
                 entries[dep_id].used = time.time()
 
     def remove(self, dep_id: str, reason: str) -> None:
+        """Drop an entry; a kept one (its id was handed to a user) leaves a tombstone. A
+        job's deployments leave none: no one holds their ids, and every run would add one
+        per sample."""
         with self._edit() as entries:
-            entries.pop(dep_id, None)
-        self.tombs.mkdir(parents=True, exist_ok=True)
-        tomb = Gone(id=dep_id, when=time.time(), reason=reason)
-        write_atomic(self.tombs / f"{dep_id}.json", tomb.model_dump_json())
+            entry = entries.pop(dep_id, None)
+        if entry is not None and entry.kept:
+            tomb = Gone(id=dep_id, when=time.time(), reason=reason)
+            write_atomic(self.tombs / f"{dep_id}.json", tomb.model_dump_json())
 
     def gone(self, dep_id: str) -> Gone | None:
         data = load_json(self.tombs / f"{dep_id}.json")
@@ -101,9 +101,9 @@ class Registry:
     def mine(self) -> list[Entry]:
         """Entries this server owns and must stop with it (not the kept ones)."""
         me = Owner.me()
-        return [e for e in self._read().values() if e.owner == me and not e.kept]
+        return [e for e in self.entries().values() if e.owner == me and not e.kept]
 
     def leftovers(self) -> list[Entry]:
         """Entries whose owner is gone, and kept ones idle for longer than KEEP_S."""
         now = time.time()
-        return [e for e in self._read().values() if e.orphaned() or e.expired(now)]
+        return [e for e in self.entries().values() if e.orphaned() or e.expired(now)]

@@ -276,6 +276,8 @@ async def test_two_servers_share_a_workspace(workspace: Workspace) -> None:
                            capture_output=True, text=True, check=True).stdout.split()
     assert "4b825dc642cb6eb9a060e54bf8d69288fbee4904" not in trees
     assert json.loads((workspace.state_dir / "deployments.json").read_text()) == {}
+    tombs = workspace.state_dir / "deployments-gone"  # only ids a user was handed get one
+    assert not tombs.exists() or not any(tombs.iterdir())
 
     # kill -9 of A while its service is up; B holds a kept deployment and runs its own run
     async with Client(stdio(workspace)) as b:

@@ -38,7 +38,7 @@ from autoopt.tools.errors import (
     WorkloadFailed,
 )
 from autoopt.tools.journal import Step
-from autoopt.tools.process import tail_text
+from autoopt.tools.process import process_started, tail_text
 from autoopt.tools.targets import TargetSpec
 from autoopt.tools.workload import parse_metrics
 from autoopt.tools.workspace import Workspace, inside
@@ -202,15 +202,6 @@ class _BuildStream:
                 await anyio.sleep(0.05)
 
 
-def _process_started(pid: int) -> float | None:
-    import psutil
-
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
 class _Cgroup:
     """The host paths of a container's cgroup (v1 controllers or the v2 unified tree)."""
 
@@ -321,7 +312,7 @@ class DockerBackend:
         self.workspace = workspace
         self.hostname = socket.gethostname()
         self.instance = f"{self.hostname}-{os.getpid()}"
-        started = _process_started(os.getpid())
+        started = process_started(os.getpid())
         self.started = str(int(started)) if started else ""
         self._client: Any = None
         self._reason: tuple[float, str | None] | None = None
@@ -630,7 +621,7 @@ class DockerBackend:
             deployment.endpoint = f"http://127.0.0.1:{host_port}"
             pid = int(container.attrs["State"].get("Pid") or 0)
             deployment.pid = pid or None
-            deployment.pid_start = _process_started(pid) if pid else None
+            deployment.pid_start = process_started(pid) if pid else None
             self._cgroups[dep_id] = _Cgroup.of(pid, container.id) if pid else None
             await self._wait_healthy(
                 container, f"{deployment.endpoint}{health_path}", spec.local.health_timeout_s
@@ -1104,7 +1095,7 @@ class DockerBackend:
         if not psutil.pid_exists(pid):
             return True
         started = labels.get("autoopt.instance_started") or ""
-        now = _process_started(pid)
+        now = process_started(pid)
         return bool(started.isdigit() and now is not None and abs(int(now) - int(started)) > 1)
 
     def forget_orphans(self) -> list[str]:

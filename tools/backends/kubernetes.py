@@ -61,7 +61,7 @@ from autoopt.tools.errors import (
     WorkloadFailed,
 )
 from autoopt.tools.journal import Step
-from autoopt.tools.process import base_env, run
+from autoopt.tools.process import base_env, process_started, run
 from autoopt.tools.targets import TargetSpec
 from autoopt.tools.workspace import Workspace
 
@@ -105,15 +105,6 @@ def _status(exc: BaseException) -> int | None:
 async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """A blocking client call in a worker thread (not abandoned on cancel: it finishes)."""
     return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
-
-
-def _process_started(pid: int) -> float | None:
-    import psutil
-
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
 
 
 def default_namespace(workspace: Workspace) -> str:
@@ -203,7 +194,7 @@ class KubernetesBackend:
         self.settings = Settings.from_env(workspace)
         self.hostname = k8s_manifest.label_value(socket.gethostname(), 40)
         self.instance = f"{self.hostname}-{os.getpid()}"
-        started = _process_started(os.getpid())
+        started = process_started(os.getpid())
         self.started = str(int(started)) if started else ""
         self._api_client: Any = None
         self._stream_client: Any = None
@@ -1244,7 +1235,7 @@ class KubernetesBackend:
         if not psutil.pid_exists(pid):
             return True
         started = labels.get("autoopt.instance_started") or ""
-        now = _process_started(pid)
+        now = process_started(pid)
         return bool(started.isdigit() and now is not None and abs(int(now) - int(started)) > 1)
 
     def forget_orphans(self) -> list[str]:

@@ -14,7 +14,7 @@ from autoopt.tools.backends.base import Build, Deployment, Progress, WorkloadRes
 from autoopt.tools.backends.driver import HEALTH_WAIT_SH, drive, new_deployment, probe
 from autoopt.tools.errors import BuildFailed, DeployFailed
 from autoopt.tools.journal import Step
-from autoopt.tools.process import Child, base_env, kill_group, run, spawn
+from autoopt.tools.process import Child, base_env, kill_group, process_started, run, spawn
 from autoopt.tools.targets import TargetSpec
 
 COLLECT_SH = (
@@ -108,7 +108,7 @@ class LocalBackend:
         deployment.port = port
         deployment.endpoint = f"http://127.0.0.1:{port}"
         deployment.pid = child.pid
-        deployment.pid_start = _start_time(child.pid)
+        deployment.pid_start = process_started(child.pid)
         shell_run = spec.local.run.replace("{port}", '"$PORT"')
         deployment.journal.add(
             Step(
@@ -245,7 +245,7 @@ class LocalBackend:
         child = self._children.pop(deployment.id, None)
         if child is not None:
             await child.stop()
-        elif deployment.pid is not None and _start_time(deployment.pid) == deployment.pid_start:
+        elif deployment.pid is not None and process_started(deployment.pid) == deployment.pid_start:
             import signal
 
             kill_group(deployment.pid, signal.SIGTERM)
@@ -260,15 +260,6 @@ class LocalBackend:
 
     def forget_orphans(self) -> list[str]:
         return []
-
-
-def _start_time(pid: int) -> float | None:
-    import psutil
-
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
 
 
 def _cpu_or_zero(pid: int) -> float:
