@@ -32,10 +32,26 @@ class Guardrail(BaseModel):
     text: str
 
 
+SourceKind = Literal["local", "git", "pypi", "debian"]
+
+
 class SourceSpec(BaseModel):
-    repo: str = Field(description="git URL, or 'local' for a tree in the workspace")
+    """Where a target's code comes from; every kind becomes a commit in the server's repo."""
+
+    repo: str = Field("local", description="git URL, or 'local' for a tree in the workspace")
     branch: str = "main"
     path: str | None = Field(None, description="the tree to import when repo is 'local'")
+    commit: str | None = Field(None, description="git: the commit or tag to start from")
+    pypi: str | None = Field(None, description="a distribution on the package index: name==version")
+    debian: str | None = Field(None, description="a Debian source package: name or name=version")
+
+    @property
+    def kind(self) -> SourceKind:
+        if self.pypi:
+            return "pypi"
+        if self.debian:
+            return "debian"
+        return "local" if self.repo == "local" else "git"
 
 
 class BuildSpec(BaseModel):
@@ -312,6 +328,20 @@ def _build_args(r: _Reader) -> dict[str, str]:
     return args
 
 
+def _source(r: _Reader) -> SourceSpec:
+    pypi, debian = r.value("source", "pypi"), r.value("source", "debian")
+    if pypi and debian:
+        raise TargetSpecError(f"{r.file}:{r.line('source')}: give pypi: or debian:, not both")
+    return SourceSpec(
+        repo=r.value("source", "repo") or ("local" if pypi or debian else r.need("source", "repo")),
+        branch=r.value("source", "branch") or "main",
+        path=r.value("source", "path"),
+        commit=r.value("source", "commit"),
+        pypi=pypi,
+        debian=debian,
+    )
+
+
 def parse_target(path: Path) -> TargetSpec:
     """Parse targets/<name>/target.md; errors name the file and line."""
     file = path / "target.md"
@@ -325,11 +355,7 @@ def parse_target(path: Path) -> TargetSpec:
         return TargetSpec(
             name=path.name,
             kind=r.choice("local", "kind", "service", ("service", "batch")),  # type: ignore[arg-type]
-            source=SourceSpec(
-                repo=r.need("source", "repo"),
-                branch=r.value("source", "branch") or "main",
-                path=r.value("source", "path"),
-            ),
+            source=_source(r),
             build=BuildSpec(
                 dockerfile=r.value("build", "dockerfile"),
                 timeout_s=r.number("build", "build_timeout", parse_duration) or 600.0,
