@@ -37,12 +37,8 @@ Label = Annotated[
     ),
 ]
 DeploymentId = Annotated[str | None, Field(description="profile it instead of building")]
-Patch = Annotated[
-    str | None,
-    Field(
-        description="diff on the frontier"
-    ),
-]
+Patch = Annotated[str | None, Field(description="diff on base")]
+Base = Annotated[str | None, Field(description="revision; default: the frontier")]
 DIFF_LINES = 8  # changed paths listed by diff_profiles (detail=true: all of them)
 TopN = Annotated[int, Field(ge=1, le=20)]
 IncludeFlamegraph = bool
@@ -66,6 +62,8 @@ class ProfileFull(BaseModel):
     env: str | None = None
     revision: str | None = None
     workload: str | None = None
+    program: str | None = Field(None, description="the profiled program's command, as it ran")
+    interpreter: str | None = Field(None, description="its Python: path (version)")
     tool: str | None = Field(None, description="the profiler that produced the stacks")
     measure: str | None = Field(None, description="what the values mean")
     unit: str | None = None
@@ -76,7 +74,7 @@ class ProfileFull(BaseModel):
     frames: int | None = Field(None, description="distinct frames")
     stacks: int | None = Field(None, description="distinct stacks")
     memory: MemoryReadings | None = Field(
-        None, description="VmHWM / VmRSS / smaps_rollup (MB), independent of the profiler"
+        None, description="VmHWM / VmRSS / smaps_rollup (MiB), independent of the profiler"
     )
     workload_s: float | None = None
     workload_metrics: dict[str, float] = Field(default_factory=dict)
@@ -155,8 +153,10 @@ def _lean(record_result: dict[str, Any], own: set[str], n: int) -> ProfileView:
 def _text(view: ProfileView, full: ProfileFull) -> str:
     hwm = full.memory.vm_hwm_mb if full.memory else None
     head = (f"{view.profile_id} {view.label}: {full.measure} ({full.tool}), total {view.total}"
-            + (f", VmHWM {hwm:.1f} MB" if hwm is not None else "")
+            + (f", VmHWM {hwm:.1f} MiB" if hwm is not None else "")
             + ("" if full.complete else ", INCOMPLETE"))
+    if full.interpreter:
+        head += f"; python {full.interpreter}"
     lines = [head, *view.top, *(f"Note: {n}" for n in full.notes)]
     stacks = f"autoopt://profiles/{full.target}/{full.env}/{full.label}/stacks.txt"
     lines.append(f"Detail: get_profile(profile_id='{view.profile_id}', detail=true) or "
@@ -224,6 +224,8 @@ def _view(profile_id: str, r: profiling.ProfileRun) -> ProfileFull:
         env=p.env,
         revision=p.revision,
         workload=p.workload,
+        program=p.program,
+        interpreter=p.interpreter,
         tool=p.tool,
         measure=p.measure,
         unit=p.unit,
@@ -325,6 +327,7 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         target: TargetName,
         deployment_id: DeploymentId = None,
         patch: Patch = None,
+        base: Base = None,
         workload: Workload = None,
         label: Label = None,
         tool: Annotated[
@@ -349,6 +352,7 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
                 target,
                 deployment_id=deployment_id,
                 patch=patch,
+                base=base,
                 workload=workload,
                 label=label,
                 tool=tool,
@@ -365,6 +369,7 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         target: TargetName,
         deployment_id: DeploymentId = None,
         patch: Patch = None,
+        base: Base = None,
         workload: Workload = None,
         label: Label = None,
         tool: Annotated[
@@ -388,6 +393,7 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
                 target,
                 deployment_id=deployment_id,
                 patch=patch,
+                base=base,
                 workload=workload,
                 label=label,
                 tool=tool,

@@ -51,7 +51,7 @@ def make_backend(name: str, workspace: Workspace) -> Backend:
     if name == "local":
         from autoopt.tools.backends.local import LocalBackend
 
-        return LocalBackend()
+        return LocalBackend(workspace)
     if name == "docker":
         from autoopt.tools.backends.docker import DockerBackend
 
@@ -222,10 +222,10 @@ class Engine:
         deployment = self.get_deployment(deployment_id)
         spec = self.spec(deployment.target)
         path = workload_script(self.workspace, spec, script)
-        argv, shell = workload_argv(spec, path, deployment.endpoint)
+        cmd, shell = workload_argv(spec, path, deployment, self.workspace.target_dir(spec.name))
         impl = self.backend(deployment.backend)
         self.registry.touch(deployment_id)
-        return await impl.run_workload(spec, deployment, argv, shell, name=name)
+        return await impl.run_workload(spec, deployment, cmd.argv, shell, name=name, env=cmd.env)
 
     async def teardown(self, deployment_id: str, reason: str = "torn down") -> Deployment:
         deployment = self.get_deployment(deployment_id)
@@ -349,7 +349,10 @@ class Engine:
                 for arm, b in builds.items():
                     run.builds[arm], run.commits[arm] = b.id, b.commit
                     run.journal.extend(b.journal, arm=arm)
-                runner = ABRunner(spec, impl, run, folder, script, self._track)
+                runner = ABRunner(
+                    spec, impl, run, folder, script, self._track,
+                    self.workspace.target_dir(spec.name),
+                )
                 await runner.execute(builds, progress)
             if run.report is not None:
                 from autoopt.tools.plot import plot_run

@@ -7,20 +7,27 @@ import re
 import shlex
 from pathlib import Path
 
+from autoopt.tools.backends.base import Deployment
+from autoopt.tools.command import Command, parse_command, resolve
 from autoopt.tools.errors import InvalidName, TargetSpecError
+from autoopt.tools.profiling.detect import join_command
 from autoopt.tools.targets import TargetSpec
 from autoopt.tools.workspace import Workspace, inside
 
 _METRIC = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*=\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 
-# The one-liner that measures a batch program's peak RSS from wait4 (RUSAGE_CHILDREN),
-# in a form a clean shell can run: only python3 is needed.
+# The one-liner that measures a batch program from wait4 (RUSAGE_CHILDREN): peak RSS in
+# MiB, CPU and wall seconds, in a form a clean shell can run: only a python is needed.
+# Leading VAR=value arguments are the program's environment (not the wrapper's).
 MEASURE_PY = (
-    "import resource,subprocess,sys;"
-    "r=subprocess.run(sys.argv[1:]);"
+    "import os,re,resource,subprocess,sys,time;a=sys.argv[1:];e=dict(os.environ);"
+    "n=next((i for i,x in enumerate(a) if not re.match('[A-Za-z_][A-Za-z0-9_]*=',x)),len(a));"
+    "e.update(x.split('=',1) for x in a[:n]);"
+    "t=time.monotonic();r=subprocess.run(a[n:],env=e);t=time.monotonic()-t;"
     "u=resource.getrusage(resource.RUSAGE_CHILDREN);"
     "print('peak_rss_mb=%.3f' % (u.ru_maxrss/1024));"
     "print('cpu_s=%.3f' % (u.ru_utime+u.ru_stime));"
+    "print('wall_s=%.3f' % t);"
     "sys.exit(r.returncode)"
 )
 
@@ -68,23 +75,53 @@ def workload_script(workspace: Workspace, spec: TargetSpec, script: str | None) 
     return path
 
 
+def host_python(spec: TargetSpec) -> str:
+    """The target's interpreter on this machine (target.md's `python:`, else python3)."""
+    from autoopt.tools.interpreter import find
+
+    return find(spec.local.python).path
+
+
+def program(
+    text: str, values: dict[str, str], *, python: str | None, cwd: Path
+) -> Command:
+    """A target.md command as it runs: placeholders substituted, the interpreter explicit."""
+    cmd = parse_command(text).substitute(values)
+    return Command(env=cmd.env, argv=resolve(cmd.argv, python, cwd))
+
+
 def workload_argv(
-    spec: TargetSpec, script: Path | None, endpoint: str | None
-) -> tuple[list[str], str]:
-    """(argv, shell line) of a workload. A service's driver gets the endpoint as its first
-    argument; a batch program's command runs in the built tree and is measured."""
+    spec: TargetSpec, script: Path | None, deployment: Deployment, target_dir: Path
+) -> tuple[Command, str]:
+    """(command, shell line) of a workload. A service's driver gets the endpoint as its
+    first argument and runs on this machine; a batch program's command runs in the built
+    tree and is measured, in the arm's container on the container backends. On this
+    machine, the target's interpreter runs Python; in a container, the image's."""
+    endpoint = deployment.endpoint
+    on_host = deployment.backend == "local" or spec.kind == "service"
+    cwd = Path(deployment.tree) if spec.kind == "batch" and deployment.tree else None
+    python = host_python(spec) if on_host else None
     if script is not None:
-        argv = ["bash", str(script)]
-        shell = f'bash "$WORKLOAD_DIR/{script.name}"'
+        runner = resolve([str(script)], python, script.parent)
+        if runner == [str(script)]:
+            runner = ["bash", str(script)]  # no #! line and no known extension
+        cmd = Command(argv=runner)
+        shell = join_command(runner[:-1]) + f' "$WORKLOAD_DIR/{script.name}"'
         if spec.kind == "service":
-            argv.append(endpoint or "")
+            cmd.argv.append(endpoint or "")
             shell += ' "$ENDPOINT"'
     else:
         assert spec.local.workload is not None
-        command = spec.local.workload
-        argv = shlex.split(command.replace("{endpoint}", endpoint or ""))
-        shell = command.replace("{endpoint}", "$ENDPOINT")
-    if spec.kind == "batch":
-        argv = ["python3", "-c", MEASURE_PY, *argv]
-        shell = f"python3 -c {shlex.quote(MEASURE_PY)} {shell}"
-    return argv, shell
+        values = {"endpoint": endpoint or "", "target_dir": str(target_dir)}
+        if python:
+            values["python"] = python
+        cmd = program(spec.local.workload, values, python=python, cwd=cwd or target_dir)
+        shell = cmd.text().replace(endpoint, "$ENDPOINT") if endpoint else cmd.text()
+    if spec.kind == "batch":  # the program's variables go to it, not to the wrapper
+        measure = python or "python3"
+        shell = f"{measure} -c {shlex.quote(MEASURE_PY)} " + (
+            shell if script is not None else cmd.text()
+        )
+        assignments = [f"{k}={v}" for k, v in cmd.env.items()]
+        cmd = Command(argv=[measure, "-c", MEASURE_PY, *assignments, *cmd.argv])
+    return cmd, shell

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from autoopt.tools.command import parse_command
 from autoopt.tools.errors import ProfilerUnavailable
 from autoopt.tools.profiling import jemalloc
 
@@ -73,14 +73,14 @@ def test_dumps_keep_the_heaviest_and_wait_for_the_newest(tmp_path: Path) -> None
 def test_wrap_merges_the_targets_own_conf_and_refuses_bad_prefixes() -> None:
     cmd = jemalloc.wrap("MALLOC_CONF=background_thread:true FOO=1 ./srv --port {port}",
                         Path("/r/p/x-jeprof"), "MALLOC_CONF")
-    argv = shlex.split(cmd)
-    assert argv[:2] == ["env", "FOO=1"] and argv[-3:] == ["./srv", "--port", "{port}"]
-    conf = argv[2].removeprefix("MALLOC_CONF=")
+    parsed = parse_command(cmd)
+    assert parsed.argv == ["./srv", "--port", "{port}"] and parsed.env["FOO"] == "1"
+    conf = parsed.env["MALLOC_CONF"]
     assert conf.startswith("background_thread:true,prof:true,")
     assert conf.endswith(",prof_prefix:/r/p/x-jeprof")
-    preloaded = shlex.split(jemalloc.wrap("LD_PRELOAD=/x/other.so ./srv", Path("/r/x"),
-                                          "MALLOC_CONF", Path("/lib/libjemalloc.so.2")))
-    assert preloaded[1] == "LD_PRELOAD=/lib/libjemalloc.so.2:/x/other.so"
+    preloaded = parse_command(jemalloc.wrap("LD_PRELOAD=/x/other.so ./srv", Path("/r/x"),
+                                            "MALLOC_CONF", Path("/lib/libjemalloc.so.2")))
+    assert preloaded.env["LD_PRELOAD"] == "/lib/libjemalloc.so.2:/x/other.so"
     with pytest.raises(ProfilerUnavailable, match="prof_prefix"):
         jemalloc.wrap("./srv", Path("/r/a,b/x"), "MALLOC_CONF")
 

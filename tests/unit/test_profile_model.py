@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import gzip
 import json
-import shlex
 from pathlib import Path
 
 import pytest
 
+from autoopt.tools.command import parse_command
 from autoopt.tools.errors import AlreadyExists, InvalidName, NotFound, ProfilerUnavailable
 from autoopt.tools.profiling import detect, heaptrack, memray, perf, pyspy, store, views
 from autoopt.tools.profiling.model import (
@@ -222,13 +222,17 @@ def test_command_wrapping_keeps_the_port_placeholder() -> None:
     assert detect.is_python_command("python3 server.py --port {port}")
     assert detect.is_python_command("PYTHONHASHSEED=0 /usr/bin/python3.11 x.py")
     assert not detect.is_python_command("./server --port {port}")
-    wrapped = memray.wrap("python3 -u server.py --port {port}", Path("/o/m.bin"))
-    argv = shlex.split(wrapped)
-    assert argv[1:] == ["-u", "-m", "memray", "run", "-q", "-f", "-o", "/o/m.bin",
-                        "server.py", "--port", "{port}"]
+    assert detect.is_python_command("env PYTHONMALLOC=malloc python3 x.py")
+    wrapped = memray.wrap("A=1 /usr/bin/python3 -u server.py --port {port}", Path("/o/m.bin"),
+                          {"PYTHONPATH": "/side"})
+    cmd = parse_command(wrapped)
+    assert cmd.argv == ["/usr/bin/python3", "-u", "-m", "memray", "run", "-q", "-f", "-o",
+                        "/o/m.bin", "server.py", "--port", "{port}"]  # the command's python
+    assert cmd.env == {"A": "1", "PYTHONPATH": "/side"}
     assert wrapped.endswith("--port {port}")  # not quoted: the backend substitutes it
-    ht = heaptrack.wrap("./peak --n 3", Path("/o/raw"))
-    assert shlex.split(ht)[0] == "env" and ht.endswith("DUMP_HEAPTRACK_OUTPUT=/o/raw ./peak --n 3")
+    ht = parse_command(heaptrack.wrap("PYTHONMALLOC=malloc ./peak --n 3", Path("/o/raw")))
+    assert ht.argv == ["./peak", "--n", "3"]  # the program itself, not env
+    assert ht.env["DUMP_HEAPTRACK_OUTPUT"] == "/o/raw" and ht.env["PYTHONMALLOC"] == "malloc"
 
 
 def test_missing_native_profiler_names_the_debian_package(monkeypatch: pytest.MonkeyPatch

@@ -121,9 +121,10 @@ class Backend(Protocol):
         *,
         name: str,
         timeout: float = 600.0,
+        env: dict[str, str] | None = None,
     ) -> WorkloadResult:
         """Drive the service with `argv`, or run the batch program; parse its metrics.
-        `shell` is the line the journal records for it."""
+        `shell` is the line the journal records for it; `env` what the command sets."""
         ...
 
     async def collect(

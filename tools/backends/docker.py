@@ -30,6 +30,7 @@ import anyio
 from autoopt.tools import procfs
 from autoopt.tools.backends.base import Build, Deployment, Progress, WorkloadResult
 from autoopt.tools.backends.driver import HEALTH_WAIT_SH, drive, new_deployment, probe
+from autoopt.tools.command import Command
 from autoopt.tools.errors import (
     AutooptError,
     BackendUnavailable,
@@ -731,8 +732,11 @@ class DockerBackend:
         *,
         name: str,
         timeout: float = 600.0,
+        env: dict[str, str] | None = None,
     ) -> WorkloadResult:
         if spec.kind == "batch":
+            argv = Command(env=env or {}, argv=argv).env_argv()  # `env` sets them in there
+            shell = f"env {shell}" if env else shell
             return await self._run_batch(spec, deployment, argv, shell, name=name, timeout=timeout)
         return await drive(
             deployment,
@@ -740,6 +744,7 @@ class DockerBackend:
             shell,
             name=name,
             timeout=timeout,
+            env=env,
             note="the driver runs on the host, against $ENDPOINT",
         )
 

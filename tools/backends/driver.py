@@ -56,19 +56,21 @@ async def drive(
     timeout: float,
     cwd: Path | None = None,
     note: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> WorkloadResult:
     """Run `argv` to completion (output in the deployment's log folder), journal it as
     `shell`, parse its key=value metrics; a timeout stops it and raises WorkloadFailed."""
     logs = Path(deployment.log_dir)
     where = cwd or logs
     child, done, timed_out = await run(
-        argv, cwd=where, env=base_env(), logs=logs, name=name, timeout=timeout
+        argv, cwd=where, env=base_env(env), logs=logs, name=name, timeout=timeout
     )
     deployment.journal.add(
         Step(
             phase="workload",
             shell=shell,
             argv=argv,
+            env=env or {},
             cwd=str(where),
             elapsed_s=done.elapsed_s,
             exit_code=done.code,

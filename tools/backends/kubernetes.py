@@ -987,6 +987,7 @@ class KubernetesBackend:
         *,
         name: str,
         timeout: float = 600.0,
+        env: dict[str, str] | None = None,
     ) -> WorkloadResult:
         result = await drive(
             deployment,
@@ -994,6 +995,7 @@ class KubernetesBackend:
             shell,
             name=name,
             timeout=timeout,
+            env=env,
             note="the driver runs on this machine, against $ENDPOINT (the port-forward)",
         )
         forwarder = self._forwarders.get(deployment.id)

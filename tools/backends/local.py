@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import socket
 import time
 from pathlib import Path
@@ -12,10 +11,14 @@ import anyio
 from autoopt.tools import procfs
 from autoopt.tools.backends.base import Build, Deployment, Progress, WorkloadResult
 from autoopt.tools.backends.driver import HEALTH_WAIT_SH, drive, new_deployment, probe
+from autoopt.tools.command import Command
 from autoopt.tools.errors import BuildFailed, DeployFailed
 from autoopt.tools.journal import Step
 from autoopt.tools.process import Child, base_env, kill_group, process_started, run, spawn
+from autoopt.tools.profiling.detect import join_command
 from autoopt.tools.targets import TargetSpec
+from autoopt.tools.workload import host_python, program
+from autoopt.tools.workspace import Workspace
 
 COLLECT_SH = (
     'awk \'/^VmHWM/ {printf "peak_rss_mb=%.3f\\n", $2/1024} '
@@ -39,7 +42,8 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self) -> None:
+    def __init__(self, workspace: Workspace) -> None:
+        self.workspace = workspace
         self._children: dict[str, Child] = {}
         self._cpu_mark: dict[str, float] = {}
 
@@ -53,20 +57,28 @@ class LocalBackend:
         if not spec.local.build:
             build.journal.add(Step(phase="build", shell=": no build step", note="none needed"))
             return build
-        argv = shlex.split(spec.local.build)
+        python = host_python(spec)
+        cmd = program(spec.local.build, {"python": python}, python=python, cwd=tree)
+        argv = cmd.argv
         if progress:
             await progress(f"building {spec.name} at {build.commit[:12]}: {spec.local.build}")
         logs = tree.parent / "logs"
         child, done, timed_out = await run(
-            argv, cwd=tree, env=base_env(), logs=logs, name="build", timeout=spec.build.timeout_s
+            argv,
+            cwd=tree,
+            env=base_env(cmd.env),
+            logs=logs,
+            name="build",
+            timeout=spec.build.timeout_s,
         )
         build.duration_s = round(done.elapsed_s, 3)
         build.log_tail = child.tail(40)
         build.journal.add(
             Step(
                 phase="build",
-                shell=f'(cd "$TREE" && {spec.local.build})',
+                shell=f'(cd "$TREE" && {cmd.text()})',
                 argv=argv,
+                env=cmd.env,
                 cwd=str(tree),
                 elapsed_s=done.elapsed_s,
                 exit_code=done.code,
@@ -99,26 +111,30 @@ class LocalBackend:
         if not spec.local.run:
             raise DeployFailed(f"target {spec.name} is a service but '## Local' has no 'run:'")
         port = free_port()
-        command = spec.local.run.replace("{port}", str(port))
-        argv = shlex.split(command)
-        child = spawn(
-            argv, cwd=Path(build.tree), env=base_env({"PORT": str(port)}), logs=logs, name="service"
-        )
+        python = host_python(spec)
+        target_dir = str(self.workspace.target_dir(spec.name))
+        values = {"port": str(port), "python": python, "target_dir": target_dir}
+        cmd = program(spec.local.run, values, python=python, cwd=Path(build.tree))
+        argv = cmd.argv
+        env = {"PORT": str(port), **cmd.env}
+        child = spawn(argv, cwd=Path(build.tree), env=base_env(env), logs=logs, name="service")
         self._children[dep_id] = child
         deployment.port = port
         deployment.endpoint = f"http://127.0.0.1:{port}"
         deployment.pid = child.pid
         deployment.pid_start = process_started(child.pid)
-        shell_run = spec.local.run.replace("{port}", '"$PORT"')
+        shown = program(
+            spec.local.run, {**values, "port": "@PORT@"}, python=python, cwd=Path(build.tree)
+        )
+        prefix = Command(env=shown.env, argv=[]).text()
+        shell_run = f"{prefix}exec setsid {join_command(shown.argv)}".replace("@PORT@", '"$PORT"')
         deployment.journal.add(
             Step(
                 phase="deploy",
-                shell=(
-                    f'(cd "$TREE" && exec setsid {shell_run}) > "$LOGS/service.log" 2>&1 &\nPID=$!'
-                ),
+                shell=f'(cd "$TREE" && {shell_run}) > "$LOGS/service.log" 2>&1 &\nPID=$!',
                 argv=argv,
                 cwd=build.tree,
-                env={"PORT": str(port)},
+                env=env,
             )
         )
         health = f"{deployment.endpoint}{spec.local.health or '/'}"
@@ -183,6 +199,7 @@ class LocalBackend:
         *,
         name: str,
         timeout: float = 600.0,
+        env: dict[str, str] | None = None,
     ) -> WorkloadResult:
         batch = spec.kind == "batch"
         result = await drive(
@@ -191,6 +208,7 @@ class LocalBackend:
             f'(cd "$TREE" && {shell})' if batch else shell,
             name=name,
             timeout=timeout,
+            env=env,
             cwd=Path(deployment.tree) if batch and deployment.tree else None,
         )
         if batch:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from autoopt.tools.command import is_python_name, parse_command
 from autoopt.tools.errors import ProfilerUnavailable
 
 # tool -> (executable, Debian package, what it is for)
@@ -21,8 +22,6 @@ NATIVE_TOOLS = {
 }
 HEAPTRACK_PRELOAD = "/usr/lib/heaptrack/libheaptrack_preload.so"
 HEAPTRACK_INTERPRET = "/usr/lib/heaptrack/libexec/heaptrack_interpret"
-
-_PYTHON = re.compile(r"python(\d+(\.\d+)?)?$")
 
 
 def require(tool: str) -> str:
@@ -45,7 +44,7 @@ def require(tool: str) -> str:
 
 
 def memray_reason() -> str | None:
-    """None when `python -m memray` can run here, else why not."""
+    """None when memray can run here and the server can read its files, else why not."""
     if not sys.platform.startswith("linux"):
         return f"memray runs on Linux only (this is {sys.platform})"
     try:
@@ -64,38 +63,26 @@ def pyspy_path() -> str:
     return path
 
 
-def split_env(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(the leading VAR=value assignments, the command after them)."""
-    k = 0
-    while k < len(argv) and "=" in argv[k] and not argv[k].startswith("/"):
-        k += 1
-    return argv[:k], argv[k:]
-
-
 def is_python_command(command: str | None) -> bool:
-    """The command starts with a Python interpreter (python, python3, python3.11, ...)."""
+    """The command starts a Python interpreter (python, python3, python3.11, a path to one),
+    after any VAR=value prefix."""
     if not command:
         return False
     try:
-        argv = shlex.split(command)
+        return is_python_name(parse_command(command).argv[0])
     except ValueError:
         return False
-    _, argv = split_env(argv)
-    return bool(argv) and bool(_PYTHON.fullmatch(os.path.basename(argv[0])))
 
 
-def split_python(command: str) -> tuple[list[str], list[str]]:
-    """(VAR=value prefixes, the arguments after the interpreter) of a Python command."""
-    env, argv = split_env(shlex.split(command))
-    return env, argv[1:]
+def split_python(command: str) -> tuple[dict[str, str], str, list[str]]:
+    """(the variables it sets, the interpreter, the arguments after it) of a Python command."""
+    cmd = parse_command(command)
+    return cmd.env, cmd.argv[0], cmd.argv[1:]
 
 
 def program_path(command: str, cwd: Path) -> Path | None:
     """The executable a command starts, resolved like the shell would (cwd for ./x)."""
-    _, argv = split_env(shlex.split(command))
-    if not argv:
-        return None
-    exe = argv[0]
+    exe = parse_command(command).argv[0]
     if "/" in exe:
         path = (cwd / exe) if not os.path.isabs(exe) else Path(exe)
         return path if path.exists() else None
@@ -161,11 +148,10 @@ def jemalloc_use(command: str, cwd: Path) -> JemallocUse | None:
     """Whether the command's program runs on jemalloc: preloaded (LD_PRELOAD=...libjemalloc),
     linked to libjemalloc.so, or with jemalloc inside the binary; None otherwise."""
     try:
-        env, _ = split_env(shlex.split(command))
+        env = parse_command(command).env
     except ValueError:
         return None
-    for assignment in env:
-        name, _, value = assignment.partition("=")
+    for name, value in env.items():
         if name == "LD_PRELOAD" and "libjemalloc" in value:
             lib = next((Path(v) for v in re.split(r"[:\s]", value) if "libjemalloc" in v), None)
             return JemallocUse("preload", _conf_variable(_read(lib)) if lib else "MALLOC_CONF")

@@ -1,6 +1,6 @@
 """heaptrack: native heap profile at the peak, by stack.
 
-The program runs with heaptrack's preload library directly (`env LD_PRELOAD=...
+The program runs with heaptrack's preload library directly (`LD_PRELOAD=...
 DUMP_HEAPTRACK_OUTPUT=raw prog`), not through the `heaptrack` shell script, so the pid is
 the real program and no wrapper shell sits between. heaptrack_interpret then symbolizes
 the raw trace (it needs the binaries, so it runs before the build tree goes away), and
@@ -15,7 +15,8 @@ import shlex
 from array import array
 from pathlib import Path
 
-from autoopt.tools.profiling.detect import HEAPTRACK_INTERPRET, HEAPTRACK_PRELOAD, join_command
+from autoopt.tools.command import Command, parse_command
+from autoopt.tools.profiling.detect import HEAPTRACK_INTERPRET, HEAPTRACK_PRELOAD
 from autoopt.tools.profiling.model import (
     Frame,
     ProfileBuilder,
@@ -29,8 +30,11 @@ OVERHEAD_NOTE = "heaptrack (every malloc/free unwound): high overhead on malloc-
 
 
 def wrap(command: str, raw: Path) -> str:
-    return join_command(["env", f"LD_PRELOAD={HEAPTRACK_PRELOAD}",
-                       f"DUMP_HEAPTRACK_OUTPUT={raw}", *shlex.split(command)])
+    """The command with heaptrack's library preloaded (before any it preloads itself)."""
+    cmd = parse_command(command)
+    preload = ":".join(p for p in (HEAPTRACK_PRELOAD, cmd.env.get("LD_PRELOAD")) if p)
+    env = {**cmd.env, "LD_PRELOAD": preload, "DUMP_HEAPTRACK_OUTPUT": str(raw)}
+    return Command(env=env, argv=cmd.argv).text()
 
 
 def interpret_shell(raw: Path, out: Path) -> str:

@@ -24,8 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autoopt.tools.command import Command, parse_command
 from autoopt.tools.errors import ProfilerUnavailable
-from autoopt.tools.profiling.detect import join_command, split_env
 from autoopt.tools.profiling.model import (
     Frame,
     ProfileBuilder,
@@ -166,23 +166,14 @@ def conf_value(prefix: str, existing: str | None = None) -> str:
 
 
 def wrap(command: str, prefix: Path, variable: str, preload: Path | None = None) -> str:
-    """`env [LD_PRELOAD=<jemalloc>] VAR=<conf> command`, merging the VAR=... and LD_PRELOAD=...
+    """`[LD_PRELOAD=<jemalloc>] VAR=<conf> command`, merging the VAR=... and LD_PRELOAD=...
     the command already sets."""
-    assignments, argv = split_env(shlex.split(command))
-    existing = None
-    rest: list[str] = []
-    preloads = [str(preload)] if preload else []
-    for assignment in assignments:
-        name, _, value = assignment.partition("=")
-        if name == variable:
-            existing = value
-        elif name == "LD_PRELOAD" and preload:
-            preloads.append(value)
-        else:
-            rest.append(f"{name}={value}")
-    conf = conf_value(str(prefix), existing)
-    env = [f"LD_PRELOAD={':'.join(preloads)}"] if preloads else []
-    return join_command(["env", *rest, *env, f"{variable}={conf}", *argv])
+    cmd = parse_command(command)
+    env = dict(cmd.env)
+    if preload:
+        env["LD_PRELOAD"] = ":".join(p for p in (str(preload), env.get("LD_PRELOAD")) if p)
+    env[variable] = conf_value(str(prefix), env.get(variable))
+    return Command(env=env, argv=cmd.argv).text()
 
 
 # The unbiased total of one dump, as `read_dump` computes it: "<bytes> <file>".

@@ -8,11 +8,10 @@ sizes sum exactly to that peak.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from autoopt.tools.errors import ProfilerUnavailable
-from autoopt.tools.profiling.detect import join_command, memray_reason, split_python
+from autoopt.tools.command import Command
+from autoopt.tools.profiling.detect import split_python
 from autoopt.tools.profiling.model import Frame, ProfileBuilder, relativize
 
 MEASURE = "bytes live at the heap high-water mark"
@@ -22,20 +21,21 @@ _OPTS_WITH_VALUE = {"-X", "-W", "-Q"}
 _SKIP_FILES = ("<frozen runpy>", "runpy.py")
 
 
-def wrap(command: str, output: Path) -> str:
-    """`python3 [opts] script args` -> `<this python> [opts] -m memray run ... script args`."""
-    reason = memray_reason()
-    if reason:
-        raise ProfilerUnavailable(reason)
-    env, rest = split_python(command)
+def wrap(command: str, output: Path, env: dict[str, str]) -> str:
+    """`python3 [opts] script args` -> `python3 [opts] -m memray run ... script args`, in the
+    command's own interpreter, with `env` (memray's PYTHONPATH, when it lives beside it)."""
+    variables, python, rest = split_python(command)
     opts: list[str] = []
     while rest and rest[0].startswith("-") and rest[0] not in ("-m", "-c"):
         opts.append(rest.pop(0))
         if opts[-1] in _OPTS_WITH_VALUE and rest:
             opts.append(rest.pop(0))
-    argv = [*env, sys.executable, *opts, "-m", "memray", "run", "-q", "-f", "-o", str(output),
-            *rest]
-    return join_command(argv)
+    variables = dict(variables)
+    if "PYTHONPATH" in env:
+        paths = (env["PYTHONPATH"], variables.get("PYTHONPATH"))
+        variables["PYTHONPATH"] = ":".join(p for p in paths if p)
+    argv = [python, *opts, "-m", "memray", "run", "-q", "-f", "-o", str(output), *rest]
+    return Command(env=variables, argv=argv).text()
 
 
 def _skip(frame: tuple[str, str, int]) -> bool:

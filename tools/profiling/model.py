@@ -66,7 +66,7 @@ class MemoryReadings(BaseModel):
 
     vm_hwm_mb: float | None = Field(None, description="peak RSS (VmHWM) during the workload")
     vm_rss_mb: float | None = Field(None, description="RSS after the workload")
-    smaps: dict[str, float] = Field(default_factory=dict, description="smaps_rollup, MB")
+    smaps: dict[str, float] = Field(default_factory=dict, description="smaps_rollup, MiB")
     peak_reset: bool = Field(False, description="VmHWM was reset (clear_refs) before the workload")
     source: str = Field("", description="where the numbers come from")
 
@@ -83,6 +83,8 @@ class Profile(BaseModel):
     base: str | None = None
     patch_sha256: str | None = None
     workload: str | None = Field(None, description="the workload file or command that ran")
+    program: str | None = Field(None, description="the profiled program's command, as it ran")
+    interpreter: str | None = Field(None, description="its Python: path (version)")
     tool: str = Field(description="the profiler that produced the stacks")
     measure: str = Field(description="what a value means, e.g. 'bytes live at the heap peak'")
     unit: Unit

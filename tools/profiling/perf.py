@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import re
-import shlex
 from pathlib import Path
 
-from autoopt.tools.profiling.detect import join_command
+from autoopt.tools.command import Command, parse_command
 from autoopt.tools.profiling.model import Frame, ProfileBuilder, relativize, unresolved
 
 MEASURE = "CPU samples (perf cpu-clock, frame-pointer call graphs)"
@@ -23,7 +22,8 @@ def attach_argv(perf: str, pid: int, output: Path, rate: int) -> list[str]:
 
 
 def wrap(perf: str, command: str, output: Path, rate: int) -> str:
-    return join_command([*_options(perf, output, rate), "--", *shlex.split(command)])
+    cmd = parse_command(command)
+    return Command(env=cmd.env, argv=[*_options(perf, output, rate), "--", *cmd.argv]).text()
 
 
 def script_argv(perf: str, data: Path) -> list[str]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-import shlex
 from pathlib import Path
 
-from autoopt.tools.profiling.detect import join_command, pyspy_path
+from autoopt.tools.command import Command, parse_command
+from autoopt.tools.profiling.detect import pyspy_path
 from autoopt.tools.profiling.model import Frame, ProfileBuilder, relativize
 
 MEASURE = "CPU samples (wall-clock sampling of non-idle threads)"
@@ -25,8 +25,9 @@ def attach_argv(pid: int, output: Path, rate: int) -> list[str]:
 
 def wrap(command: str, output: Path, rate: int) -> str:
     """Launch a batch command under py-spy (its Python descendants are sampled)."""
-    return join_command([pyspy_path(), *_options(output, rate), "--subprocesses", "--",
-                         *shlex.split(command)])
+    cmd = parse_command(command)
+    argv = [pyspy_path(), *_options(output, rate), "--subprocesses", "--", *cmd.argv]
+    return Command(env=cmd.env, argv=argv).text()
 
 
 def parse_frame(text: str) -> Frame:

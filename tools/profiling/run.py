@@ -25,15 +25,18 @@ import anyio
 from pydantic import BaseModel, Field
 
 from autoopt.tools.backends.base import Build, Deployment, WorkloadResult
+from autoopt.tools.command import is_python_name, resolve
 from autoopt.tools.errors import (
     BackendUnavailable,
     InvalidName,
     ProfilerUnavailable,
     WorkloadFailed,
 )
+from autoopt.tools.interpreter import Interpreter, memray_env
 from autoopt.tools.journal import Journal, Step, shell_join
 from autoopt.tools.process import Child, base_env, run, spawn
 from autoopt.tools.profiling import detect, jemalloc, store, views
+from autoopt.tools.profiling.detect import join_command
 from autoopt.tools.profiling.model import (
     MemoryReadings,
     Overhead,
@@ -41,7 +44,7 @@ from autoopt.tools.profiling.model import (
     ProfileBuilder,
 )
 from autoopt.tools.targets import TargetSpec
-from autoopt.tools.workload import workload_argv, workload_script
+from autoopt.tools.workload import program, workload_argv, workload_script
 from autoopt.tools.workspace import check_name
 
 MemoryTool = Literal["auto", "memray", "tracemalloc", "heaptrack", "jemalloc", "procfs"]
@@ -127,6 +130,7 @@ class _Session:
         self.raw_files: list[str] = []
         self._jemalloc: detect.JemallocUse | Literal[False] | None = None
         self.preload: Path | None = None  # a jemalloc preloaded into a program without one
+        self.memray_env: dict[str, str] = {}  # memray installed beside the target's python
 
     # -- helpers ----------------------------------------------------------------------
     async def say(self, message: str) -> None:
@@ -147,12 +151,37 @@ class _Session:
         return self.build.tree if self.build else None
 
     @property
+    def python(self) -> Interpreter:
+        """The target's one interpreter (target.md's `python:`, else python3 on PATH)."""
+        from autoopt.tools.interpreter import find
+
+        return find(self.spec.local.python)
+
+    def _resolved(self, text: str) -> str:
+        """A target.md command as it runs here: the interpreter explicit, {port} kept."""
+        values = {"python": self.python.path, "target_dir": str(self.ws.target_dir(self.spec.name))}
+        cwd = Path(self.tree) if self.tree else self.ws.target_dir(self.spec.name)
+        return program(text, values, python=self.python.path, cwd=cwd).text()
+
+    def _script_runner(self) -> list[str]:
+        """How the batch workload script runs: by its #! line or extension, else bash."""
+        assert self.script is not None
+        runner = resolve([str(self.script)], self.python.path, self.script.parent)
+        return runner if runner != [str(self.script)] else ["bash", str(self.script)]
+
+    @property
     def program_command(self) -> str | None:
-        """The command that starts the program itself: the service's run, or the batch
-        workload command (None when a workload script starts the programs)."""
+        """The command that starts the program itself, as it runs here: the service's run,
+        the batch workload command, or a Python workload script with its interpreter. None
+        when a workload script (shell or other) starts the programs."""
         if self.spec.kind == "service":
-            return self.spec.local.run
-        return None if self.script is not None else self.spec.local.workload
+            assert self.spec.local.run is not None
+            return self._resolved(self.spec.local.run)
+        if self.script is None:
+            assert self.spec.local.workload is not None
+            return self._resolved(self.spec.local.workload)
+        runner = self._script_runner()
+        return join_command(runner) if is_python_name(runner[0]) else None
 
     @property
     def jemalloc(self) -> detect.JemallocUse | None:
@@ -164,27 +193,23 @@ class _Session:
         return self._jemalloc or None
 
     def is_python(self) -> bool:
-        if self.spec.kind == "service":
-            return detect.is_python_command(self.spec.local.run)
-        if self.script is None:
-            return detect.is_python_command(self.spec.local.workload)
-        text = self.script.read_text(errors="replace")
-        return "python" in text
+        command = self.program_command
+        if command is not None:
+            return detect.is_python_command(command)
+        assert self.script is not None
+        return "python" in self.script.read_text(errors="replace")
 
     def batch_command(self) -> str:
-        """The batch program's command line (a workload file runs through bash)."""
-        if self.script is not None:
-            return f"bash {detect.join_command([str(self.script)])}"
-        assert self.spec.local.workload is not None
-        return self.spec.local.workload
+        """The batch program's command line (a workload script by its #! line or extension)."""
+        return self.program_command or join_command(self._script_runner())
 
     def wrapped_spec(self, wrap: Callable[[str], str] | None) -> TargetSpec:
         """The spec whose service command (or batch command) runs under the profiler."""
         if wrap is None:
             return self.spec
         if self.spec.kind == "service":
-            assert self.spec.local.run is not None
-            local = self.spec.local.model_copy(update={"run": wrap(self.spec.local.run)})
+            assert self.program_command is not None
+            local = self.spec.local.model_copy(update={"run": wrap(self.program_command)})
         else:
             local = self.spec.local.model_copy(update={"workload": wrap(self.batch_command())})
         return self.spec.model_copy(update={"local": local})
@@ -211,13 +236,14 @@ class _Session:
         )
 
     # -- lifecycle --------------------------------------------------------------------
-    async def prepare(self, patch: str | None) -> None:
-        """Build the frontier (+ patch) unless a deployment was given or it is built."""
+    async def prepare(self, patch: str | None, base: str | None = None) -> None:
+        """Build `base` (default: the frontier) + patch, unless a deployment was given or it
+        is built."""
         if self.deployment is not None or self.build is not None:
             return
         await self.say(f"building {self.spec.name}")
         self.build = await self.engine.build(
-            self.spec.name, patch=patch, backend=self.env, progress=self.progress
+            self.spec.name, patch=patch, base=base, backend=self.env, progress=self.progress
         )
 
     async def start(self, spec: TargetSpec, patch: str | None) -> Deployment:
@@ -234,11 +260,12 @@ class _Session:
         """Run the workload; (result, error) — a failure is returned, not raised."""
         assert self.deployment is not None
         script = None if spec.kind == "batch" and spec is not self.spec else self.script
-        argv, shell = workload_argv(spec, script, self.deployment.endpoint)
+        target_dir = self.ws.target_dir(self.spec.name)
+        cmd, shell = workload_argv(spec, script, self.deployment, target_dir)
         await self.say(f"running the workload ({self.workload_name})")
         try:
             result = await self.impl.run_workload(
-                spec, self.deployment, argv, shell, name="workload"
+                spec, self.deployment, cmd.argv, shell, name="workload", env=cmd.env
             )
         except WorkloadFailed as exc:
             return None, str(exc)
@@ -330,6 +357,8 @@ class _Session:
             base=build.base if build else None,
             patch_sha256=build.patch_sha256 if build else None,
             workload=self.workload_name,
+            program=self.batch_command() if self.spec.kind == "batch" else self.program_command,
+            interpreter=self.python.describe() if self.is_python() else None,
             tool=tool,
             measure=measure,
             unit=unit,
@@ -387,6 +416,7 @@ async def profile_memory(
     *,
     deployment_id: str | None = None,
     patch: str | None = None,
+    base: str | None = None,
     workload: str | None = None,
     label: str | None = None,
     tool: MemoryTool = "auto",
@@ -394,8 +424,10 @@ async def profile_memory(
     progress: Note | None = None,
 ) -> ProfileRun:
     """Where the memory is at the peak, by stack, plus VmHWM / VmRSS / smaps_rollup."""
-    if deployment_id is not None and patch is not None:
-        raise InvalidName("give either deployment_id (profile what runs) or patch (build one)")
+    if deployment_id is not None and (patch is not None or base is not None):
+        raise InvalidName(
+            "give either deployment_id (profile what runs) or patch/base (build one)"
+        )
     s = _Session(
         engine,
         target,
@@ -406,14 +438,13 @@ async def profile_memory(
         workload=workload,
         progress=progress,
     )
-    python = s.is_python()
     error: str | None = None
     result: WorkloadResult | None = None
     memory: MemoryReadings | None = None
     attached: Deployment | None = None
     try:
-        await s.prepare(patch)  # native targets: the built binary says whether it uses jemalloc
-        chosen = _memory_tool(s, tool, python)
+        await s.prepare(patch, base)  # the built tree says what the program is
+        chosen = _memory_tool(s, tool, s.is_python())
         out, wrap, dumps = _memory_wrapper(s, chosen)
         spec = s.wrapped_spec(wrap)
         with _watching(dumps):
@@ -478,7 +509,8 @@ def _memory_wrapper(
 
         out = s.raw("memray.bin")
         if not attach:
-            wrap = lambda cmd: memray.wrap(cmd, out)  # noqa: E731
+            env = s.memray_env
+            wrap = lambda cmd: memray.wrap(cmd, out, env)  # noqa: E731
     elif chosen == "tracemalloc":
         from autoopt.tools.profiling import tracemalloc_tool
 
@@ -500,12 +532,15 @@ def _memory_wrapper(
         dumps = jemalloc.Dumps(s.folder, prefix)
     if (
         s.spec.kind == "batch"
-        and s.script is not None
+        and s.program_command is None
         and chosen in ("memray", "tracemalloc", "heaptrack")
     ):
+        assert s.script is not None
         raise ProfilerUnavailable(
             f"{chosen} must start the program itself, but this batch workload is a script "
-            f"({s.script.name}); give the target a `workload:` command in ## Local"
+            f"({s.script.name}) that starts other programs; make the script the program (a "
+            "Python script runs under the profiler as it is), give the target a `workload:` "
+            "command in ## Local, or use tool='jemalloc' / 'procfs'"
         )
     return out, wrap, dumps
 
@@ -559,7 +594,11 @@ def _memory_tool(s: _Session, tool: MemoryTool, python: bool) -> str:
         if tool in ("auto", "memray"):
             reason = detect.memray_reason()
             if reason is None:
-                return "memray"
+                try:
+                    s.memray_env = memray_env(s.python)
+                    return "memray"
+                except ProfilerUnavailable as exc:
+                    reason = str(exc)
             if tool == "memray":
                 raise ProfilerUnavailable(reason)
             s.notes.append(
@@ -815,6 +854,7 @@ async def profile_cpu(
     *,
     deployment_id: str | None = None,
     patch: str | None = None,
+    base: str | None = None,
     workload: str | None = None,
     label: str | None = None,
     tool: CpuTool = "auto",
@@ -823,8 +863,10 @@ async def profile_cpu(
     progress: Note | None = None,
 ) -> ProfileRun:
     """Where the CPU time goes under the workload: py-spy (Python) or perf (native)."""
-    if deployment_id is not None and patch is not None:
-        raise InvalidName("give either deployment_id (profile what runs) or patch (build one)")
+    if deployment_id is not None and (patch is not None or base is not None):
+        raise InvalidName(
+            "give either deployment_id (profile what runs) or patch/base (build one)"
+        )
     s = _Session(
         engine,
         target,
@@ -835,23 +877,24 @@ async def profile_cpu(
         workload=workload,
         progress=progress,
     )
-    chosen = tool if tool != "auto" else ("py-spy" if s.is_python() else "perf")
-    perf_exe = detect.require("perf") if chosen == "perf" else ""
     from autoopt.tools.profiling import perf, pyspy
 
-    out = s.raw("pyspy.txt" if chosen == "py-spy" else "perf.data")
-    wrap: Callable[[str], str] | None = None
-    if s.spec.kind == "batch":
-        if chosen == "py-spy":
-            wrap = lambda cmd: pyspy.wrap(cmd, out, rate_hz)  # noqa: E731
-        else:
-            wrap = lambda cmd: perf.wrap(perf_exe, cmd, out, rate_hz)  # noqa: E731
-    spec = s.wrapped_spec(wrap)
     error: str | None = None
     result: WorkloadResult | None = None
     memory: MemoryReadings | None = None
     sampler: Child | None = None
     try:
+        await s.prepare(patch, base)
+        chosen = tool if tool != "auto" else ("py-spy" if s.is_python() else "perf")
+        perf_exe = detect.require("perf") if chosen == "perf" else ""
+        out = s.raw("pyspy.txt" if chosen == "py-spy" else "perf.data")
+        wrap: Callable[[str], str] | None = None
+        if s.spec.kind == "batch":
+            if chosen == "py-spy":
+                wrap = lambda cmd: pyspy.wrap(cmd, out, rate_hz)  # noqa: E731
+            else:
+                wrap = lambda cmd: perf.wrap(perf_exe, cmd, out, rate_hz)  # noqa: E731
+        spec = s.wrapped_spec(wrap)
         dep = await s.start(spec, patch)
         if spec.kind == "service":
             assert dep.pid is not None

@@ -8,10 +8,10 @@ stored stacks are the last such snapshot: bytes live NEAR the peak, not at it.
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
-from autoopt.tools.profiling.detect import join_command, split_python
+from autoopt.tools.command import Command
+from autoopt.tools.profiling.detect import split_python
 from autoopt.tools.profiling.model import Frame, ProfileBuilder, relativize
 
 MEASURE = "bytes live near the peak (tracemalloc snapshot at the largest polled size)"
@@ -48,11 +48,10 @@ runpy.run_path(script, run_name="__main__")
 def wrap(command: str, output: Path, runner: Path) -> str:
     """`python3 script args` -> `python3 runner.py OUT script args` (same interpreter)."""
     runner.write_text(RUNNER)
-    env, rest = split_python(command)
+    env, interpreter, rest = split_python(command)
     if not rest or rest[0].startswith("-"):
         raise ValueError("the tracemalloc runner needs `python3 script.py ...`")
-    interpreter = shlex.split(command)[len(env)]
-    return join_command([*env, interpreter, str(runner), str(output), *rest])
+    return Command(env=env, argv=[interpreter, str(runner), str(output), *rest]).text()
 
 
 def parse(path: Path, tree: str | None) -> ProfileBuilder:

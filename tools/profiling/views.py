@@ -149,10 +149,14 @@ def header(profile: Profile) -> str:
     head = (f"# {profile.target} / {profile.env} / {profile.label}: {profile.measure} "
             f"({profile.tool}), total {human_value(profile.total, profile.unit)}\n"
             f"# revision {rev}, workload {profile.workload or '?'}")
+    if profile.program:
+        head += f"\n# program: {profile.program}"
+    if profile.interpreter:
+        head += f"\n# python: {profile.interpreter}"
     if profile.memory and profile.memory.vm_hwm_mb is not None:
         rss = profile.memory.vm_rss_mb
-        head += (f"\n# VmHWM {profile.memory.vm_hwm_mb:.1f} MB"
-                 + (f", VmRSS {rss:.1f} MB" if rss is not None else "")
+        head += (f"\n# VmHWM {profile.memory.vm_hwm_mb:.1f} MiB"
+                 + (f", VmRSS {rss:.1f} MiB" if rss is not None else "")
                  + f" ({profile.memory.source})")
     if not profile.complete:
         head += f"\n# INCOMPLETE: {profile.error}"
