@@ -371,11 +371,11 @@ def _write(
 ) -> str:
     branch = f"autoopt/{run.target}/{tag}-{exp_id}"
     git(source.repo, "branch", "-f", branch, run.commits.get("B", run.base))
-    if spec.source.repo == "local":
+    if spec.source.kind == "git":
+        setup = scripts.clone_setup(spec.source.repo, spec.source.branch, spec.source.commit)
+    else:  # local, pypi and debian trees exist only in the server's repository
         source.bundle(run.base, folder / "source.bundle")
         setup = scripts.bundle_setup("source.bundle")
-    else:
-        setup = scripts.clone_setup(spec.source.repo, spec.source.branch)
     if run.patch:
         write_atomic(folder / "diff.patch", run.patch)
     if run.backend != "local" and spec.build.dockerfile:

@@ -162,11 +162,20 @@ def bundle_setup(bundle_name: str) -> str:
     )
 
 
-def clone_setup(repo: str, branch: str) -> str:
-    return (
-        f'git clone --quiet --branch {shlex.quote(branch)} {shlex.quote(repo)} "$REPO"\n'
-        'git -C "$REPO" fetch --quiet origin "$BASE" 2>/dev/null || true\n'
-    )
+def clone_setup(repo: str, branch: str, commit: str | None = None) -> str:
+    """Clone `repo` at `branch`, or checked out at the pinned `commit` (a commit or tag)."""
+    url = shlex.quote(repo)
+    if commit is None:
+        clone = f'git clone --quiet --branch {shlex.quote(branch)} {url} "$REPO"\n'
+    else:
+        pin = shlex.quote(commit)
+        clone = (
+            f'git clone --quiet --no-checkout {url} "$REPO"\n'
+            f'git -C "$REPO" fetch --quiet origin {pin} 2>/dev/null || true\n'
+            f'git -C "$REPO" checkout --quiet --detach {pin} 2>/dev/null ||\n'
+            '  git -C "$REPO" checkout --quiet --detach FETCH_HEAD\n'
+        )
+    return clone + 'git -C "$REPO" fetch --quiet origin "$BASE" 2>/dev/null || true\n'
 
 
 def render_profile(

@@ -1,8 +1,10 @@
 """Each target's code in a git repository the server owns; revisions = base commit + patch.
 
 `repo: local` targets are imported from their `path` into a fresh repository, with a fixed
-author and date so the same tree always gives the same commit. Builds happen in worktrees
-at exact revisions, never in the user's tree.
+author and date so the same tree always gives the same commit; `pypi:` and `debian:`
+targets are fetched once (tools/fetch.py) and imported the same way; git URLs are cloned,
+at `commit:` when given. Builds happen in worktrees at exact revisions, never in the
+user's tree.
 
 Several server processes may share one workspace: every step that changes the repository's
 refs or worktree admin files holds a per-target lock (`<sources>/.<name>.lock`), and an
@@ -18,11 +20,12 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pydantic import BaseModel
 
+from autoopt.tools import fetch
 from autoopt.tools.errors import InvalidName, PatchError, RuleViolation, TargetSpecError
 from autoopt.tools.journal import Journal, Step
 from autoopt.tools.state import locked
@@ -31,6 +34,7 @@ from autoopt.tools.workspace import Workspace, inside
 
 FRONTIER = "refs/autoopt/frontier"
 IMPORTED = "refs/autoopt/imported"
+PIN = "refs/autoopt/pin"  # a `commit:` fetched from origin
 _IDENTITY = {
     "GIT_AUTHOR_NAME": "autoopt",
     "GIT_AUTHOR_EMAIL": "autoopt@localhost",
@@ -127,11 +131,16 @@ class Source:
             yield
 
     def ensure(self) -> Path:
-        """Clone or import the source once; re-import a local tree that changed."""
-        if self.spec.source.repo == "local":
+        """Clone, fetch or import the source once; re-import a local tree that changed."""
+        kind = self.spec.source.kind
+        if kind == "local":
             self._import_local()
+        elif kind != "git":
+            self._import_fetched()
         elif not (self.repo / ".git").exists():
             self._clone()
+        elif self.spec.source.commit:
+            self._repin()
         return self.repo
 
     def _clone(self) -> None:
@@ -144,24 +153,20 @@ class Source:
             tmp = Path(tempfile.mkdtemp(dir=self.repo.parent, prefix=f".{self.spec.name}.clone-"))
             try:
                 clone = tmp / "repo"
+                src = self.spec.source
+                # At a pinned commit every branch is fetched anyway: no --branch to get wrong.
+                branch = [] if src.commit else ["--branch", src.branch]
                 proc = subprocess.run(
-                    [
-                        "git",
-                        "clone",
-                        "--branch",
-                        self.spec.source.branch,
-                        self.spec.source.repo,
-                        str(clone),
-                    ],
-                    capture_output=True,
-                    text=True,
+                    ["git", "clone", *branch, src.repo, str(clone)], capture_output=True, text=True
                 )
                 if proc.returncode != 0:
                     raise TargetSpecError(
-                        f"cannot clone {self.spec.source.repo} (branch {self.spec.source.branch})"
-                        f" for target {self.spec.name}: {proc.stderr.strip()[-500:]}"
+                        f"cannot clone {src.repo} (branch {src.branch}) for target "
+                        f"{self.spec.name}: {proc.stderr.strip()[-500:]}"
                     )
-                git(clone, "update-ref", FRONTIER, "HEAD")
+                base = self._pinned(clone) if src.commit else "HEAD"
+                git(clone, "update-ref", IMPORTED, base)
+                git(clone, "update-ref", FRONTIER, base)
                 try:
                     clone.rename(self.repo)
                 except OSError as err:
@@ -170,6 +175,34 @@ class Source:
                     ) from err
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def _pinned(self, repo: Path) -> str:
+        """The commit `commit:` names (a commit id or tag), fetched when `repo` lacks it."""
+        want = self.spec.source.commit or ""
+        found = None
+        if not want.startswith("-"):
+            found = _git_ok(repo, "rev-parse", "-q", "--verify", f"{want}^{{commit}}")
+            if not found:
+                git(repo, "update-ref", "-d", PIN)
+                git(repo, "fetch", "-q", "origin", f"+{want}:{PIN}", check=False)
+                found = _git_ok(repo, "rev-parse", "-q", "--verify", f"{PIN}^{{commit}}")
+        if not found:
+            raise TargetSpecError(
+                f"target {self.spec.name}: commit: {want} is no commit or tag of "
+                f"{self.spec.source.repo}; give a commit id or tag that exists there"
+            )
+        return found
+
+    def _repin(self) -> None:
+        """Move the base to a changed `commit:` (no network when the clone holds it)."""
+        pinned = _git_ok(self.repo, "rev-parse", f"{self.spec.source.commit}^{{commit}}") or ""
+        known = _git_ok(self.repo, "rev-parse", "-q", "--verify", IMPORTED)
+        if pinned and pinned == known:
+            return
+        with self._lock():
+            commit, (previous, frontier) = self._pinned(self.repo), self._heads()
+            if commit != previous:
+                self._set_base(commit, previous, frontier)
 
     def _init_local(self) -> None:
         """An empty repository for a local import, made aside and moved into place."""
@@ -202,32 +235,63 @@ class Source:
         known = _git_ok(self.repo, "rev-parse", f"{IMPORTED}^{{tree}}", FRONTIER, "--")
         if known is not None and known.split()[0] == tree_id:
             return
+        self._commit_import(lambda: self._folder_tree(folder), f"import {self.spec.source.path}")
+
+    def _import_fetched(self) -> None:
+        """Fetch and import a `pypi:` or `debian:` source once. The import's message names
+        the pin, so a later ensure() is a no-op without network."""
+        src, downloads = self.spec.source, self.workspace.state_dir / "downloads"
+        if src.pypi:
+            label = "pypi {}=={}".format(*fetch.pypi_pin(src.pypi))
+            label += f" ({src.dist})" if src.dist else ""
+        else:
+            name, version = fetch.debian_pin(src.debian or "")
+            label = f"debian {name}={version}"
+        message = f"import {label}"
+        if not (self.repo / ".git").exists():
+            self._init_local()
+        out = _git_ok(self.repo, "for-each-ref", "--format=%(refname) %(subject)", "refs/autoopt/")
+        refs = dict(line.split(" ", 1) for line in (out or "").splitlines())
+        if FRONTIER in refs and refs.get(IMPORTED) == message:
+            return
+        with tempfile.TemporaryDirectory(prefix="autoopt-fetch-") as tmp:
+            if src.pypi:
+                tree = fetch.unpack(fetch.pypi_archive(src.pypi, src.dist, downloads), Path(tmp))
+            else:
+                tree = fetch.debian_tree(name, version, downloads, Path(tmp))
+            self._commit_import(lambda: self._folder_tree(tree), message)
+
+    def _commit_import(self, tree_of: Callable[[], str], message: str) -> None:
+        """Under the lock, hash the tree again (a view older than the last import must not
+        win) and commit it as the new import, unless the last import is the same."""
         with self._lock():
-            tree_id = self._folder_tree(folder)
-            previous = _git_ok(self.repo, "rev-parse", "-q", "--verify", IMPORTED) or ""
-            frontier = _git_ok(self.repo, "rev-parse", "-q", "--verify", FRONTIER) or ""
-            if previous and _tree_of(self.repo, previous) == tree_id:
+            tree_id = tree_of()
+            previous, frontier = self._heads()
+            same = previous and _tree_of(self.repo, previous) == tree_id
+            if same and git(self.repo, "log", "-1", "--format=%s", previous).strip() == message:
                 if not frontier:
                     git(self.repo, "update-ref", FRONTIER, previous, "")
                 return
             parents = ["-p", previous] if previous else []
-            commit = git(
-                self.repo,
-                "commit-tree",
-                tree_id,
-                *parents,
-                "-m",
-                f"import {self.spec.source.path}",
-            ).strip()
-            moves = [
-                _ref_move(IMPORTED, commit, previous),
-                f"update refs/heads/{self.spec.source.branch} {commit}",
-            ]
-            # The frontier follows the import only while nobody moved it (a kept
-            # experiment); a frontier on the empty tree (left by older versions) is healed.
-            if not frontier or frontier == previous or _tree_of(self.repo, frontier) in EMPTY_TREES:
-                moves.append(_ref_move(FRONTIER, commit, frontier))
-            git(self.repo, "update-ref", "--stdin", input_text="\n".join(moves) + "\n")
+            commit = git(self.repo, "commit-tree", tree_id, *parents, "-m", message).strip()
+            branch = f"update refs/heads/{self.spec.source.branch} {commit}"
+            self._set_base(commit, previous, frontier, branch)
+
+    def _heads(self) -> tuple[str, str]:
+        """The imported and frontier commits ('' when missing)."""
+        return (
+            _git_ok(self.repo, "rev-parse", "-q", "--verify", IMPORTED) or "",
+            _git_ok(self.repo, "rev-parse", "-q", "--verify", FRONTIER) or "",
+        )
+
+    def _set_base(self, commit: str, previous: str, frontier: str, *extra: str) -> None:
+        """Move IMPORTED from `previous` to `commit` (and `extra` moves) in one
+        compare-and-swap transaction. The frontier follows only while nobody moved it (a
+        kept experiment); a frontier on the empty tree (left by older versions) is healed."""
+        moves = [_ref_move(IMPORTED, commit, previous), *extra]
+        if not frontier or frontier == previous or _tree_of(self.repo, frontier) in EMPTY_TREES:
+            moves.append(_ref_move(FRONTIER, commit, frontier))
+        git(self.repo, "update-ref", "--stdin", input_text="\n".join(moves) + "\n")
 
     def _folder_tree(self, folder: Path) -> str:
         """The tree id of `folder` as an import stores it, written to the object store only

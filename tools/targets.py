@@ -44,6 +44,7 @@ class SourceSpec(BaseModel):
     commit: str | None = Field(None, description="git: the commit or tag to start from")
     pypi: str | None = Field(None, description="a distribution on the package index: name==version")
     debian: str | None = Field(None, description="a Debian source package: name or name=version")
+    dist: Literal["sdist", "wheel"] | None = Field(None, description="pypi: force this archive")
 
     @property
     def kind(self) -> SourceKind:
@@ -332,6 +333,9 @@ def _source(r: _Reader) -> SourceSpec:
     pypi, debian = r.value("source", "pypi"), r.value("source", "debian")
     if pypi and debian:
         raise TargetSpecError(f"{r.file}:{r.line('source')}: give pypi: or debian:, not both")
+    dist = r.value("source", "dist")
+    if dist and not pypi:
+        raise TargetSpecError(f"{r.file}:{r.line('source', 'dist')}: dist: needs pypi:")
     return SourceSpec(
         repo=r.value("source", "repo") or ("local" if pypi or debian else r.need("source", "repo")),
         branch=r.value("source", "branch") or "main",
@@ -339,6 +343,7 @@ def _source(r: _Reader) -> SourceSpec:
         commit=r.value("source", "commit"),
         pypi=pypi,
         debian=debian,
+        dist=r.choice("source", "dist", "", ("sdist", "wheel")) if dist else None,  # type: ignore[arg-type]
     )
 
 
