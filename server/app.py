@@ -192,6 +192,7 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         r = await engine.run_workload(check_name(deployment_id, "deployment id"), workload)
         return _typed(views.WorkloadRun(
             metrics=r.metrics,
+            output=r.output,
             exit_code=r.exit_code,
             duration_s=r.duration_s,
             log_tail=r.log_tail,

@@ -219,13 +219,23 @@ class Engine:
     async def run_workload(
         self, deployment_id: str, script: str | None = None, *, name: str = "workload"
     ) -> WorkloadResult:
+        """One workload run: its own metrics plus those run_ab measures (peak_rss_mb,
+        cpu_s, wall_s), and its other output lines."""
         deployment = self.get_deployment(deployment_id)
         spec = self.spec(deployment.target)
         path = workload_script(self.workspace, spec, script)
         cmd, shell = workload_argv(spec, path, deployment, self.workspace.target_dir(spec.name))
         impl = self.backend(deployment.backend)
         self.registry.touch(deployment_id)
-        return await impl.run_workload(spec, deployment, cmd.argv, shell, name=name, env=cmd.env)
+        await impl.reset_peak(deployment)
+        result = await impl.run_workload(
+            spec, deployment, cmd.argv, shell, name=name, env=cmd.env
+        )
+        collected = await impl.collect(spec, deployment, result)
+        measured = dict(collected.get("metrics") or {})  # type: ignore[call-overload]
+        result.metrics = {**result.metrics, **measured}  # what run_ab samples, the same way
+        result.metrics.setdefault("wall_s", round(result.duration_s, 3))
+        return result
 
     async def teardown(self, deployment_id: str, reason: str = "torn down") -> Deployment:
         deployment = self.get_deployment(deployment_id)

@@ -44,6 +44,13 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
+def output_lines(text: str, lines: int = 20, width: int = 200) -> list[str]:
+    """The last lines that are not `key=number` metrics, each cut to `width` (for a person
+    checking the program's output)."""
+    kept = [ln[:width] for ln in text.splitlines() if ln.strip() and not _METRIC.match(ln)]
+    return kept[-lines:]
+
+
 def workload_script(workspace: Workspace, spec: TargetSpec, script: str | None) -> Path | None:
     """The workload file: a targeted one named by the caller (inside the target's folder),
     else the target's own `## Workload` script. None when the target has only a command."""

@@ -71,6 +71,9 @@ class WorkloadResult(BaseModel):
     exit_code: int
     duration_s: float
     log_tail: str = ""
+    output: list[str] = Field(
+        default_factory=list, description="the last lines of stdout that are not metrics"
+    )
     peak_rss_mb: float | None = Field(None, description="batch targets: the measured process")
     cpu_s: float | None = None
 

@@ -13,7 +13,7 @@ from autoopt.tools.errors import WorkloadFailed
 from autoopt.tools.journal import Step
 from autoopt.tools.process import base_env, run, tail_text
 from autoopt.tools.targets import TargetSpec
-from autoopt.tools.workload import parse_metrics
+from autoopt.tools.workload import output_lines, parse_metrics
 
 HEALTH_WAIT_SH = (
     'for _ in $(seq 300); do python3 -c "import sys, urllib.request as u; '
@@ -77,8 +77,10 @@ async def drive(
             note=note,
         )
     )
+    stdout = tail_text(child.stdout, 200)
     result = WorkloadResult(
-        metrics=parse_metrics(tail_text(child.stdout, 200)),
+        metrics=parse_metrics(stdout),
+        output=output_lines(stdout),
         exit_code=done.code,
         duration_s=done.elapsed_s,
         log_tail=child.tail(30),
