@@ -225,3 +225,23 @@ async def test_profile_an_older_revision_with_base(client: Client, workspace: Wo
     assert old["revision"] == first["commit"]
     top = " ".join(old["top_paths"][0]["frames"])
     assert "hold" in top and "keep_all" not in top, old["table"]
+
+
+async def test_a_pypi_target_builds_from_the_index_and_ab_reaches_a_decision(
+    client: Client, workspace: Workspace
+) -> None:
+    """targets/tabulate: tabulate 0.9.0 from the package index (the real registry), and a
+    real memory fix to it (examples/patches/tabulate-no-plain-text.patch)."""
+    build = await ok(client, "build", {"target": "tabulate"})
+    assert build["status"] == "done" and build["commit"], build
+    source = await client.call_tool(
+        "read_source", {"target": "tabulate", "path": "tabulate/__init__.py", "end_line": 3}
+    )
+    assert not source.is_error and "Pretty-print tabular data" in source.content[0].text, (
+        source.content[0].text
+    )
+    fix = (Path(__file__).parents[2] / "examples/patches/tabulate-no-plain-text.patch").read_text()
+    ab = await ok(client, "run_ab", {"target": "tabulate", "patch": fix, "runs": 3})
+    assert ab["status"] == "done" and ab["verdict"] in ("KEEP", "DISCARD", "INCONCLUSIVE"), ab
+    full = await full_view(client, await call_done(client, "get_run", {"run_id": ab["run_id"]}))
+    assert full["report"]["n_a"] == 3 and full["report"]["n_b"] == 3, full["report"]
