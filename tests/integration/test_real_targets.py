@@ -245,3 +245,25 @@ async def test_a_pypi_target_builds_from_the_index_and_ab_reaches_a_decision(
     assert ab["status"] == "done" and ab["verdict"] in ("KEEP", "DISCARD", "INCONCLUSIVE"), ab
     full = await full_view(client, await call_done(client, "get_run", {"run_id": ab["run_id"]}))
     assert full["report"]["n_a"] == 3 and full["report"]["n_b"] == 3, full["report"]
+
+
+async def test_a_shell_workload_script_is_followed_into_each_python(
+    client: Client, workspace: Workspace
+) -> None:
+    """A batch workload script that starts two Pythons: memray follows both, and the
+    profile says which processes it covers."""
+    folder = make_target(workspace, "shscript", script="script: targets/shscript/workload.sh")
+    (folder / "workload.sh").write_text(
+        '#!/bin/sh\nset -e\npython3 "$(dirname "$0")/work.py" 30000\n'
+        "python3 -c 'import lib; print(\"more=%d\" % len(lib.hold(90000)))'\n"
+    )
+    profile = await full_view(
+        client, await call_done(client, "profile_memory", {"target": "shscript", "label": "f"})
+    )
+    assert profile["tool"] == "memray" and profile["complete"], profile
+    roots = {p["frames"][0] for p in profile["top_paths"]}
+    assert len({r.split("]")[0] for r in roots if r.startswith("[pid ")}) == 2, roots
+    assert any("work.py 30000" in r for r in roots) and any("-c" in r for r in roots), roots
+    assert any("2 Python process(es)" in n for n in profile["notes"]), profile["notes"]
+    assert profile["workload_metrics"]["more"] == 90000
+    assert len(seen(folder)) == 1

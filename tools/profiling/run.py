@@ -25,7 +25,7 @@ import anyio
 from pydantic import BaseModel, Field
 
 from autoopt.tools.backends.base import Build, Deployment, WorkloadResult
-from autoopt.tools.command import is_python_name, resolve
+from autoopt.tools.command import Command, is_python_name, parse_command, resolve
 from autoopt.tools.errors import (
     BackendUnavailable,
     InvalidName,
@@ -198,6 +198,11 @@ class _Session:
             return detect.is_python_command(command)
         assert self.script is not None
         return "python" in self.script.read_text(errors="replace")
+
+    @property
+    def follows_tree(self) -> bool:
+        """A batch workload script that starts the programs (not a Python program itself)."""
+        return self.spec.kind == "batch" and self.program_command is None
 
     def batch_command(self) -> str:
         """The batch program's command line (a workload script by its #! line or extension)."""
@@ -508,7 +513,9 @@ def _memory_wrapper(
         from autoopt.tools.profiling import memray
 
         out = s.raw("memray.bin")
-        if not attach:
+        if s.follows_tree:  # a script that starts the programs: each Python under memray
+            wrap = _follow(s, out)
+        elif not attach:
             env = s.memray_env
             wrap = lambda cmd: memray.wrap(cmd, out, env)  # noqa: E731
     elif chosen == "tracemalloc":
@@ -530,17 +537,13 @@ def _memory_wrapper(
         variable = s.jemalloc.variable if s.jemalloc else "MALLOC_CONF"
         wrap = lambda cmd: jemalloc.wrap(cmd, s.folder / prefix, variable, s.preload)  # noqa: E731
         dumps = jemalloc.Dumps(s.folder, prefix)
-    if (
-        s.spec.kind == "batch"
-        and s.program_command is None
-        and chosen in ("memray", "tracemalloc", "heaptrack")
-    ):
+    if s.follows_tree and chosen in ("tracemalloc", "heaptrack"):
         assert s.script is not None
         raise ProfilerUnavailable(
             f"{chosen} must start the program itself, but this batch workload is a script "
-            f"({s.script.name}) that starts other programs; make the script the program (a "
-            "Python script runs under the profiler as it is), give the target a `workload:` "
-            "command in ## Local, or use tool='jemalloc' / 'procfs'"
+            f"({s.script.name}) that starts other programs: use tool='memray' (each Python "
+            "it starts is followed) or 'jemalloc' (each program on jemalloc dumps its heap), "
+            "or give the target a `workload:` command in ## Local"
         )
     return out, wrap, dumps
 
@@ -704,6 +707,8 @@ async def _read_memory(
     if tool == "procfs":
         return ProfileBuilder(), "no stacks (/proc readings only)", "none", "reads /proc only"
     assert out is not None
+    if tool == "memray" and s.follows_tree:
+        return await _read_followed(s, out)
     if tool == "memray":
         from autoopt.tools.profiling import memray
 
@@ -775,6 +780,53 @@ async def _read_memory(
         f"heaptrack: peak {info['peak_bytes']} bytes; {info['allocations']} allocations traced"
     )
     return builder, heaptrack.MEASURE, "high", heaptrack.OVERHEAD_NOTE
+
+
+def _follow(s: _Session, out: Path) -> Callable[[str], str]:
+    """The script's command with Python shims first on its PATH (see follow.py)."""
+    from autoopt.tools.profiling import follow
+
+    shims = s.folder / f"{s.label}-shims"
+    s.raw_files.append(str(shims))
+    follow.install_shims(shims, s.python, out.with_suffix(""), s.memray_env)
+
+    def wrap(command: str) -> str:
+        cmd = parse_command(command)
+        path = f"{shims}:{base_env()['PATH']}"
+        return Command(env={**cmd.env, "PATH": path}, argv=cmd.argv).text()
+
+    return wrap
+
+
+async def _read_followed(
+    s: _Session, out: Path
+) -> tuple[ProfileBuilder, str, Overhead, str]:
+    """Every capture of the followed processes, merged under one root frame per pid."""
+    from autoopt.tools.profiling import follow, memray
+
+    files = follow.captures(out.with_suffix(""))
+    s.raw_files.extend(str(f) for f in files)
+    s.raw_files.extend(str(f.with_suffix(".cmd")) for f in files)
+    parsed = []
+    for capture in files:
+        builder, info = await anyio.to_thread.run_sync(memray.parse, capture, s.tree)
+        parsed.append((builder, {**info, "command_line": follow.command_of(capture)}))
+    builder, lines = follow.merge(parsed)
+    assert s.script is not None
+    if not parsed:
+        s.notes.append(
+            f"the workload script {s.script.name} started no Python by name (python, "
+            "python3, ...): nothing was profiled. A program started by an absolute path is "
+            "not followed; name it by its command name, or profile it with tool='jemalloc'"
+        )
+    else:
+        s.notes.append(
+            f"followed the workload script {s.script.name}: {len(parsed)} Python "
+            f"process(es) ran under memray ({'; '.join(lines)}). Each one's stacks are under "
+            "a [pid] root frame; the total adds their peaks (an upper bound when they did "
+            "not run at once). Programs started by an absolute path are not followed"
+        )
+    return builder, memray.MEASURE, "moderate", memray.OVERHEAD_NOTE
 
 
 async def _memray_attach(s: _Session, dep: Deployment, out: Path | None) -> None:
