@@ -52,7 +52,7 @@ build_timeout: 120
 ## Primary Metric
 name: peak_rss_mb
 direction: lower
-unit: MB
+unit: MiB
 
 ## Workload
 description: one run of the program (it is the measured process)

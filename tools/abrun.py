@@ -24,7 +24,7 @@ from autoopt.tools.backends.base import Backend, Build, Sample
 from autoopt.tools.errors import AutooptError, NotFound, RuleViolation
 from autoopt.tools.journal import Journal
 from autoopt.tools.state import load_json, save_model
-from autoopt.tools.targets import Direction, TargetSpec
+from autoopt.tools.targets import CONTAINER_BACKENDS, Direction, TargetSpec, guess_direction
 from autoopt.tools.workload import workload_argv
 
 MIN_RUNS = 3
@@ -145,11 +145,6 @@ def make_schedule(runs: int, warmup: int, order: Order, seed: int) -> list[Slot]
     return [Slot(index=i, arm=a, warmup=w) for i, (a, w) in enumerate(arms)]  # type: ignore[arg-type]
 
 
-def guess_direction(metric: str) -> Direction:
-    higher = ("qps", "throughput", "ops", "per_s", "rps", "hit")
-    return "higher" if any(h in metric for h in higher) else "lower"
-
-
 def runs_dir(state_dir: Path) -> Path:
     return state_dir / "runs"
 
@@ -196,7 +191,9 @@ class ABRunner:
         folder: Path,
         script: Path | None,
         track: Callable[[object, bool], None],
+        target_dir: Path,
     ) -> None:
+        self.target_dir = target_dir
         self.spec = spec
         self.backend = backend
         self.run = run
@@ -268,9 +265,10 @@ class ABRunner:
             self.track(deployment, True)
             t1 = time.monotonic()
             await backend.reset_peak(deployment)
-            argv, shell = workload_argv(spec, self.script, deployment.endpoint)
+            cmd, shell = workload_argv(spec, self.script, deployment, self.target_dir)
             result = await backend.run_workload(
-                spec, deployment, argv, shell, name=f"run{slot.index:03d}-{slot.arm}"
+                spec, deployment, cmd.argv, shell, name=f"run{slot.index:03d}-{slot.arm}",
+                env=cmd.env,
             )
             t2 = time.monotonic()
             collected = await backend.collect(spec, deployment, result)
@@ -279,9 +277,11 @@ class ABRunner:
             restarts = int(collected.get("restarts", 0))  # type: ignore[call-overload]
             oom = bool(collected.get("oom_killed", False))
             died = bool(collected.get("died", False))
-            metrics.update(
-                pod_restarts=float(restarts), restarts=float(restarts), oom_killed=float(oom)
-            )
+            metrics["restarts"] = float(restarts)  # 0 for a local process: it cannot restart
+            if backend.name in CONTAINER_BACKENDS:
+                metrics["oom_killed"] = float(oom)
+            if "wall_s" not in metrics:  # the workload's own time (a service's driver)
+                metrics["wall_s"] = round(result.duration_s, 3)
             sample.metrics = metrics
             sample.smaps = dict(collected.get("smaps", {}))  # type: ignore[call-overload]
             sample.died, sample.restarts, sample.oom_killed = died, restarts, oom
@@ -321,7 +321,11 @@ def _describe(sample: Sample, metric: str) -> str:
 
 
 def analyse(run: ABRun, spec: TargetSpec, look: int | None) -> ABReport:
-    """Statistics over the non-warmup samples (the first `look` per arm, in sequential mode)."""
+    """Statistics over the non-warmup samples (the first `look` per arm, in sequential mode).
+
+    Only declared metrics are compared: the run's metric, the target's primary, secondary and
+    guardrail metrics, and the built-ins (TargetSpec.declared_metrics). Whatever else the
+    workload printed stays in the samples (run.json, metrics.log) and is not compared."""
     from autoopt.tools import stats
     from autoopt.tools.decision import decide
 
@@ -360,13 +364,13 @@ def analyse(run: ABRun, spec: TargetSpec, look: int | None) -> ABReport:
         inconclusive_is_discard=run.sequential and final,
         look=look,
     )
-    names = sorted({m for s in ok["A"] + ok["B"] for m in s.metrics})
+    declared = {**spec.declared_metrics(run.backend), run.metric: run.direction}
     reports = []
-    for name in names:
+    for name in sorted(declared):
         va, vb = values("A", name), values("B", name)
         if not va or not vb:
             continue
-        direction = run.direction if name == run.metric else guess_direction(name)
+        direction = declared[name]
         comparison = None
         if len(va) >= 2 and len(vb) >= 2:
             comparison = stats.compare(
@@ -425,6 +429,7 @@ def new_run(
 ) -> ABRun:
     check_runs(runs)
     chosen = metric or spec.primary.name
+    declared = spec.declared_metrics(backend)
     looks = [n for n in LOOKS if n < runs] + [runs] if sequential else []
     seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
     return ABRun(
@@ -441,8 +446,7 @@ def new_run(
         looks=looks,
         workload=workload,
         metric=chosen,
-        direction=direction
-        or (spec.primary.direction if chosen == spec.primary.name else guess_direction(chosen)),
+        direction=direction or declared.get(chosen) or guess_direction(chosen),
         unit=spec.primary.unit if chosen == spec.primary.name else "",
         min_effect_pct=min_effect if min_effect is not None else spec.min_effect_pct,
         schedule=make_schedule(runs, warmup, order, seed),

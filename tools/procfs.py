@@ -9,7 +9,8 @@ from pydantic import BaseModel
 
 
 class MemoryReading(BaseModel):
-    """One reading of a process's memory, in MB (1 MB = 1024 KiB, as /proc counts)."""
+    """One reading of a process's memory, in MiB (kB / 1024, as /proc counts); the `_mb`
+    names are the seed's."""
 
     pid: int
     peak_rss_mb: float

@@ -22,6 +22,7 @@ from autoopt.tools.profiling import store
 from autoopt.tools.profiling.model import Profile
 from autoopt.tools.source import Source, git
 from autoopt.tools.state import append_locked, write_atomic
+from autoopt.tools.stats import format_p
 from autoopt.tools.targets import TargetSpec
 from autoopt.tools.workspace import Workspace, check_name
 
@@ -180,7 +181,7 @@ def _readme(
         out.append(
             f"| {m.metric} | {_fmt(m.a.summary.get('median'))} | {_fmt(m.b.summary.get('median'))}"  # type: ignore[arg-type]
             f" | {_fmt(c.get('ratio_geomean'), 4)} | {_fmt(c.get('ci_low'), 4)} to "  # type: ignore[arg-type]
-            f"{_fmt(c.get('ci_high'), 4)} | {_fmt(c.get('p_gain'), 4)} | "  # type: ignore[arg-type]
+            f"{_fmt(c.get('ci_high'), 4)} | {format_p(c.get('p_gain'))} | "  # type: ignore[arg-type]
             f"{len(m.a.values)}/{len(m.b.values)} |"
         )
     guards = decision.get("guardrails") or []
@@ -243,7 +244,7 @@ def _row(
         "cpu_pct": b_mean("cpu_pct"),
         "latency_p99_ms": b_mean("latency_p99_ms"),
         "error_rate": b_mean("error_rate", "max"),
-        "pod_restarts": b_mean("pod_restarts", "max"),
+        "pod_restarts": b_mean("restarts", "max"),  # the seed's column: restarts, any backend
         "status": _status(run),
         "description": " ".join(description.split()).replace("\t", " "),
         "n_a": str(len(_metric_values(run, "A", run.metric))),
@@ -251,7 +252,7 @@ def _row(
         "ratio": _fmt(primary.get("ratio_geomean"), 4),
         "ci_low": _fmt(primary.get("ci_low"), 4),
         "ci_high": _fmt(primary.get("ci_high"), 4),
-        "p_value": _fmt(primary.get("p_gain"), 4),
+        "p_value": format_p(primary.get("p_gain")),
         "run_id": run.id,
     }
 

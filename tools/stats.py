@@ -125,6 +125,16 @@ def _var(xs: Sequence[float]) -> float:
     return math.fsum((x - m) ** 2 for x in xs) / (len(xs) - 1)
 
 
+P_FLOOR = 1e-6
+
+
+def format_p(p: float | None) -> str:
+    """A p-value for people: two significant digits, '<1e-6' below that (never a bare 0)."""
+    if p is None:
+        return "-"
+    return "<1e-6" if p < P_FLOOR else f"{p:.2g}"
+
+
 def summarize(values: Sequence[float]) -> Summary:
     """Describe one arm; outliers have a modified z-score 0.6745*|x-median|/MAD > 3.5."""
     xs = _floats(values, "values")

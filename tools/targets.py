@@ -31,6 +31,38 @@ class Guardrail(BaseModel):
     value: float
     text: str
 
+    @property
+    def direction(self) -> Direction:
+        """Which way is better, as the rule implies it (a floor on a decrease: higher)."""
+        return "higher" if self.rule == "max_decrease_pct" else "lower"
+
+
+BUILTIN_METRICS: dict[str, Direction] = {
+    "peak_rss_mb": "lower",
+    "cpu_s": "lower",
+    "wall_s": "lower",
+    "restarts": "lower",
+}
+"""What the server measures on every backend, whatever the workload prints (restarts is 0
+for a local process, which cannot restart)."""
+CONTAINER_METRICS: dict[str, Direction] = {"oom_killed": "lower"}
+CONTAINER_BACKENDS = frozenset({"docker", "kubernetes"})
+SEED_ALIASES = {"pod_restarts": "restarts"}
+"""The seed's names for built-ins: its 'pod_restarts must remain 0' is `restarts` on every
+backend."""
+
+
+def builtin_metrics(backend: str) -> dict[str, Direction]:
+    """The metrics the server itself adds to every sample on `backend`."""
+    extra = CONTAINER_METRICS if backend in CONTAINER_BACKENDS else {}
+    return {**BUILTIN_METRICS, **extra}
+
+
+def guess_direction(metric: str) -> Direction:
+    """For a metric nothing declares a direction for (run_ab's metric=, a bare secondary)."""
+    higher = ("qps", "throughput", "ops", "per_s", "rps", "hit")
+    return "higher" if any(h in metric for h in higher) else "lower"
+
 
 SourceKind = Literal["local", "git", "pypi", "debian"]
 
@@ -88,6 +120,9 @@ class LocalSpec(BaseModel):
     health: str | None = Field(None, description="HTTP path probed on the service")
     health_timeout_s: float = 30.0
     workload: str | None = Field(None, description="overrides the Workload script")
+    python: str | None = Field(
+        None, description="the Python interpreter of every command (default: python3 on PATH)"
+    )
     measure_children: bool = Field(
         False,
         description="add the VmHWM of the service's live child processes (workers) at collect "
@@ -116,6 +151,9 @@ class TargetSpec(BaseModel):
     build: BuildSpec
     primary: MetricSpec
     secondary: list[str] = Field(default_factory=list)
+    secondary_directions: dict[str, Direction] = Field(
+        default_factory=dict, description="from a note: '- throughput_qps (higher is better)'"
+    )
     workload: WorkloadSpec
     scope: ScopeSpec
     guardrails: list[Guardrail] = Field(default_factory=list)
@@ -125,6 +163,19 @@ class TargetSpec(BaseModel):
     docker: DockerSpec = Field(default_factory=DockerSpec)
     kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
     min_effect_pct: float = 1.0
+
+    def declared_metrics(self, backend: str) -> dict[str, Direction]:
+        """Every metric an A/B run compares, with its direction: the primary, the secondary
+        metrics, the guardrails' metrics and the built-ins. Anything else a workload prints
+        is recorded but not compared."""
+        out = builtin_metrics(backend)
+        for g in self.guardrails:
+            out.setdefault(g.metric, g.direction)
+        for name in self.secondary:
+            declared = self.secondary_directions.get(name)
+            out[name] = declared or out.get(name) or guess_direction(name)
+        out[self.primary.name] = self.primary.direction
+        return out
 
     def is_editable(self, path: str) -> bool:
         """True when `path` (relative to the source root) may be changed."""
@@ -159,7 +210,8 @@ def parse_constraint(text: str) -> Guardrail | None:
         m = pattern.fullmatch(text.strip())
         if m:
             kind = rule or f"max_{m['dir'].lower()}_pct"
-            return Guardrail(metric=m["m"], rule=kind, value=float(m["v"]), text=text.strip())
+            metric = SEED_ALIASES.get(m["m"], m["m"])
+            return Guardrail(metric=metric, rule=kind, value=float(m["v"]), text=text.strip())
     return None
 
 
@@ -319,6 +371,22 @@ def _guardrails(r: _Reader) -> list[Guardrail]:
     return guardrails
 
 
+def _secondary(r: _Reader) -> tuple[list[str], dict[str, Direction]]:
+    """'- name' or '- name (higher is better)': the names and the declared directions."""
+    names: list[str] = []
+    directions: dict[str, Direction] = {}
+    for item, _ in r.items("secondary metrics"):
+        bare = _strip_note(item)
+        if not bare:
+            continue
+        name = SEED_ALIASES.get(bare, bare)
+        note = item[len(bare) :].lower()
+        if "higher" in note or "lower" in note:
+            directions[name] = "higher" if "higher" in note else "lower"
+        names.append(name)
+    return names, directions
+
+
 def _build_args(r: _Reader) -> dict[str, str]:
     args = {}
     for item, line in r.sublist("build", "args"):
@@ -356,6 +424,8 @@ def parse_target(path: Path) -> TargetSpec:
         return [g for g in (_strip_note(item) for item, _ in r.sublist("scope", key)) if g]
 
     port = r.number("service", "port")
+    secondary, secondary_directions = _secondary(r)
+    _check_commands(r)
     try:
         return TargetSpec(
             name=path.name,
@@ -371,7 +441,8 @@ def parse_target(path: Path) -> TargetSpec:
                 direction=r.choice("primary metric", "direction", "", ("lower", "higher")),  # type: ignore[arg-type]
                 unit=r.value("primary metric", "unit") or "",
             ),
-            secondary=[i for i, _ in r.items("secondary metrics")],
+            secondary=secondary,
+            secondary_directions=secondary_directions,
             workload=WorkloadSpec(
                 description=r.value("workload", "description") or "",
                 warmup_s=r.number("workload", "warmup", parse_duration) or 0.0,
@@ -389,6 +460,7 @@ def parse_target(path: Path) -> TargetSpec:
                 health=r.value("local", "health"),
                 health_timeout_s=r.number("local", "health_timeout", parse_duration) or 30.0,
                 workload=r.value("local", "workload"),
+                python=r.value("local", "python"),
                 measure_children=(r.value("local", "measure_children") or "").lower() == "true",
             ),
             docker=DockerSpec(
@@ -405,6 +477,20 @@ def parse_target(path: Path) -> TargetSpec:
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise TargetSpecError(f"{file}: {exc}") from exc
+
+
+def _check_commands(r: _Reader) -> None:
+    """Every command parses (VAR=value prefixes, quoting, no shell operators)."""
+    from autoopt.tools.command import parse_command
+
+    for key in ("build", "run", "workload"):
+        text = r.value("local", key)
+        if text is None:
+            continue
+        try:
+            parse_command(text)
+        except ValueError as exc:
+            raise TargetSpecError(f"{r.file}:{r.line('local', key)}: {key}: {exc}") from exc
 
 
 def load_target(workspace: Workspace, name: str) -> TargetSpec:

@@ -88,7 +88,7 @@ async def test_optimize_prompt(any_client: Client) -> None:
 async def test_list_targets_shows_pyserver(any_client: Client) -> None:
     lean = await any_client.call_tool("list_targets", {})
     pyserver = next(t for t in lean.structured_content["targets"] if t["name"] == "pyserver")
-    assert pyserver["metric"] == "peak_rss_mb (lower is better, MB)" and "spec" not in pyserver
+    assert pyserver["metric"] == "peak_rss_mb (lower is better, MiB)" and "spec" not in pyserver
     assert "guardrail: latency_p99_ms" in lean.content[0].text
     result = await any_client.call_tool("list_targets", {"detail": True})
     assert not result.is_error
@@ -97,13 +97,13 @@ async def test_list_targets_shows_pyserver(any_client: Client) -> None:
     assert (spec["primary"]["name"], spec["primary"]["direction"], spec["primary"]["unit"]) == (
         "peak_rss_mb",
         "lower",
-        "MB",
+        "MiB",
     )
     assert spec["scope"]["editable"] == ["server.py"]
     assert {g["metric"] for g in spec["guardrails"]} == {
         "latency_p99_ms",
         "error_rate",
-        "pod_restarts",
+        "restarts",
     }
     assert targets["pyserver"]["readiness"]["local"] == "ready"
 

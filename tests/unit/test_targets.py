@@ -31,8 +31,9 @@ def test_seed_pyserver_parses_unchanged(root: Path) -> None:
     assert [(g.metric, g.rule, g.value) for g in spec.guardrails] == [
         ("latency_p99_ms", "max_increase_pct", 50.0),
         ("error_rate", "remain", 0.0),
-        ("pod_restarts", "remain", 0.0),
+        ("restarts", "remain", 0.0),  # the seed's pod_restarts: the built-in, any backend
     ]
+    assert spec.guardrails[2].text == "pod_restarts must remain 0"
 
 
 def test_seed_chroma_scope_and_notes() -> None:
