@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from autoopt.tools.command import parse_command
 from autoopt.tools.record import ExperimentRecord
 from autoopt.tools.status import ExperimentStatus, InterruptedRun
 from autoopt.tools.targets import TargetSpec
@@ -47,7 +49,7 @@ class TargetInfo(BaseModel):
         ready = ", ".join(b for b, r in self.readiness.items() if r == READY) or "none"
         out = [f"{self.name} ({spec.kind}): {self.metric}; editable {', '.join(self.editable)}"]
         out += [f"  guardrail: {g.text}" for g in spec.guardrails]
-        out.append(f"  workload: {spec.local.workload or spec.workload.script}")
+        out += [f"  {key}: {shown}" for key, shown in commands(spec).items()]
         out.append(f"  runs on: {ready}" + "".join(
             f"; not {b}: {r if r not in said else '(as above)'}"
             for b, r in self.readiness.items() if r != READY))
@@ -55,6 +57,23 @@ class TargetInfo(BaseModel):
         if hints:
             out.append(f"  hints: autoopt://targets/{self.name}/hints.md")
         return "\n".join(out)
+
+
+def commands(spec: TargetSpec) -> dict[str, str]:
+    """The target's commands as they run: argv and the variables they set (parsed once,
+    as the backends do); a workload script by its path."""
+    out = {}
+    for key in ("run", "workload"):
+        text = getattr(spec.local, key)
+        if text:
+            cmd = parse_command(text)
+            env = f" env={json.dumps(cmd.env)}" if cmd.env else ""
+            out[key] = f"argv={json.dumps(cmd.argv)}{env}"
+    if "workload" not in out and spec.workload.script:
+        out["workload"] = f"script {spec.workload.script}"
+    if spec.local.python:
+        out["python"] = spec.local.python
+    return out
 
 
 class TargetList(BaseModel):

@@ -40,7 +40,7 @@ from autoopt.tools.state import load_json, save_model
 from autoopt.tools.status import ExperimentStatus, experiment_status
 from autoopt.tools.target_lock import target_lock
 from autoopt.tools.targets import Direction, TargetSpec, load_target
-from autoopt.tools.workload import workload_argv, workload_script
+from autoopt.tools.workload import named_files, workload_argv, workload_script
 from autoopt.tools.workspace import Workspace, check_name
 
 BACKENDS = ("local", "docker", "kubernetes")
@@ -505,6 +505,7 @@ def _workload_files(workspace: Workspace, spec: TargetSpec, script: Path | None)
     """The target's workload files (paths relative to the workspace), copied into records."""
     folder = workspace.targets_dir / spec.name
     files = sorted(p for p in folder.glob("workload*") if p.is_file())
-    if script is not None and script not in files:
-        files.append(script)
+    for named in [*([script] if script else []), *named_files(spec, folder)]:
+        if named not in files:
+            files.append(named)
     return [str(p.relative_to(workspace.root)) for p in files]

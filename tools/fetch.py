@@ -22,7 +22,7 @@ from autoopt.tools.errors import TargetSpecError
 from autoopt.tools.state import locked
 
 _PIN = re.compile(r"([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)==([A-Za-z0-9][A-Za-z0-9.+!_-]*)")
-_DEBIAN = re.compile(r"([a-z0-9][a-z0-9+.-]+)(?:=([0-9A-Za-z.+~:-]+))?")
+DEBIAN_PIN = re.compile(r"([a-z0-9][a-z0-9+.-]+)(?:=([0-9A-Za-z.+~:-]+))?")
 _NETWORK = "connection broken by"  # pip's warning when it cannot reach an index
 _NO_WHEEL = "no-pure-wheel"  # marks a cache entry whose automatic choice was the sdist
 
@@ -136,7 +136,7 @@ def check_links(tree: Path) -> None:
 
 def debian_pin(value: str) -> tuple[str, str]:
     """(source package, version): the version given, else the installed one."""
-    if not (m := _DEBIAN.fullmatch(value.strip())):
+    if not (m := DEBIAN_PIN.fullmatch(value.strip())):
         raise TargetSpecError(f"debian: {value!r} is not a source package name or name=version")
     name, version = m[1], m[2]
     if version:

@@ -385,10 +385,14 @@ def _write(
         shutil.copy2(workspace.root / spec.build.dockerfile, folder / "Dockerfile")
     workload_dir = folder / "workload"
     workload_dir.mkdir()
+    target_dir = workspace.target_dir(run.target)
     for rel in run.workload_files:
         src = workspace.root / rel
-        if src.is_file():
-            shutil.copy2(src, workload_dir / src.name)
+        if src.is_file():  # as in the target's folder ($WORKLOAD_DIR in the scripts)
+            dest = workload_dir / src.relative_to(target_dir) if src.is_relative_to(
+                target_dir) else workload_dir / src.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest)
     files = {
         "build.sh": scripts.render_build(run, setup),
         "deploy.sh": scripts.render_phase(run, "deploy", "deploy.sh: start each arm"),

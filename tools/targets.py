@@ -401,6 +401,15 @@ def _source(r: _Reader) -> SourceSpec:
     pypi, debian = r.value("source", "pypi"), r.value("source", "debian")
     if pypi and debian:
         raise TargetSpecError(f"{r.file}:{r.line('source')}: give pypi: or debian:, not both")
+    from autoopt.tools import fetch
+
+    try:
+        if pypi:
+            fetch.pypi_pin(pypi)
+        if debian and not fetch.DEBIAN_PIN.fullmatch(debian.strip()):
+            raise TargetSpecError(f"debian: {debian!r} is not a package name or name=version")
+    except TargetSpecError as exc:
+        raise TargetSpecError(f"{r.file}:{r.line('source')}: {exc}") from exc
     dist = r.value("source", "dist")
     if dist and not pypi:
         raise TargetSpecError(f"{r.file}:{r.line('source', 'dist')}: dist: needs pypi:")

@@ -51,6 +51,20 @@ def output_lines(text: str, lines: int = 20, width: int = 200) -> list[str]:
     return kept[-lines:]
 
 
+def named_files(spec: TargetSpec, target_dir: Path) -> list[Path]:
+    """Files of the target's folder that its workload command names as {target_dir}/..."""
+    if not spec.local.workload:
+        return []
+    cmd = parse_command(spec.local.workload)
+    found = []
+    for word in [*cmd.argv, *cmd.env.values()]:
+        for rel in re.findall(r"\{target_dir\}/([^\s:'\"]+)", word):
+            path = target_dir / rel
+            if path.is_file() and path.resolve().is_relative_to(target_dir.resolve()):
+                found.append(path)
+    return found
+
+
 def workload_script(workspace: Workspace, spec: TargetSpec, script: str | None) -> Path | None:
     """The workload file: a targeted one named by the caller (inside the target's folder),
     else the target's own `## Workload` script. None when the target has only a command."""
@@ -123,12 +137,11 @@ def workload_argv(
         if python:
             values["python"] = python
         cmd = program(spec.local.workload, values, python=python, cwd=cwd or target_dir)
-        shell = cmd.text().replace(endpoint, "$ENDPOINT") if endpoint else cmd.text()
+        shell = cmd.text().replace(str(target_dir), '"$WORKLOAD_DIR"')  # the record's copy
+        shell = shell.replace(endpoint, "$ENDPOINT") if endpoint else shell
     if spec.kind == "batch":  # the program's variables go to it, not to the wrapper
         measure = python or "python3"
-        shell = f"{measure} -c {shlex.quote(MEASURE_PY)} " + (
-            shell if script is not None else cmd.text()
-        )
+        shell = f"{measure} -c {shlex.quote(MEASURE_PY)} {shell}"
         assignments = [f"{k}={v}" for k, v in cmd.env.items()]
         cmd = Command(argv=[measure, "-c", MEASURE_PY, *assignments, *cmd.argv])
     return cmd, shell

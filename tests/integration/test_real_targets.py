@@ -245,6 +245,15 @@ async def test_a_pypi_target_builds_from_the_index_and_ab_reaches_a_decision(
     assert ab["status"] == "done" and ab["verdict"] in ("KEEP", "DISCARD", "INCONCLUSIVE"), ab
     full = await full_view(client, await call_done(client, "get_run", {"run_id": ab["run_id"]}))
     assert full["report"]["n_a"] == 3 and full["report"]["n_b"] == 3, full["report"]
+    record = await ok(client, "record_experiment", {
+        "run_id": ab["run_id"], "exp_id": "no-plain-text",
+        "description": "search cells one by one", "hypothesis": "the joined string goes",
+    })
+    folder = workspace.root / record["directory"]
+    assert (folder / "workload" / "report.py").is_file()  # the program the command names
+    workload_sh = (folder / "workload.sh").read_text()
+    assert 'PYTHONPATH=. ' in workload_sh and '"$WORKLOAD_DIR"/report.py' in workload_sh
+    assert "source.bundle" in (folder / "build.sh").read_text()  # the imported wheel
 
 
 async def test_a_shell_workload_script_is_followed_into_each_python(

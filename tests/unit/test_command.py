@@ -74,3 +74,27 @@ def test_scripts_run_by_their_shebang_or_extension(tmp_path: Path) -> None:
     assert resolve(["make", "all"], py, tmp_path) == ["make", "all"]
     # in a container (python None): the image's python3 runs Python scripts
     assert resolve(["./env.py"], None, tmp_path) == ["python3", "./env.py"]
+
+
+def test_target_md_commands_and_pins_are_checked_when_parsed(tmp_path: Path) -> None:
+    from autoopt.tools.errors import TargetSpecError
+    from autoopt.tools.targets import parse_target
+
+    def target(source: str, local: str) -> Path:
+        folder = tmp_path / f"t{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        (folder / "target.md").write_text(
+            f"## Source\n{source}\n\n## Primary Metric\nname: peak_rss_mb\ndirection: lower\n\n"
+            f"## Workload\ndescription: x\n\n## Scope\neditable:\n  - a.py\n\n## Local\n"
+            f"kind: batch\n{local}\n"
+        )
+        return folder
+
+    ok = parse_target(target("pypi: six==1.16.0", "workload: A=1 python3 {target_dir}/w.py"))
+    assert ok.source.kind == "pypi" and ok.local.workload == "A=1 python3 {target_dir}/w.py"
+    with pytest.raises(TargetSpecError, match=r"target.md:\d+: workload: .*needs a shell"):
+        parse_target(target("repo: local\npath: src", "workload: gen | consume"))
+    with pytest.raises(TargetSpecError, match="not an exact pin"):
+        parse_target(target("pypi: six", "workload: python3 w.py"))
+    with pytest.raises(TargetSpecError, match="package name or name=version"):
+        parse_target(target("debian: Bad Name", "workload: python3 w.py"))

@@ -715,8 +715,10 @@ async def _read_memory(
         if not out.exists():
             s.notes.append("memray wrote no output file")
             return ProfileBuilder(), memray.MEASURE, "moderate", memray.OVERHEAD_NOTE
+        transform = [s.python.path, "-m", "memray", "transform", "csv", "-f", "-o",
+                     str(out.with_suffix(".csv")), str(out)]
         s.step(
-            f"{sys.executable} -m memray transform csv -f -o {out.with_suffix('.csv')} {out}",
+            Command(env=s.memray_env, argv=transform).text(),
             note="the high-water-mark records by stack (the server read them through "
             "memray's FileReader API; this command writes the same rows as CSV)",
         )
