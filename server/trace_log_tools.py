@@ -236,7 +236,7 @@ def _text(view: TraceLogView, r: TraceLogResult) -> str:
     head = (f"{view.endpoint}: {r.measure}, total {view.total} in {r.rows} rows; "
             f"{r.symbolization.unresolved_share:.0%} of frames unresolved")
     queries = [f"query {q.query_id}: {v(q.value)}"
-               + (f", peak {q.peak_memory_mb:.0f} MB" if q.peak_memory_mb is not None else "")
+               + (f", peak {q.peak_memory_mb:.0f} MiB" if q.peak_memory_mb is not None else "")
                + (f": {q.query[:80]}" if q.query else "") for q in r.queries[:5]]
     label = [f"Stored as profile {view.profile_label}"] if view.profile_label else []
     detail = f"Detail: query_trace_log(job_id='{view.job_id}', detail=true)"
