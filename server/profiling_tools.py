@@ -38,7 +38,7 @@ Label = Annotated[
 ]
 DeploymentId = Annotated[str | None, Field(description="profile it instead of building")]
 Patch = Annotated[str | None, Field(description="diff on base")]
-Base = Annotated[str | None, Field(description="revision; default: the frontier")]
+Base = str | None  # a revision; default: the frontier ("patch: diff on base" says it)
 DIFF_LINES = 8  # changed paths listed by diff_profiles (detail=true: all of them)
 TopN = Annotated[int, Field(ge=1, le=20)]
 IncludeFlamegraph = bool
@@ -340,8 +340,8 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         include_flamegraph: IncludeFlamegraph = False,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, ProfileView]:
-        """Which stacks hold the memory at the PEAK (bytes, % of peak): builds, runs the
-        workload under a profiler, stores the stacks. After wait_s: status=running."""
+        """Stacks holding the memory at the PEAK (bytes, % of peak): builds, runs the
+        workload under a profiler, stores them. After wait_s: status=running."""
         return await run_as_job(
             "profile_memory",
             target,

@@ -105,10 +105,8 @@ class DeployResult(BaseModel):
 
 
 class WorkloadRun(BaseModel):
-    metrics: dict[str, float] = Field(
-        description="the workload's own, plus peak_rss_mb, cpu_s, wall_s as run_ab measures them"
-    )
-    output: list[str] = Field(description="its last output lines that are not metrics")
+    metrics: dict[str, float] = Field(description="its own + peak_rss_mb, cpu_s, wall_s")
+    output: list[str] = Field(description="last non-metric lines")
     exit_code: int
     duration_s: float
     log_tail: str
