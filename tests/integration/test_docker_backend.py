@@ -407,8 +407,10 @@ async def _one_run(engine: Engine, target: str) -> tuple[dict[str, object], obje
             assert deployment.container and deployment.pid and deployment.endpoint
             assert await backend.reset_peak(deployment)
         script = workload_script(engine.workspace, spec, None)
-        argv, shell = workload_argv(spec, script, deployment.endpoint)
-        result = await backend.run_workload(spec, deployment, argv, shell, name="run000-A")
+        cmd, shell = workload_argv(spec, script, deployment, engine.workspace.target_dir(spec.name))
+        result = await backend.run_workload(
+            spec, deployment, cmd.argv, shell, name="run000-A", env=cmd.env
+        )
         collected = await backend.collect(spec, deployment, result)
         return collected, result
     finally:

@@ -521,8 +521,10 @@ async def test_memory_limit_is_reported_oom_killed(workspace: Workspace, cluster
         deployment = await backend.deploy(spec, build)
         assert await backend.reset_peak(deployment)
         script = workload_script(workspace, spec, None)
-        argv, shell = workload_argv(spec, script, deployment.endpoint)
-        result = await backend.run_workload(spec, deployment, argv, shell, name="run000-A")
+        cmd, shell = workload_argv(spec, script, deployment, workspace.target_dir(spec.name))
+        result = await backend.run_workload(
+            spec, deployment, cmd.argv, shell, name="run000-A", env=cmd.env
+        )
         collected = await backend.collect(spec, deployment, result)
         assert result.metrics.get("alloc_ok") == 0, result.log_tail
         assert collected["oom_killed"] is True and collected["died"] is True, collected
