@@ -37,6 +37,7 @@ from autoopt.tools.jobs import JobRecord, Report
 from autoopt.tools.record import OutputType
 from autoopt.tools.status import append_candidate
 from autoopt.tools.targets import load_target
+from autoopt.tools.workload import output_lines
 from autoopt.tools.workspace import Workspace, check_name
 
 log = logging.getLogger("autoopt")
@@ -195,7 +196,9 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
             output=r.output,
             exit_code=r.exit_code,
             duration_s=r.duration_s,
-            log_tail=r.log_tail,
+            # on success, only what metrics and output do not already say (stderr)
+            log_tail=r.log_tail if r.exit_code else "\n".join(
+                ln for ln in output_lines(r.log_tail, lines=30) if ln not in r.output),
         ))
 
     @mcp.tool(annotations=STOPS)
