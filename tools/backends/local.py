@@ -58,7 +58,8 @@ class LocalBackend:
             build.journal.add(Step(phase="build", shell=": no build step", note="none needed"))
             return build
         python = host_python(spec)
-        cmd = program(spec.local.build, {"python": python}, python=python, cwd=tree)
+        values = {"python": python, "target_dir": str(self.workspace.target_dir(spec.name))}
+        cmd = program(spec.local.build, values, python=python, cwd=tree)
         argv = cmd.argv
         if progress:
             await progress(f"building {spec.name} at {build.commit[:12]}: {spec.local.build}")
