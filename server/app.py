@@ -110,6 +110,7 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
                         b: engine.readiness(spec, b) or views.READY for b in BACKENDS
                     }
                     info = views.TargetInfo.of(spec, readiness, detail)
+                    info.flag = engine.flag(name)
             infos.append(info)
             lines.append(info.line(spec, (ws.targets_dir / name / "hints.md").is_file(), said))
         listing = views.TargetList(program_md=str(program), targets=infos)
@@ -311,9 +312,8 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         include_plot: IncludePlot = False,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, RunView]:
-        """A/B of a patch vs its base commit in fresh-process ABBA runs: KEEP, DISCARD or
-        INCONCLUSIVE from a 95% CI and the guardrails. No patch: A/A. After wait_s:
-        status=running."""
+        """A/B of a patch vs its base commit in fresh-process ABBA runs:
+        KEEP/SAME/DISCARD/INCONCLUSIVE/FAILED. No patch: A/A. After wait_s: status=running."""
         if runs < MIN_RUNS:  # the schema says so too; clients that skip it get this
             raise ToolError(f"runs={runs}: the minimum is {MIN_RUNS} runs per arm (N >= 3)")
         run = engine.prepare_ab(
@@ -380,8 +380,8 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
                 max_length=64,
             ),
         ],
-        description: Annotated[str, Field(min_length=1, max_length=500)],
-        hypothesis: Annotated[str, Field(min_length=1, max_length=5000)],
+        description: Annotated[str | None, Field(min_length=1, max_length=500)] = None,
+        hypothesis: Annotated[str | None, Field(min_length=1, max_length=5000)] = None,
         evidence: Annotated[
             str | None,
             Field(
@@ -403,9 +403,10 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
                 max_length=32,
             ),
         ] = "exp",
+        addendum: Annotated[str | None, Field(min_length=1, max_length=20000)] = None,
     ) -> Annotated[CallToolResult, views.RecordView]:
-        """Record a finished run: results/<target>/<env>/<exp_id>/ (scripts of what ran,
-        metrics, README) and results.tsv. KEEP moves the frontier."""
+        """Record a finished run in results/<target>/<env>/<exp_id>/ and results.tsv; KEEP
+        moves the frontier. addendum: append to that README (same run_id)."""
         written = engine.record(
             check_name(run_id, "run id"),
             exp_id=exp_id,
@@ -415,6 +416,7 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
             output_type=output_type,
             tag=tag,
             profile=profile,
+            addendum=addendum,
         )
         return _plain(views.record_text(written), views.RecordView.of(written))
 

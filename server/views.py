@@ -41,6 +41,8 @@ class TargetInfo(BaseModel):
             spec=spec.model_dump(mode="json") if detail else None,
         )
 
+    flag: str | None = Field(None, description="why its results need care (nondeterminism)")
+
     def line(self, spec: TargetSpec | None, hints: bool, said: set[str]) -> str:
         """One paragraph for the model: what it is, what may change, where it runs (a reason
         already in `said`, given for an earlier target, is not repeated)."""
@@ -49,6 +51,8 @@ class TargetInfo(BaseModel):
         ready = ", ".join(b for b, r in self.readiness.items() if r == READY) or "none"
         out = [f"{self.name} ({spec.kind}): {self.metric}; editable {', '.join(self.editable)}"]
         out += [f"  guardrail: {g.text}" for g in spec.guardrails]
+        if self.flag:
+            out.append(f"  FLAG: {self.flag}")
         out += [f"  {key}: {shown}" for key, shown in commands(spec).items()]
         out.append(f"  runs on: {ready}" + "".join(
             f"; not {b}: {r if r not in said else '(as above)'}"

@@ -20,7 +20,9 @@ from uuid import uuid4
 import anyio
 from pydantic import BaseModel, Field, PrivateAttr
 
+from autoopt.tools import correctness
 from autoopt.tools.backends.base import Backend, Build, Sample
+from autoopt.tools.correctness import OutputCheck, TestRun
 from autoopt.tools.errors import AutooptError, NotFound, RuleViolation
 from autoopt.tools.journal import Journal
 from autoopt.tools.state import load_json, save_model
@@ -40,6 +42,10 @@ class Slot(BaseModel):
     index: int
     arm: Literal["A", "B"]
     warmup: bool
+    block: int = Field(-1, description="runs that share one AUTOOPT_BLOCK_SEED")
+
+    def block_id(self) -> int:
+        return self.block if self.block >= 0 else self.index // 2  # runs before blocks
 
 
 class ArmReport(BaseModel):
@@ -106,6 +112,8 @@ class ABRun(BaseModel):
     samples: list[Sample] = Field(default_factory=list)
     journal: Journal = Field(default_factory=Journal)
     report: ABReport | None = None
+    outputs: OutputCheck | None = Field(None, description="the arms' outputs, compared")
+    tests: dict[str, TestRun] = Field(default_factory=dict, description="arm -> its tests")
     error: str | None = None
     plot: str | None = None
     path: str = Field(
@@ -142,7 +150,21 @@ def make_schedule(runs: int, warmup: int, order: Order, seed: int) -> list[Slot]
             pairs.append(first)
     for pair in pairs[:runs]:
         arms += [(a, False) for a in pair]
-    return [Slot(index=i, arm=a, warmup=w) for i, (a, w) in enumerate(arms)]  # type: ignore[arg-type]
+    per_block = 4 if order == "abba" else 2  # an ABBA block: two runs of each arm
+    warm = 2 * warmup
+
+    def block(i: int) -> int:
+        return i // 2 if i < warm else warmup + (i - warm) // per_block
+
+    return [
+        Slot(index=i, arm=a, warmup=w, block=block(i))  # type: ignore[arg-type]
+        for i, (a, w) in enumerate(arms)
+    ]
+
+
+def block_seed(run_seed: int, block: int) -> str:
+    """AUTOOPT_BLOCK_SEED: the same for both arms of a block, different between blocks."""
+    return str(random.Random(run_seed * 1_000_003 + block).randrange(2**31))
 
 
 def runs_dir(state_dir: Path) -> Path:
@@ -212,11 +234,15 @@ class ABRunner:
             for slot in run.schedule:
                 sample = await self.one(builds[slot.arm], slot)
                 run.samples.append(sample)
+                run.outputs = self.compare_outputs()
                 self.save()
                 if progress:
                     await progress(len(run.samples), total, _describe(sample, run.metric))
                 if self._hopeless(slot.arm):
                     run.error = f"arm {slot.arm} failed in every run so far; stopped early"
+                    break
+                if run.outputs.status == "changed":
+                    run.error = f"stopped early: {run.outputs.summary()}"
                     break
                 n = self._complete_pairs()
                 if run.sequential and n in looks and not slot.warmup and n < looks[-1]:
@@ -244,6 +270,16 @@ class ABRunner:
             self.save()
         return run
 
+    def compare_outputs(self) -> OutputCheck:
+        """The outputs of the samples so far, block by block."""
+        runs = [
+            (f"run{s.run:03d}-{s.arm}", s.arm, s.block if s.block is not None else -1, s.output_fp)
+            for s in self.run.samples
+            if s.ok
+        ]
+        mode = self.spec.correctness.mode(self.spec.kind)
+        return correctness.check(mode, runs, self.folder / "outputs", aa=not self.run.patch)
+
     def _complete_pairs(self) -> int:
         counted = [s for s in self.run.samples if not s.warmup]
         return min(sum(s.arm == "A" for s in counted), sum(s.arm == "B" for s in counted))
@@ -266,10 +302,18 @@ class ABRunner:
             t1 = time.monotonic()
             await backend.reset_peak(deployment)
             cmd, shell = workload_argv(spec, self.script, deployment, self.target_dir)
+            seed = block_seed(self.run.seed, slot.block_id())
+            name = f"run{slot.index:03d}-{slot.arm}"
             result = await backend.run_workload(
-                spec, deployment, cmd.argv, shell, name=f"run{slot.index:03d}-{slot.arm}",
-                env=cmd.env,
+                spec, deployment, cmd.argv, shell, name=name,
+                env={**cmd.env, "AUTOOPT_BLOCK_SEED": seed},
             )
+            sample.block = slot.block_id()
+            if result.stdout_file and spec.correctness.mode(spec.kind) != "none":
+                text = Path(result.stdout_file).read_text(errors="replace")
+                sample.output_fp = correctness.save(
+                    self.folder / "outputs", name, correctness.observed(text, spec)
+                )
             t2 = time.monotonic()
             collected = await backend.collect(spec, deployment, result)
             t3 = time.monotonic()
@@ -320,6 +364,20 @@ def _describe(sample: Sample, metric: str) -> str:
     return f"{kind} {sample.run} ({sample.arm}): {metric}={value}"
 
 
+def _first_errors(by_arm: dict[str, list[Sample]], metric: str) -> dict[str, str]:
+    """Per arm, the first failed run's error, or that no successful run measured `metric`
+    (what decide() gives as the reason of a FAILED verdict)."""
+    out = {}
+    for arm, xs in by_arm.items():
+        error = next((s.error for s in xs if not s.ok and s.error), None)
+        ok = [s for s in xs if s.ok]
+        if error is None and ok and not any(metric in s.metrics for s in ok):
+            error = f"no {metric} in the metrics of any {arm} run"
+        if error:
+            out[arm] = error
+    return out
+
+
 def analyse(run: ABRun, spec: TargetSpec, look: int | None) -> ABReport:
     """Statistics over the non-warmup samples (the first `look` per arm, in sequential mode).
 
@@ -363,7 +421,11 @@ def analyse(run: ABRun, spec: TargetSpec, look: int | None) -> ABReport:
         final_look=final,
         inconclusive_is_discard=run.sequential and final,
         look=look,
+        errors=_first_errors(by_arm, run.metric),
     )
+    verdict, reason = correctness.gate(decision.verdict, decision.reason, run.outputs, run.tests)
+    if (verdict, reason) != (decision.verdict, decision.reason):  # faster is not enough
+        decision = decision.model_copy(update={"verdict": verdict, "reason": reason})
     declared = {**spec.declared_metrics(run.backend), run.metric: run.direction}
     reports = []
     for name in sorted(declared):

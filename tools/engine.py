@@ -9,9 +9,11 @@ Long work runs as jobs (tools/jobs.py) that outlive the call that started them.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from uuid import uuid4
 
@@ -22,6 +24,7 @@ from autoopt.tools.abrun import (
     ABRunner,
     Order,
     RunProgress,
+    analyse,
     check_runs,
     load_run,
     mark_crashed,
@@ -31,12 +34,12 @@ from autoopt.tools.abrun import (
 from autoopt.tools.backends.base import Backend, Build, Deployment, Progress, WorkloadResult
 from autoopt.tools.errors import BackendUnavailable, InvalidName, NotFound, RuleViolation
 from autoopt.tools.jobs import JobRecord, Jobs, JobStatus, Owner
-from autoopt.tools.journal import Journal
+from autoopt.tools.journal import Journal, Step
 from autoopt.tools.process import process_started
 from autoopt.tools.record import ExperimentRecord, record
 from autoopt.tools.registry import KEEP_S, Registry
 from autoopt.tools.source import Source
-from autoopt.tools.state import load_json, save_model
+from autoopt.tools.state import load_json, save_model, write_atomic
 from autoopt.tools.status import ExperimentStatus, experiment_status
 from autoopt.tools.target_lock import target_lock
 from autoopt.tools.targets import Direction, TargetSpec, load_target
@@ -326,6 +329,53 @@ class Engine:
         save_model(folder / "run.json", run)
         return run
 
+    def _flag_outputs(self, run: ABRun) -> None:
+        """A run that found the workload's output nondeterministic flags the target (list_targets
+        says so) until a later run finds it deterministic."""
+        flag = self.workspace.state_dir / "flags" / f"{run.target}.json"
+        if run.outputs is None or run.outputs.status in ("unchecked", "changed"):
+            return
+        if run.outputs.status == "same":
+            flag.unlink(missing_ok=True)
+            return
+        flag.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(flag, json.dumps({"run_id": run.id, "reason": run.outputs.summary()}))
+
+    def flag(self, target: str) -> str | None:
+        """Why the target is flagged (its workload's output is not deterministic), or None."""
+        data = load_json(self.workspace.state_dir / "flags" / f"{check_name(target)}.json")
+        return f"{data['reason']} (run {data['run_id']})" if data else None
+
+    async def _run_tests(
+        self,
+        spec: TargetSpec,
+        run: ABRun,
+        builds: dict[str, Build],
+        folder: Path,
+        note: Callable[[str], Awaitable[None]],
+    ) -> None:
+        """The target's tests once per arm build, before (and outside) the timed runs."""
+        from autoopt.tools.correctness import run_tests
+
+        for arm, b in builds.items():
+            await note(f"running the tests on {arm}: {spec.correctness.tests}")
+            result = await run_tests(
+                spec, arm, Path(b.tree), self.workspace.target_dir(spec.name), folder / "tests"
+            )
+            run.tests[arm] = result
+            run.journal.add(
+                Step(
+                    phase="build",
+                    shell=f'(cd "$TREE" && {result.command})',
+                    argv=[],
+                    arm=arm,
+                    elapsed_s=result.duration_s,
+                    exit_code=result.exit_code,
+                    note="the target's tests (## Correctness), outside the timed runs",
+                )
+            )
+            save_model(folder / "run.json", run)
+
     async def execute_ab(self, run: ABRun, progress: RunProgress | None = None) -> ABRun:
         """Build both arms from one base commit, run them interleaved, decide, persist.
         One run per target at a time: a second waits for the first and says so."""
@@ -359,11 +409,19 @@ class Engine:
                 for arm, b in builds.items():
                     run.builds[arm], run.commits[arm] = b.id, b.commit
                     run.journal.extend(b.journal, arm=arm)
+                if spec.correctness.tests:
+                    await self._run_tests(spec, run, builds, folder, note)
                 runner = ABRunner(
                     spec, impl, run, folder, script, self._track,
                     self.workspace.target_dir(spec.name),
                 )
-                await runner.execute(builds, progress)
+                if _tests_broke(run):  # B fails what A passes: no timed run can save it
+                    run.report = analyse(run, spec, look=None)
+                    run.status, run.finished = "done", time.time()
+                    save_model(folder / "run.json", run)
+                else:
+                    await runner.execute(builds, progress)
+            self._flag_outputs(run)
             if run.report is not None:
                 from autoopt.tools.plot import plot_run
 
@@ -499,6 +557,11 @@ def _alive(deployment: Deployment) -> bool:
     if deployment.backend != "local" or deployment.pid is None:
         return deployment.tree is None or Path(deployment.tree).is_dir()
     return process_started(deployment.pid) == deployment.pid_start
+
+
+def _tests_broke(run: ABRun) -> bool:
+    a, b = run.tests.get("A"), run.tests.get("B")
+    return a is not None and b is not None and a.passed and not b.passed
 
 
 def _workload_files(workspace: Workspace, spec: TargetSpec, script: Path | None) -> list[str]:

@@ -130,6 +130,22 @@ class LocalSpec(BaseModel):
     )
 
 
+class CorrectnessSpec(BaseModel):
+    """What must not change (`## Correctness`): the workload's output, and the tests."""
+
+    output: Literal["stdout", "checks", "none"] | None = Field(
+        None,
+        description="stdout: every non-metric line (batch default); checks: `check: ...` and "
+        "`digest=` lines (service default); none: not compared",
+    )
+    ignore: list[str] = Field(default_factory=list, description="regexes blanked in each line")
+    tests: str | None = Field(None, description="test command, run once per arm build")
+    tests_timeout_s: float = 300.0
+
+    def mode(self, kind: Kind) -> str:
+        return self.output or ("stdout" if kind == "batch" else "checks")
+
+
 class DockerSpec(BaseModel):
     base_image_arg: str | None = "BASE_IMAGE"
     memory: str | None = None
@@ -160,6 +176,7 @@ class TargetSpec(BaseModel):
     service_port: int | None = None
     profiling: list[str] = Field(default_factory=list)
     local: LocalSpec
+    correctness: CorrectnessSpec = Field(default_factory=CorrectnessSpec)
     docker: DockerSpec = Field(default_factory=DockerSpec)
     kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
     min_effect_pct: float = 1.0
@@ -178,9 +195,40 @@ class TargetSpec(BaseModel):
         return out
 
     def is_editable(self, path: str) -> bool:
-        """True when `path` (relative to the source root) may be changed."""
+        """True when `path` (relative to the source root) may be changed: in the editable
+        scope, not read-only, and not a file the workload or the tests name (a patch may
+        never change the measurement)."""
         in_scope = any(glob_matches(path, g) for g in self.scope.editable)
-        return in_scope and not any(glob_matches(path, g) for g in self.scope.readonly)
+        protected = [*self.scope.readonly, *self.harness_paths()]
+        return in_scope and not any(glob_matches(path, g) for g in protected)
+
+    def harness_paths(self) -> list[str]:
+        """What the measurement reads in the tree, which no patch may change: the files
+        the workload command names besides its program (its data), and with a test
+        command, the tests (what it names, and test_*.py, *_test.py, tests/, test/)."""
+        from autoopt.tools.command import is_python_name, parse_command
+
+        def paths(words: list[str]) -> list[str]:
+            out = []
+            for word in words:
+                rel = word.removeprefix("./").split("::")[0]
+                if rel and not rel.startswith(("-", "/", "{")) and "=" not in rel and (
+                    "/" in rel or "." in rel
+                ):
+                    out.append(rel)
+            return out
+
+        found = []
+        if self.local.workload:
+            argv = parse_command(self.local.workload).argv
+            program = 2 if is_python_name(argv[0]) else 1  # the program is the code itself
+            found += paths(argv[program:])
+        if self.correctness.tests:
+            argv = parse_command(self.correctness.tests).argv
+            found += paths(argv[1:])
+            found += [a + ".py" for a in argv[1:] if a.isidentifier() and a.startswith("test")]
+            found += ["test_*.py", "*/test_*.py", "*_test.py", "*/*_test.py", "tests/", "test/"]
+        return found
 
 
 def glob_matches(path: str, glob: str) -> bool:
@@ -242,6 +290,7 @@ KNOWN_SECTIONS = frozenset(
         "docker",
         "kubernetes",
         "decision",
+        "correctness",
     }
 )
 
@@ -397,6 +446,35 @@ def _build_args(r: _Reader) -> dict[str, str]:
     return args
 
 
+def _correctness(r: _Reader) -> CorrectnessSpec:
+    from autoopt.tools.command import parse_command
+
+    ignore = []
+    for item, line in r.sublist("correctness", "ignore"):
+        pattern = item.strip().strip("'\"")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise TargetSpecError(f"{r.file}:{line}: ignore: bad regex {pattern!r}: {exc}") from exc
+        ignore.append(pattern)
+    tests = r.value("correctness", "tests")
+    if tests:
+        try:
+            parse_command(tests)
+        except ValueError as exc:
+            where = r.line("correctness", "tests")
+            raise TargetSpecError(f"{r.file}:{where}: tests: {exc}") from exc
+    output = r.value("correctness", "output")
+    return CorrectnessSpec(
+        output=r.choice("correctness", "output", "", ("stdout", "checks", "none"))  # type: ignore[arg-type]
+        if output
+        else None,
+        ignore=ignore,
+        tests=tests,
+        tests_timeout_s=r.number("correctness", "tests_timeout", parse_duration) or 300.0,
+    )
+
+
 def _source(r: _Reader) -> SourceSpec:
     pypi, debian = r.value("source", "pypi"), r.value("source", "debian")
     if pypi and debian:
@@ -472,6 +550,7 @@ def parse_target(path: Path) -> TargetSpec:
                 python=r.value("local", "python"),
                 measure_children=(r.value("local", "measure_children") or "").lower() == "true",
             ),
+            correctness=_correctness(r),
             docker=DockerSpec(
                 base_image_arg=r.value("docker", "base_image_arg", "BASE_IMAGE"),
                 memory=r.value("docker", "memory"),

@@ -32,6 +32,11 @@ MEASURE_PY = (
 )
 
 
+def is_metric(line: str) -> bool:
+    """A `key=number` line (what parse_metrics reads)."""
+    return _METRIC.match(line) is not None
+
+
 def parse_metrics(text: str) -> dict[str, float]:
     """`key=value` lines with a finite number; everything else is ignored. Last one wins."""
     out: dict[str, float] = {}

@@ -27,8 +27,10 @@ Compatible with old and new servers: the SQL uses functions ClickHouse 18.16 alr
 --profile sets memory_profiler_step (1 MiB) and the CPU profiler period only when the
 server lists those settings in system.settings (it says so on stderr otherwise).
 
-Output: only key=value lines on stdout (requests, errors, error_rate, latency_p50_ms,
-latency_p99_ms, throughput_qps, duration_s, peak_query_memory_mb, setup_s, rows). Exit 0
+Output: key=value lines on stdout (requests, errors, error_rate, latency_p50_ms,
+latency_p99_ms, throughput_qps, duration_s, peak_query_memory_mb, setup_s, rows), and one
+`check: <query> <digest>` line per query with the digest of its result (every client's run
+of it; two digests mean the server answered the same query two ways). Exit 0
 when the workload ran (failed queries count in error_rate), 2 when the server could not be
 reached or the data could not be prepared.
 Credentials: CLICKHOUSE_USER / CLICKHOUSE_PASSWORD (default: user 'default', no password).
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import http.client
 import math
 import os
@@ -173,6 +176,7 @@ def main() -> int:
     mix = MODES[args.mode]
     latencies: list[float] = []
     errors: list[str] = []
+    answers: dict[str, set[str]] = {}  # query -> digests of its results (one when correct)
     lock = threading.Lock()
 
     def client(index: int) -> None:
@@ -184,9 +188,12 @@ def main() -> int:
                     query_id = f"autoopt-{token}-{index}-{r}-{j}-{name}"
                     t0 = time.perf_counter()
                     try:
-                        server.run(QUERIES[name].format(t=table), conn,
-                                   {**settings, "query_id": query_id})
+                        body = server.run(QUERIES[name].format(t=table), conn,
+                                          {**settings, "query_id": query_id})
                         ok, message = True, ""
+                        digest = hashlib.sha256(body.encode()).hexdigest()[:16]
+                        with lock:
+                            answers.setdefault(name, set()).add(digest)
                     except (OSError, RuntimeError, http.client.HTTPException) as exc:
                         ok, message = False, f"{name}: {exc}"
                         conn.close()
@@ -221,6 +228,8 @@ def main() -> int:
     print(f"duration_s={duration:.3f}")
     print(f"setup_s={setup_s:.3f}")
     print(f"rows={args.rows}")
+    for name in sorted(answers):  # the results that must not change between the arms
+        print(f"check: {name} {' '.join(sorted(answers[name]))}")
     peak = peak_query_memory(server, token)
     if peak is not None:
         print(f"peak_query_memory_mb={peak:.3f}")

@@ -32,8 +32,11 @@ Modes (data sizes and request mix, see MODES):
 --scale multiplies the numbers of items (bulk load and batch sizes); the
 number of requests stays the same. Membership work grows with its square.
 
-Output: only key=value lines on stdout (requests, errors, error_rate,
-latency_p50_ms, latency_p99_ms, throughput_qps, duration_s). Exit code 0 when
+Output: key=value lines on stdout (requests, errors, error_rate,
+latency_p50_ms, latency_p99_ms, throughput_qps, duration_s), and
+digest=<sha256> of the sequential requests' responses (reset, bulk load with
+its /process answers, the final /stats): what a correct server always answers,
+compared between the arms of an A/B run. Exit code 0 when
 the workload ran, even with failed requests (they count in error_rate); 2
 when the server could not be reached at all.
 """
@@ -111,10 +114,11 @@ def ingest_body(indices):
 class Client:
     """One keep-alive connection; records (path, latency_s, ok) per request."""
 
-    def __init__(self, host, port, timeout):
+    def __init__(self, host, port, timeout, digest=None):
         self.host, self.port, self.timeout = host, port, timeout
         self.conn = None
         self.samples = []
+        self.digest = digest  # a hashlib object fed every response, when given
 
     def request(self, method, path, body=None):
         headers = {"Content-Type": "application/json"} if body is not None else {}
@@ -125,8 +129,10 @@ class Client:
                 self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
             self.conn.request(method, path, body=body, headers=headers)
             response = self.conn.getresponse()
-            response.read()
+            data = response.read()
             ok = response.status == 200
+            if self.digest is not None:
+                self.digest.update(f"{method} {path} {response.status}\n".encode() + data)
             if response.will_close:
                 self.close()
         except (OSError, http.client.HTTPException):
@@ -229,7 +235,11 @@ def main(argv=None):
               file=sys.stderr)
         return 2
 
-    main_client = Client(host, port, args.timeout)
+    # The main client's requests run one at a time (reset, bulk load, the final /stats),
+    # so its responses are the same for any correct server: their digest is the output
+    # that must not change. The concurrent clients' answers depend on interleaving.
+    responses = hashlib.sha256()
+    main_client = Client(host, port, args.timeout, digest=responses)
     clients = [Client(host, port, args.timeout) for _ in range(CLIENTS)]
 
     started = time.perf_counter()
@@ -277,6 +287,7 @@ def main(argv=None):
     print(f"latency_p99_ms={percentile(latencies, 0.99):.3f}")
     print(f"throughput_qps={requests / duration if duration > 0 else 0.0:.3f}")
     print(f"duration_s={duration:.3f}")
+    print(f"digest={responses.hexdigest()}")
     return 0
 
 

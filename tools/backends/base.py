@@ -74,6 +74,7 @@ class WorkloadResult(BaseModel):
     output: list[str] = Field(
         default_factory=list, description="the last lines of stdout that are not metrics"
     )
+    stdout_file: str | None = Field(None, description="the whole stdout, while it exists")
     peak_rss_mb: float | None = Field(None, description="batch targets: the measured process")
     cpu_s: float | None = None
 
@@ -92,6 +93,8 @@ class Sample(BaseModel):
     restarts: int = 0
     oom_killed: bool = False
     log_tail: str = ""
+    block: int | None = Field(None, description="its block (one AUTOOPT_BLOCK_SEED)")
+    output_fp: str | None = Field(None, description="fingerprint of the compared output")
     timings: dict[str, float] = Field(default_factory=dict)
     smaps: dict[str, float] = Field(default_factory=dict)
 

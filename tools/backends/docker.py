@@ -840,7 +840,13 @@ class DockerBackend:
         tail = tail_text(err_path, 30) or tail_text(out_path, 30)
         if oom:
             tail = f"{tail}\n(the container was killed for memory: OOM)".strip()
-        result = WorkloadResult(metrics=metrics, exit_code=code, duration_s=elapsed, log_tail=tail)
+        result = WorkloadResult(
+            metrics=metrics,
+            exit_code=code,
+            duration_s=elapsed,
+            log_tail=tail,
+            stdout_file=str(out_path),
+        )
         result.peak_rss_mb = metrics.pop("peak_rss_mb", None)
         result.cpu_s = metrics.pop("cpu_s", None)
         if timed_out:

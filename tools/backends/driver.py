@@ -81,6 +81,7 @@ async def drive(
     result = WorkloadResult(
         metrics=parse_metrics(stdout),
         output=output_lines(stdout),
+        stdout_file=str(child.stdout),
         exit_code=done.code,
         duration_s=done.elapsed_s,
         log_tail=child.tail(30),
