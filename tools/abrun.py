@@ -301,12 +301,11 @@ class ABRunner:
             self.track(deployment, True)
             t1 = time.monotonic()
             await backend.reset_peak(deployment)
-            cmd, shell = workload_argv(spec, self.script, deployment, self.target_dir)
             seed = block_seed(self.run.seed, slot.block_id())
+            cmd, shell = workload_argv(spec, self.script, deployment, self.target_dir, seed)
             name = f"run{slot.index:03d}-{slot.arm}"
             result = await backend.run_workload(
-                spec, deployment, cmd.argv, shell, name=name,
-                env={**cmd.env, "AUTOOPT_BLOCK_SEED": seed},
+                spec, deployment, cmd.argv, shell, name=name, env=cmd.env
             )
             sample.block = slot.block_id()
             if result.stdout_file and spec.correctness.mode(spec.kind) != "none":

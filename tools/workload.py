@@ -117,12 +117,17 @@ def program(
 
 
 def workload_argv(
-    spec: TargetSpec, script: Path | None, deployment: Deployment, target_dir: Path
+    spec: TargetSpec,
+    script: Path | None,
+    deployment: Deployment,
+    target_dir: Path,
+    seed: str = "0",
 ) -> tuple[Command, str]:
     """(command, shell line) of a workload. A service's driver gets the endpoint as its
     first argument and runs on this machine; a batch program's command runs in the built
     tree and is measured, in the arm's container on the container backends. On this
-    machine, the target's interpreter runs Python; in a container, the image's."""
+    machine, the target's interpreter runs Python; in a container, the image's. `seed`
+    (run_ab's per-block seed; 0 elsewhere) is AUTOOPT_BLOCK_SEED and `{block_seed}`."""
     endpoint = deployment.endpoint
     on_host = deployment.backend == "local" or spec.kind == "service"
     cwd = Path(deployment.tree) if spec.kind == "batch" and deployment.tree else None
@@ -131,17 +136,19 @@ def workload_argv(
         runner = resolve([str(script)], python, script.parent)
         if runner == [str(script)]:
             runner = ["bash", str(script)]  # no #! line and no known extension
-        cmd = Command(argv=runner)
-        shell = join_command(runner[:-1]) + f' "$WORKLOAD_DIR/{script.name}"'
+        cmd = Command(env={"AUTOOPT_BLOCK_SEED": seed}, argv=runner)
+        shell = f"AUTOOPT_BLOCK_SEED={seed} {join_command(runner[:-1])}"
+        shell += f' "$WORKLOAD_DIR/{script.name}"'
         if spec.kind == "service":
             cmd.argv.append(endpoint or "")
             shell += ' "$ENDPOINT"'
     else:
         assert spec.local.workload is not None
-        values = {"endpoint": endpoint or "", "target_dir": str(target_dir)}
+        values = {"endpoint": endpoint or "", "target_dir": str(target_dir), "block_seed": seed}
         if python:
             values["python"] = python
         cmd = program(spec.local.workload, values, python=python, cwd=cwd or target_dir)
+        cmd.env = {"AUTOOPT_BLOCK_SEED": seed, **cmd.env}
         shell = cmd.text().replace(str(target_dir), '"$WORKLOAD_DIR"')  # the record's copy
         shell = shell.replace(endpoint, "$ENDPOINT") if endpoint else shell
     if spec.kind == "batch":  # the program's variables go to it, not to the wrapper
