@@ -424,7 +424,8 @@ def analyse(run: ABRun, spec: TargetSpec, look: int | None) -> ABReport:
     )
     verdict, reason = correctness.gate(decision.verdict, decision.reason, run.outputs, run.tests)
     if (verdict, reason) != (decision.verdict, decision.reason):  # faster is not enough
-        decision = decision.model_copy(update={"verdict": verdict, "reason": reason})
+        kind = type(decision.verdict)  # the verdict's own type (str or its enum)
+        decision = decision.model_copy(update={"verdict": kind(verdict), "reason": reason})
     declared = {**spec.declared_metrics(run.backend), run.metric: run.direction}
     reports = []
     for name in sorted(declared):
