@@ -230,16 +230,17 @@ def aa_section(cfg: Config, key: dict[str, Any], results: list[overhead.Overhead
         )
         verdicts = series.verdicts()
         key["aa.n"] = len(series.views)
-        key["aa.keep"] = verdicts.get("KEEP", 0)
-        key["aa.discard"] = verdicts.get("DISCARD", 0)
-        key["aa.inconclusive"] = verdicts.get("INCONCLUSIVE", 0)
+        for verdict in aa_series.VERDICTS:
+            key[f"aa.{verdict.lower()}"] = verdicts.get(verdict, 0)
         key["aa.seed_keep"] = sum(bool(v.get("seed_rule_keep")) for v in series.views)
         return "\n".join(
             [
                 f"{cfg.aa_count} run_abs of pyserver with no patch (both arms the same commit), "
                 f"runs={cfg.aa_runs} per arm, on the local backend. Primary metric peak_rss_mb "
                 "(lower is better, 1% minimum effect), guardrails from target.md (latency_p99_ms "
-                "+50%, error_rate, pod_restarts). Any KEEP is a false KEEP. 'seed rule KEEP' is "
+                "+50%, error_rate, pod_restarts). SAME (the change shown within ±1%) is the "
+                "right answer, counted against every other verdict; any KEEP is a false KEEP. "
+                "'seed rule KEEP' is "
                 "the seed's rule (mean better by > 1 SD and no overlap) evaluated by run_ab on "
                 "the same runs. CVs are per arm over the counted runs.",
                 "",
@@ -464,13 +465,14 @@ def key_figures(key: dict[str, Any], cfg: Config) -> str:
     rows: list[list[str]] = []
     if "aa.n" in key:
         n = key["aa.n"]
+        others = ", ".join(f"{v} {key[f'aa.{v.lower()}']}" for v in aa_series.VERDICTS[2:])
         rows.append(
             [
-                f"false KEEPs in {n} real A/A run_abs (pyserver, local, runs={cfg.aa_runs})",
-                f"{key['aa.keep']} / {n} (DISCARD {key['aa.discard']}, INCONCLUSIVE "
-                f"{key['aa.inconclusive']}); rate <= "
+                f"real A/A run_abs (pyserver, local, runs={cfg.aa_runs}): SAME; false KEEPs",
+                f"SAME {key['aa.same']} / {n}; KEEP {key['aa.keep']} / {n} ({others}); "
+                f"false-KEEP rate <= "
                 f"{100 * aa_series.upper_bound(key['aa.keep'], n):.0f}% (95% upper bound)",
-                f"seed rule on the same runs: {key['aa.seed_keep']} / {n}",
+                f"seed rule on the same runs: {key['aa.seed_keep']} / {n} KEEP",
             ]
         )
     for backend in ("local", "docker", "kubernetes"):

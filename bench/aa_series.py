@@ -1,5 +1,6 @@
 """A real A/A series: `count` run_abs of pyserver with no patch, through an in-process MCP
-client on a temporary workspace copy. Every KEEP is a false KEEP.
+client on a temporary workspace copy. SAME is the right answer; every KEEP is a false KEEP,
+and every other verdict (DISCARD, INCONCLUSIVE, FAILED) a miss.
 
     python -m bench.aa_series [--count 20] [--runs 5]
 """
@@ -20,7 +21,7 @@ import anyio
 from autoopt.server.demo import call_until_done
 from bench.common import PYSERVER, cv, log, median, read_run, table, temp_workspace
 
-VERDICTS = ("KEEP", "DISCARD", "INCONCLUSIVE")
+VERDICTS = ("SAME", "KEEP", "DISCARD", "INCONCLUSIVE", "FAILED")
 SECONDARY = "latency_p99_ms"
 
 
@@ -74,9 +75,12 @@ class Series:
         summary = table(
             [
                 "run_abs",
+                "SAME (right)",
+                "not SAME",
                 "KEEP (false)",
                 "DISCARD",
                 "INCONCLUSIVE",
+                "FAILED",
                 "false-KEEP rate, 95% upper bound",
                 "seed rule KEEP (false)",
                 "seed rule, 95% upper bound",
@@ -87,9 +91,12 @@ class Series:
             [
                 [
                     n,
+                    counts.get("SAME", 0),
+                    n - counts.get("SAME", 0),
                     counts.get("KEEP", 0),
                     counts.get("DISCARD", 0),
                     counts.get("INCONCLUSIVE", 0),
+                    counts.get("FAILED", 0),
                     f"{100 * upper_bound(counts.get('KEEP', 0), n):.0f}%",
                     seed,
                     f"{100 * upper_bound(seed, n):.0f}%",

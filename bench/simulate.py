@@ -8,7 +8,8 @@ false-KEEP rate; with B's true location at (1 - effect) * A's it is the power. N
 5% chance per run of a slow outlier multiplying the value by 1 + CV*U(3, 8) (the
 report's generator). "ours" is autoopt.tools.decision.decide with min_effect_pct = 1%
 (KEEP needs the one-sided 95% bound on the log-ratio to exclude no gain AND an
-estimated gain >= 1%). Welch 1s is scipy's one-sided Welch t on the raw values and MWU
+estimated gain >= 1%; under A/A the right answer is SAME: both one-sided bounds within
+±1%). Welch 1s is scipy's one-sided Welch t on the raw values and MWU
 1s the exact one-sided Mann-Whitney U, both at p < 0.05 with the right sign, as in the
 report. ``run()`` returns the markdown so that a bench runner can embed it in docs.
 """
@@ -101,7 +102,7 @@ def fixed_n_table(rng: np.random.Generator, trials: int) -> tuple[str, int, int]
     Also returns how often decide() agreed with keep_rule() and out of how many."""
     head = [
         "| noise | CV | N | seed rule | Welch 1s | MWU 1s | ours (δ=1%) "
-        "| ours A/A: DISCARD / INCONCL. |",
+        "| ours A/A: SAME / DISCARD / INCONCL. |",
         "|---|---|---|---|---|---|---|---|",
     ]
     rows = []
@@ -121,15 +122,40 @@ def fixed_n_table(rng: np.random.Generator, trials: int) -> tuple[str, int, int]
                     agree += int(((v == "KEEP") == keep_rule(a, b)).sum())
                     total += trials
                     if eff == 0.0:
-                        aa_split = (
-                            f"{_pct(float((v == 'DISCARD').mean()))} / "
-                            f"{_pct(float((v == 'INCONCLUSIVE').mean()))}"
+                        aa_split = " / ".join(
+                            _pct(float((v == verdict).mean()))
+                            for verdict in ("SAME", "DISCARD", "INCONCLUSIVE")
                         )
                 cells = [" / ".join(_pct(r) for r in rates[k]) for k in rates]
                 rows.append(
                     f"| {dist} | {cv:.0%} | {n} | " + " | ".join(cells) + f" | {aa_split} |"
                 )
     return "\n".join(head + rows), agree, total
+
+
+AA_CVS = (0.001, 0.005, 0.01, 0.02)
+AA_NS = (3, 5, 10, 20)
+
+
+def aa_table(rng: np.random.Generator, trials: int) -> str:
+    """decide() under A/A by CV and N: SAME is the right answer, every other verdict a miss.
+
+    SAME needs the two-sided 90% interval (both one-sided 95% bounds) inside ±δ, so it is
+    reached when about 1.8·CV·sqrt(2/N) < δ: quiet metrics (peak RSS) at a few runs, a 2% CV
+    not below some 50 runs per arm for δ = 1%."""
+    head = [
+        "| noise | CV | N | SAME | KEEP (false) | DISCARD | INCONCLUSIVE |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = []
+    for dist in DISTS:
+        for cv in AA_CVS:
+            for n in AA_NS:
+                v = verdicts(draw(rng, (trials, n), cv, dist), draw(rng, (trials, n), cv, dist))
+                cells = [_pct(float((v == k).mean())) for k in ("SAME", "KEEP", "DISCARD",
+                                                               "INCONCLUSIVE")]
+                rows.append(f"| {dist} | {100 * cv:.1f}% | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(head + rows)
 
 
 def precision_table(rng: np.random.Generator, trials: int) -> str:
@@ -201,26 +227,28 @@ def sequential_table(rng: np.random.Generator, trials: int, dists: Sequence[str]
     head = [
         "| noise | design | nominal one-sided alpha per look | boundary only, A/A | "
         "ours A/A false-KEEP (CV 2%) | ours A/A false-KEEP (CV 10%) | "
+        "ours A/A SAME (CV 2% / 10%) | mean n/arm A/A (CV 2%) | "
         "power 2% gain (CV 2%) | power 5% gain (CV 2%) | mean n/arm at 5% gain |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = []
     for dist in dists:
         for name, (looks, levels) in _designs().items():
-            cells = []
-            mean_n = 0.0
+            keep, same, mean_n = [], [], []
             for cv, eff in ((0.02, 0.0), (0.10, 0.0), (0.02, 0.02), (0.02, 0.05)):
                 a = draw(rng, (trials, looks[-1]), cv, dist).tolist()
                 b = draw(rng, (trials, looks[-1]), cv, dist, scale=1.0 - eff).tolist()
                 res = [_sequential_trial(x, y, looks, levels) for x, y in zip(a, b, strict=True)]
-                cells.append(_pct(sum(v == "KEEP" for v, _ in res) / trials))
-                mean_n = sum(n for _, n in res) / trials
+                keep.append(_pct(sum(v == "KEEP" for v, _ in res) / trials))
+                same.append(_pct(sum(v == "SAME" for v, _ in res) / trials))
+                mean_n.append(sum(n for _, n in res) / trials)
             boundary = _boundary_only(rng, looks, levels, trials * BIG, dist)
             shown = ", ".join(f"{x:.2g}" for x in levels)
+            cells = [*keep[:2], f"{same[0]} / {same[1]}", f"{mean_n[0]:.1f}", *keep[2:]]
             rows.append(
                 f"| {dist} | {name} | {shown} | {_pct(boundary)} | "
                 + " | ".join(cells)
-                + f" | {mean_n:.1f} |"
+                + f" | {mean_n[-1]:.1f} |"
             )
     return "\n".join(head + rows)
 
@@ -233,6 +261,7 @@ def run(trials: int, quick: bool) -> str:
     se = 100 * np.sqrt(0.05 * 0.95 / trials)
     fixed, agree, total = fixed_n_table(rng, trials)
     precise = precision_table(rng, trials * BIG)
+    aa = aa_table(rng, trials)
     seq = sequential_table(rng, trials, DISTS[:1] if quick else DISTS)
     elapsed = time.monotonic() - started
     return "\n".join(
@@ -242,7 +271,9 @@ def run(trials: int, quick: bool) -> str:
             f"{trials} simulated experiments per cell (seed {SEED}); Monte-Carlo standard "
             f"error of a 5% rate ≈ {se:.1f} points. Lower is better; KEEP means B < A. "
             "Cells are **false-KEEP (A/A) / power at a true 5% gain / power at a true 10% "
-            "gain**, in %. ours = `decide()` with a 1% minimum effect.",
+            "gain**, in %. ours = `decide()` with a 1% minimum effect; its A/A verdicts are "
+            "split in the last column (SAME = both one-sided 95% bounds within ±1%, the right "
+            "answer for an A/A; every other verdict there is a miss).",
             "",
             fixed,
             "",
@@ -253,12 +284,24 @@ def run(trials: int, quick: bool) -> str:
             "",
             precise,
             "",
+            "### A/A: how often the answer is SAME",
+            "",
+            "decide() (δ = 1%) on A/A data, in %: SAME (both one-sided 95% bounds within "
+            "±1%) is the right answer and every other verdict a miss. It needs the 90% "
+            "interval inside ±δ, about 1.8·CV·sqrt(2/N) < δ: a quiet metric (peak RSS, CV "
+            "≈ 0.1 to 0.5%) gets there in a few runs; at CV 2% an A/A stays INCONCLUSIVE (or "
+            "DISCARD) unless N is large.",
+            "",
+            aa,
+            "",
             "### Sequential design (looks at 5, 10, 15, 20 runs per arm)",
             "",
             "decide() at each look with the look's nominal one-sided alpha "
             "(`sequential_boundaries`, Lan-DeMets spending, overall alpha = 0.05), "
-            "`final_look` at 20 and `inconclusive_is_discard=True`; stops at the first KEEP "
-            "or DISCARD (DISCARD includes the non-binding futility stop). 'boundary only' is "
+            "`final_look` at 20 and `inconclusive_is_discard=True`; stops at the first KEEP, "
+            "SAME or DISCARD (DISCARD includes the non-binding futility stop; SAME, both "
+            "one-sided bounds at the look's level within ±1%, is the A/A answer, so A/A runs "
+            "mostly stop early). 'boundary only' is "
             f"one-sided Welch on logs at the nominal levels with no δ or futility, CV 2%, "
             f"{trials * BIG} A/A experiments: it checks the boundaries themselves.",
             "",

@@ -274,7 +274,7 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
             Field(
                 ge=3,
                 le=200,
-                description="per arm (N >= 3; 5+ advised)",
+                description="per arm; 5+ advised",
             ),
         ] = 5,
         warmup: Annotated[int, Field(ge=0, le=10)] = 1,

@@ -1,9 +1,11 @@
 """`autoopt demo`: the whole loop on pyserver through a real MCP client session.
 
 It starts `autoopt serve` as a stdio subprocess, exactly as a desktop client would, and
-drives it: targets, a workload check, a baseline profile, an A/A baseline, then three
-experiments (cap history + shallow copy; list -> set for membership; generators for the
-statistics), each run_ab'd and recorded. The workspace is a fresh copy of this checkout's
+drives it: targets, a workload check, a baseline profile, an A/A baseline (SAME when the
+metric is quiet), then three experiments (cap history + shallow copy; list -> set for
+membership; generators for the statistics), each run_ab'd and recorded; a KEEP's profile
+diff is appended to its record as an addendum. The summary table shows each verdict as
+run_ab returned it. The workspace is a fresh copy of this checkout's
 targets (default: demo-runs/<timestamp>/), so the demo can run again and again.
 """
 
@@ -227,6 +229,15 @@ async def demo(
                     after="after-exp001",
                 )
                 say(f"    heap at the peak: {diff['total']}")
+                changes = "\n".join(f"- {c}" for c in diff.get("changes", [])[:5])
+                await s.call(
+                    "record_experiment",
+                    run_id=result["run_id"],
+                    exp_id=exp_id,
+                    addendum=f"diff_profiles(before='baseline', after='after-exp001'): heap at "
+                    f"the peak {diff['total']}\n\n{changes}",
+                )
+                say(f"    addendum (the profile diff) appended to {exp_id}'s README")
     return rows
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from autoopt.server.jobs_view import StillRunning, capped
 from autoopt.tools.abrun import ABRun
+from autoopt.tools.record import condition, extent, reason_of, stop_error, verdict_of
 
 TEXT_LIMIT = 3000  # characters of run_ab's and get_run's text
 _CONSTANT = re.compile(r"^(\w+) (?:remained (\S+) in every B run|was (0) in every run)")
@@ -30,7 +31,7 @@ class RunView(BaseModel):
 
     run_id: str
     status: str = Field(description="running | done | cancelled | interrupted | crashed | failed")
-    verdict: str | None = Field(None, description="KEEP | DISCARD | INCONCLUSIVE")
+    verdict: str | None = Field(None, description="KEEP | SAME | DISCARD | INCONCLUSIVE | FAILED")
     reason: str | None = None
     metric: str
     change_pct: float | None = Field(None, description="B vs A, ratio of geometric means, in %")
@@ -47,6 +48,7 @@ class RunView(BaseModel):
 class _Lines(BaseModel):
     """What the text adds to the view: one line per guardrail, constants, warnings."""
 
+    runs: str
     guardrails: list[str]
     unchanged: list[str]
     warnings: list[str]
@@ -67,13 +69,11 @@ def _split(decision: dict[str, Any]) -> tuple[list[str], list[str]]:
     return lines, constant
 
 
-def _reason(decision: dict[str, Any]) -> str | None:
+def _reason(run: ABRun) -> str | None:
     """The decision's reason without the verdict in front (the view has it) and without the
     guardrail tail (each guardrail has its line)."""
-    reason = decision.get("reason")
-    if not isinstance(reason, str):
-        return None
-    return reason.removeprefix(f"{decision.get('verdict')}: ").split("; guardrails pass:")[0]
+    reason = reason_of(run)
+    return reason.split("; guardrails pass:")[0] if reason else None
 
 
 def run_view(run: ABRun, still: StillRunning | None = None, detail: bool = False
@@ -85,15 +85,21 @@ def run_view(run: ABRun, still: StillRunning | None = None, detail: bool = False
         if not sample.warmup:
             values[sample.arm].append(sample.metrics.get(run.metric) if sample.ok else None)
     guardrails, constant = _split(decision)
+    warnings = list(decision.get("warnings") or [])
+    if verdict_of(run) == "FAILED":  # the reason says it: no line per guardrail repeating it
+        guardrails = []
+        warnings = [w for w in warnings if not w.startswith(("B failed in", "A (baseline) fail"))]
     lo, hi = primary.get("ci_low"), primary.get("ci_high")
     plot = f"autoopt://runs/{run.id}/plot.png" if run.plot and Path(run.plot).is_file() else None
-    lines = _Lines(guardrails=guardrails, unchanged=constant,
-                   warnings=list(decision.get("warnings") or []), error=run.error, plot=plot)
+    error = stop_error(run)
+    said = error in extent(run) or error in (reason_of(run) or "")
+    lines = _Lines(runs=extent(run), guardrails=guardrails, unchanged=constant,
+                   warnings=warnings, error=None if said else run.error, plot=plot)
     return RunView(
         run_id=run.id,
         status="running" if still else run.status,
-        verdict=decision.get("verdict"),
-        reason=_reason(decision),
+        verdict=verdict_of(run),
+        reason=_reason(run),
         metric=run.metric,
         change_pct=primary.get("change_pct"),
         ci_pct=[round((lo - 1) * 100, 3), round((hi - 1) * 100, 3)]
@@ -125,12 +131,11 @@ def run_text(view: RunView, more: _Lines) -> str:
         ci = f" (95% CI {_pct(view.ci_pct[0])} to {_pct(view.ci_pct[1])})" if view.ci_pct else ""
         head += f": {view.metric} {_pct(view.change_pct)}{ci}"
     failed = sum(view.failed.values())
-    head += f"; {len(view.values.get('A', []))} runs per arm" + (
-        f", {failed} failed" if failed else ""
-    )
+    head += f"; {more.runs}" + (f"; {failed} failed" if failed else "")
     lines = [head]
     if view.reason:
-        lines.append(f"Reason: {view.reason}")
+        shown = condition(view.reason, view.metric) if view.change_pct is not None else None
+        lines.append(f"Reason: {shown or view.reason}")
     if more.error:
         lines.append(f"Error: {more.error}")
     lines += [f"Guardrail {g}" for g in more.guardrails]

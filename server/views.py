@@ -189,6 +189,9 @@ class RecordView(BaseModel):
 
 
 def record_text(r: ExperimentRecord) -> str:
+    if r.addendum:
+        return (f"{r.exp_id} [{r.status}]: addendum appended to {r.directory}/README.md; "
+                "the record's numbers, row and files are unchanged")
     moved = f"frontier moved to {r.frontier[:12]}" if r.frontier_moved else "frontier unchanged"
     row = "; ".join(f"{k}={v}" for k, v in r.row.items() if v)
     return (f"{r.exp_id} [{r.status}] recorded in {r.directory} (branch {r.branch}; {moved})\n"

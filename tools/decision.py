@@ -1,19 +1,27 @@
-"""KEEP / DISCARD / INCONCLUSIVE for one A/B comparison plus its guardrails.
+"""KEEP / SAME / DISCARD / INCONCLUSIVE / FAILED for one A/B comparison plus its guardrails.
 
-The rule (stats-anchors-report, section 3):
+The rule (stats-anchors-report, section 3), in order of precedence:
+- FAILED when an arm has no usable value at all (every run crashed, failed its health
+  check or measured nothing): there is nothing to compare; the reason is the first error.
+- DISCARD when a guardrail is shown broken, or when even the best plausible gain (the
+  optimistic one-sided bound) is below ``min_effect_pct`` (a non-binding futility stop)
+  and the change is not shown to lie within +-``min_effect_pct`` (it may be a loss).
 - KEEP only when the primary metric's one-sided bound shows a gain (``gain_bound`` on the
   good side of 1), the point estimate gains at least ``min_effect_pct``, and every
   guardrail passes. This is an intersection-union test: false-KEEP stays <= alpha.
-- DISCARD when a guardrail is shown broken, or when even the best plausible gain (the optimistic
-  one-sided bound) is below ``min_effect_pct`` (a non-binding futility stop).
+- SAME when both one-sided bounds of the ratio lie inside (1 - delta, 1 + delta), delta =
+  ``min_effect_pct`` / 100: an equivalence test (TOST) on the log ratio at the same alpha,
+  i.e. the two-sided 1 - 2*alpha interval (90% for 0.05) inside +-delta on the log scale.
+  The change is shown too small to matter either way; an A/A run on a quiet metric ends
+  here. SAME and KEEP cannot both hold (SAME bounds the best gain below delta).
 - INCONCLUSIVE otherwise: add runs. At the run cap of a sequential design
   (``final_look`` and ``inconclusive_is_discard``) INCONCLUSIVE becomes DISCARD.
 A guardrail that is merely not yet shown to hold (its bound straddles the limit) leaves the
-experiment INCONCLUSIVE — add runs; one that is shown to be broken discards at once.
+experiment INCONCLUSIVE (or SAME: no KEEP needs it) — add runs; one shown broken discards.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -32,8 +40,10 @@ GuardrailInput = tuple[Guardrail, Sequence[float], Sequence[float]]
 
 class Verdict(StrEnum):
     KEEP = "KEEP"
+    SAME = "SAME"
     DISCARD = "DISCARD"
     INCONCLUSIVE = "INCONCLUSIVE"
+    FAILED = "FAILED"
 
 
 class GuardrailCheck(BaseModel):
@@ -220,10 +230,19 @@ def _primary_text(c: Comparison) -> str:
     return f"{c.metric} {verb}{size} ({ci})"
 
 
+def _within(c: Comparison, min_effect_pct: float) -> bool:
+    """Equivalence: both one-sided bounds of the ratio inside (1 - delta, 1 + delta)."""
+    lo, hi = c.lower_bound, c.upper_bound
+    if lo is None or hi is None:
+        return False
+    delta = min_effect_pct / 100
+    return (1 - delta < lo and hi < 1 + delta) or lo == hi == 1.0
+
+
 def _rule_verdict(
     c: Comparison, checks: list[GuardrailCheck], min_effect_pct: float
 ) -> tuple[Verdict, str]:
-    """Apply the three-outcome rule (before any run-cap conversion)."""
+    """Apply the rule (before any run-cap conversion); the text has no verdict in front."""
     head = _primary_text(c)
     if c.gain_bound is None or c.ratio_geomean is None:
         return Verdict.INCONCLUSIVE, f"{head}; no % change can be judged"
@@ -238,11 +257,28 @@ def _rule_verdict(
     if failed:
         names = "; ".join(k.reason for k in failed)
         return Verdict.DISCARD, f"{head}; guardrail failed: {names}"
-    if best < min_effect_pct:
-        why = (
-            f"the one-sided {level} bound ({_pct(_as_pct(best_ratio))}) rules out the "
-            f"{min_effect_pct:g}% minimum gain"
+    if _within(c, min_effect_pct):
+        assert c.lower_bound is not None and c.upper_bound is not None
+        if c.method == "exact":
+            where = f"the exact change ({_pct(_as_pct(c.lower_bound))}) lies"
+        else:
+            bounds = f"{_pct(_as_pct(c.lower_bound))} and {_pct(_as_pct(c.upper_bound))}"
+            where = f"both one-sided {level} bounds ({bounds}) lie"
+        return Verdict.SAME, (
+            f"{head}; {where} within ±{min_effect_pct:g}%: no change as large as the "
+            "minimum effect"
         )
+    if best < min_effect_pct:
+        bound = _pct(_as_pct(best_ratio))
+        loss = f"a {min_effect_pct:g}% loss" if min_effect_pct else "a loss"
+        if best < -min_effect_pct:
+            more = f" of more than {min_effect_pct:g}%" if min_effect_pct else ""
+            why = f"even the optimistic one-sided {level} bound ({bound}) is a loss{more}"
+        else:
+            why = (
+                f"the one-sided {level} bound ({bound}) rules out the {min_effect_pct:g}% "
+                f"minimum gain and the other ({worst}) does not rule out {loss}"
+            )
         return Verdict.DISCARD, f"{head}; {why}"
     shown = _gain_pct(c.gain_bound, c.direction) > 0
     if shown and gain >= min_effect_pct and not unproven:
@@ -319,21 +355,43 @@ def _warnings(
     return out
 
 
+def _failed_arm(
+    xa: list[float],
+    xb: list[float],
+    metric: str,
+    failed_runs: dict[str, int],
+    errors: Mapping[str, str],
+) -> str | None:
+    """Why there is nothing to compare, when an arm has no usable value at all."""
+    parts = []
+    for arm, xs in (("A", xa), ("B", xb)):
+        n, error = failed_runs[arm], errors.get(arm) or ""
+        if xs or not (n or error):
+            continue
+        what = "A (the baseline)" if arm == "A" else "B (the patched build)"
+        parts.append(
+            f"{what} has no usable {metric} value"
+            + (f": {n} run(s) failed" if n else "")
+            + (f"; first error: {error}" if error else "")
+        )
+    if not parts:
+        return None
+    return "; ".join(parts) + "; fix the build or the crash (the runs' log tails) and rerun"
+
+
 def _too_few(
     xa: list[float], xb: list[float], metric: str, failed_runs_a: int, failed_runs_b: int
 ) -> tuple[Verdict, str]:
     counts = f"{len(xa)} successful A run(s), {len(xb)} successful B run(s)"
     need = f"at least {MIN_RUNS} per arm are needed to compare {metric}"
     if failed_runs_b:
-        return Verdict.DISCARD, (
-            f"DISCARD: B failed in {failed_runs_b} run(s), leaving {counts}; {need}"
-        )
+        return Verdict.DISCARD, f"B failed in {failed_runs_b} run(s), leaving {counts}; {need}"
     if failed_runs_a:
         return Verdict.INCONCLUSIVE, (
-            f"INCONCLUSIVE: the baseline failed in {failed_runs_a} run(s), leaving {counts}; "
+            f"the baseline failed in {failed_runs_a} run(s), leaving {counts}; "
             f"{need}; rerun the baseline"
         )
-    return Verdict.INCONCLUSIVE, f"INCONCLUSIVE: only {counts}; {need}"
+    return Verdict.INCONCLUSIVE, f"only {counts}; {need}"
 
 
 def decide(
@@ -352,12 +410,14 @@ def decide(
     inconclusive_is_discard: bool = False,
     look: int | None = None,
     resolution: float | None = None,
+    errors: Mapping[str, str] | None = None,
 ) -> Decision:
-    """Decide KEEP / DISCARD / INCONCLUSIVE for B against A (see the module docstring).
+    """Decide KEEP / SAME / DISCARD / INCONCLUSIVE / FAILED for B against A (module docstring).
 
     ``a``/``b`` hold the successful runs' primary values; with ``paired=True`` a[i] and
     b[i] come from the same pair (drop both when either run fails). ``guardrails`` are
-    (guardrail, A values, B values). In a sequential design pass the look's nominal alpha
+    (guardrail, A values, B values). ``errors`` maps an arm to the first error of its
+    failed runs (for FAILED's reason). In a sequential design pass the look's nominal alpha
     (``sequential_boundaries``), ``final_look`` for the last look and
     ``inconclusive_is_discard=True`` so that INCONCLUSIVE at the run cap is a DISCARD.
     """
@@ -383,8 +443,12 @@ def decide(
     ]
     seed = len(xa) >= 2 and len(xb) >= 2 and seed_rule(xa, xb, direction)
     primary = None
-    if len(xa) < MIN_RUNS or len(xb) < MIN_RUNS:
-        verdict, reason = _too_few(xa, xb, metric, failed_runs_a, failed_runs_b)
+    failed_runs = {"A": failed_runs_a, "B": failed_runs_b}
+    nothing = _failed_arm(xa, xb, metric, failed_runs, errors or {})
+    if nothing:
+        verdict, text = Verdict.FAILED, nothing
+    elif len(xa) < MIN_RUNS or len(xb) < MIN_RUNS:
+        verdict, text = _too_few(xa, xb, metric, failed_runs_a, failed_runs_b)
     else:
         primary = compare(
             xa,
@@ -396,11 +460,11 @@ def decide(
             resolution=resolution,
         )
         verdict, text = _rule_verdict(primary, checks, min_effect_pct)
-        reason = f"{verdict.value}: {text}"
+    reason = f"{verdict.value}: {text}"
     unsettled = verdict is Verdict.INCONCLUSIVE
     if unsettled and final_look and inconclusive_is_discard:
         verdict = Verdict.DISCARD
-        reason = f"DISCARD (INCONCLUSIVE at the run cap is a DISCARD): {reason}"
+        reason = f"DISCARD: INCONCLUSIVE at the run cap is a DISCARD: {text}"
     elif unsettled and not final_look:
         reason += "; add runs up to the next planned look"
     warnings = notes + _warnings(xa, xb, min_effect_pct, failed_runs_a, failed_runs_b, unsettled)

@@ -4,6 +4,9 @@ results/<target>/<env>/<exp_id>/ gets the scripts (rendered from the run's journ
 metrics.log (every value of every run, in execution order), diff.patch, the base commit
 as a git bundle for `repo: local` targets, the workload files, and README.md; one row is
 appended to results/<target>/<env>/results.tsv under a lock. A KEEP moves the frontier.
+Every figure is the run's own: n per arm as analysed, the looks a sequential run took, and
+the ratio of geometric means with its 95% CI as run_ab reported it. A record is never
+rewritten; later evidence (a profile diff after a KEEP) is appended as an addendum.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ COLUMNS = [
     "ci_high",
     "p_value",
     "run_id",
+    "stopped",
 ]
 
 
@@ -64,10 +68,103 @@ class ExperimentRecord(BaseModel):
     frontier_moved: bool
     frontier: str
     row: dict[str, str]
+    addendum: bool = False
 
 
 def env_name(backend: str) -> str:
     return backend
+
+
+def pct(x: float | None) -> str:
+    """A signed % as run_ab's answer prints it: +3.1%, -0.42%."""
+    return "-" if x is None else f"{x:+.1f}%" if abs(x) >= 1 else f"{x:+.2g}%"
+
+
+def verdict_of(run: ABRun) -> str | None:
+    """The run's verdict; FAILED for a run that failed before any decision (a broken build)."""
+    verdict = run.report.decision.get("verdict") if run.report else None
+    if verdict is None and run.status == "failed":
+        return "FAILED"
+    return str(verdict) if verdict else None
+
+
+def reason_of(run: ABRun) -> str | None:
+    """The decision's reason without the verdict in front; the error of a failed run."""
+    decision = run.report.decision if run.report else {}
+    reason = decision.get("reason")
+    if not isinstance(reason, str):
+        return run.error if run.status == "failed" else None
+    return reason.removeprefix(f"{decision.get('verdict')}: ")
+
+
+def _why_stopped(decision: dict[str, object], min_effect_pct: float) -> str:
+    """Why a sequential run stopped at a look (the verdict itself is said elsewhere)."""
+    verdict = decision.get("verdict")
+    alpha = decision.get("one_sided_alpha")
+    level = f"one-sided alpha {alpha:.2g}" if isinstance(alpha, float) else "the look's alpha"
+    if verdict == "KEEP":
+        return f"the gain crossed the look's boundary ({level})"
+    if verdict == "SAME":
+        return f"the change was shown within ±{min_effect_pct:g}% ({level})"
+    if verdict == "DISCARD":
+        broken = any(g.get("violated") for g in decision.get("guardrails") or [])  # type: ignore[union-attr]
+        return ("a guardrail was shown broken" if broken else
+                f"the {min_effect_pct:g}% minimum gain was ruled out ({level})")
+    if verdict == "FAILED":
+        return "an arm had no usable run"
+    return f"{verdict}"
+
+
+def condition(reason: str, metric: str) -> str:
+    """A decision's reason without its first clause when that clause is the primary
+    metric's change and CI (for a text that already gives them)."""
+    first, _, rest = reason.partition("; ")
+    said = first.startswith(f"{metric} ") and ("CI" in first or "exact ratio" in first)
+    return rest if said and rest else reason
+
+
+def stop_error(run: ABRun) -> str:
+    """Why the run stopped before its plan, without the words 'stopped early'."""
+    return (run.error or "").removeprefix("stopped early: ").removesuffix("; stopped early")
+
+
+def extent(run: ABRun) -> str:
+    """How many runs per arm really ran, and for a sequential run the looks taken and why it
+    stopped: '10 runs per arm, stopped at look 2 of 4: KEEP: ...'. Never the planned
+    number when fewer ran."""
+    counted = [s for s in run.samples if not s.warmup]
+    n = {arm: sum(s.arm == arm for s in counted) for arm in ("A", "B")}
+    done = min(n.values())
+    per_arm = f"{n['A']} runs per arm" if n["A"] == n["B"] else f"{n['A']} A and {n['B']} B runs"
+    error = stop_error(run)
+    if run.status not in ("done", "running") or error:
+        why = f" ({run.status})" if run.status not in ("done", "running") else ""
+        tail = f": {error}" if error and run.status != "failed" else ""  # failed: the reason
+        return f"{per_arm}, stopped early{why} ({run.runs} planned){tail}"
+    looks = run.looks if run.sequential else []
+    decision = run.report.decision if run.report else {}
+    if looks and done in looks:
+        k, last = looks.index(done) + 1, len(looks)
+        if k < last:
+            return f"{per_arm}, stopped at look {k} of {last}: " + _why_stopped(
+                decision, run.min_effect_pct)
+        return f"{per_arm}, the cap (look {k} of {last}; no earlier look decided)"
+    if done < run.runs:
+        return f"{per_arm} ({run.runs} planned)"
+    return per_arm
+
+
+def estimate(run: ABRun) -> str:
+    """The primary metric's change B vs A with its 95% CI, as run_ab reports it."""
+    primary = (run.report.decision.get("primary") if run.report else None) or {}
+    change = primary.get("change_pct")
+    if change is None:
+        return f"{run.metric}: no ratio" + (f" ({primary['note']})" if primary.get("note") else "")
+    lo, hi = primary.get("ci_low"), primary.get("ci_high")
+    ci = f" (95% CI {pct(100 * (lo - 1))} to {pct(100 * (hi - 1))})" if (
+        lo is not None and hi is not None) else ""
+    return (f"{run.metric} {pct(change)} B vs A{ci}, ratio of geometric means "
+            f"{_fmt(primary.get('ratio_geomean'), 4)}")
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -105,10 +202,11 @@ def metrics_log(run: ABRun) -> str:
 
 
 def _status(run: ABRun) -> str:
-    if run.status in ("crashed", "cancelled", "interrupted", "failed"):
+    """The results.tsv status: the verdict lowercased (keep, same, discard, inconclusive,
+    failed), or how an unfinished run ended (crash, cancelled, interrupted)."""
+    if run.status in ("crashed", "cancelled", "interrupted"):
         return "crash" if run.status == "crashed" else run.status
-    verdict = (run.report.decision.get("verdict") if run.report else None) or "inconclusive"
-    return str(verdict).lower()
+    return (verdict_of(run) or "inconclusive").lower()
 
 
 def _readme(
@@ -122,16 +220,26 @@ def _readme(
     branch: str,
 ) -> str:
     decision = run.report.decision if run.report else {}
+    report = run.report
+    analysed = (
+        f"{report.n_a} A / {report.n_b} B runs analysed"
+        + (f" ({report.failed_a} A and {report.failed_b} B run(s) failed)"
+           if report.failed_a or report.failed_b else "")
+        if report else "no analysis"
+    )
+    warmup = f" + {run.warmup} warmup pair(s)" if run.warmup else ""
     out = [f"# {exp_id}: {description}", ""]
     out += [
         f"- **Target:** {run.target} (backend {run.backend})",
-        f"- **Decision:** {decision.get('verdict', run.status)} — "
-        f"{decision.get('reason', run.error)}",
+        f"- **Decision:** {verdict_of(run) or run.status} — "
+        + condition(reason_of(run) or run.error or "-", run.metric),
+        f"- **Result:** {estimate(run)}; {analysed}",
+        f"- **Runs:** {extent(run)}{warmup}; order {run.order}, seed {run.seed}"
+        + (", sequential looks at " + "/".join(map(str, run.looks)) if run.sequential else ""),
         f"- **Output type:** {output_type}",
         f"- **Branch:** `{branch}` (commit {run.commits.get('B', '-')})",
         f"- **Base commit (both arms):** {run.base}",
-        f"- **Run:** {run.id}, {run.runs} runs per arm + {run.warmup} warmup pair(s), "
-        f"order {run.order}, seed {run.seed}",
+        f"- **Run id:** {run.id}",
         f"- **Primary metric:** {run.metric} ({run.direction} is better), minimum "
         f"worthwhile effect {run.min_effect_pct:g}%",
         "- **Seed rule (for reference):** "
@@ -173,7 +281,8 @@ def _readme(
     out += [
         "## Summary statistics",
         "",
-        "| metric | A median | B median | ratio B/A | 95% CI | one-sided p | n A/B |",
+        "| metric | A median | B median | ratio of geometric means B/A | 95% CI | one-sided p "
+        "| n A/B |",
         "|---|---|---|---|---|---|---|",
     ]
     for m in run.report.metrics if run.report else []:
@@ -212,6 +321,69 @@ def _readme(
     return "\n".join(out)
 
 
+def _analysed(run: ABRun, arm: str, metric: str) -> list[float]:
+    """The values the analysis used (a sequential run's first `look` per arm); a metric
+    that was not compared: every successful counted run's."""
+    for m in run.report.metrics if run.report else []:
+        if m.metric == metric:
+            return list(m.a.values if arm == "A" else m.b.values)
+    return _metric_values(run, arm, metric)
+
+
+def _centre(xs: list[float]) -> float | None:
+    """The value the ratio is made of: the geometric mean (the mean if a value is <= 0)."""
+    import math
+
+    if not xs:
+        return None
+    if min(xs) > 0:
+        return math.exp(math.fsum(math.log(x) for x in xs) / len(xs))
+    return math.fsum(xs) / len(xs)
+
+
+def _ratio(run: ABRun | dict, metric: str) -> float | None:
+    """A run's ratio of geometric means B/A for `metric` (run.json data or an ABRun)."""
+    data = run.model_dump(mode="json") if isinstance(run, ABRun) else run
+    report = data.get("report") or {}
+    primary = (report.get("decision") or {}).get("primary") or {}
+    if data.get("metric") == metric and primary.get("ratio_geomean") is not None:
+        return float(primary["ratio_geomean"])
+    for m in report.get("metrics") or []:
+        if m.get("metric") == metric and (m.get("comparison") or {}).get("ratio_geomean"):
+            return float(m["comparison"]["ratio_geomean"])
+    return None
+
+
+def chained_ratio(results: Path, run: ABRun) -> float | None:
+    """This run's B against the baseline's frontier: the product of the ratios (for this run's
+    metric) of the KEEPs that moved the frontier from there to this run's base, times this
+    run's own ratio. A base that is no recorded KEEP's commit is the baseline's frontier."""
+    from autoopt.tools.state import load_json
+    from autoopt.tools.status import tsv_rows
+
+    product = _ratio(run, run.metric)
+    tsv = results / "results.tsv"
+    if product is None or not tsv.exists():
+        return product
+    keeps = {
+        row.get("commit", ""): row
+        for row in tsv_rows(tsv.read_text())
+        if row.get("status") == "keep" and row.get("commit")
+    }
+    base, seen = run.base, set()
+    while (row := keeps.get(base[:12])) is not None and base[:12] not in seen:
+        seen.add(base[:12])
+        data = load_json(results / row.get("exp_id", "-") / "run.json")
+        if not isinstance(data, dict) or not data.get("patch"):
+            break  # a KEEP without a patch (an A/A) did not move the frontier
+        ratio = _ratio(data, run.metric)
+        if ratio is None:
+            return None  # that KEEP did not measure this metric: no chain
+        product *= ratio
+        base = str(data.get("base") or "")
+    return product
+
+
 def _row(
     run: ABRun,
     exp_id: str,
@@ -219,13 +391,14 @@ def _row(
     parent: str,
     description: str,
     baseline_value: float | None,
+    chained: float | None = None,
 ) -> dict[str, str]:
-    a = _median(_metric_values(run, "A", run.metric))
-    b = _median(_metric_values(run, "B", run.metric))
+    a = _centre(_analysed(run, "A", run.metric))
+    b = _centre(_analysed(run, "B", run.metric))
     primary = (run.report.decision.get("primary") if run.report else None) or {}
 
     def b_mean(metric: str, agg: str = "mean") -> str:
-        xs = _metric_values(run, "B", metric)
+        xs = _analysed(run, "B", metric)
         if not xs:
             return "-"
         return _fmt(max(xs) if agg == "max" else sum(xs) / len(xs), 3)
@@ -239,21 +412,22 @@ def _row(
         "metric_name": run.metric,
         "metric_value": _fmt(b),
         "baseline_value": _fmt(base),
-        "delta_vs_baseline": "-" if not (b and base) else f"{100 * (b / base - 1):+.1f}%",
-        "delta_vs_parent": "-" if not (b and a) else f"{100 * (b / a - 1):+.1f}%",
+        "delta_vs_baseline": "-" if chained is None else pct(100 * (chained - 1)),
+        "delta_vs_parent": pct(primary.get("change_pct")),
         "cpu_pct": b_mean("cpu_pct"),
         "latency_p99_ms": b_mean("latency_p99_ms"),
         "error_rate": b_mean("error_rate", "max"),
         "pod_restarts": b_mean("restarts", "max"),  # the seed's column: restarts, any backend
         "status": _status(run),
         "description": " ".join(description.split()).replace("\t", " "),
-        "n_a": str(len(_metric_values(run, "A", run.metric))),
-        "n_b": str(len(_metric_values(run, "B", run.metric))),
+        "n_a": str(run.report.n_a) if run.report else "0",
+        "n_b": str(run.report.n_b) if run.report else "0",
         "ratio": _fmt(primary.get("ratio_geomean"), 4),
         "ci_low": _fmt(primary.get("ci_low"), 4),
         "ci_high": _fmt(primary.get("ci_high"), 4),
         "p_value": format_p(primary.get("p_gain")),
         "run_id": run.id,
+        "stopped": " ".join(extent(run).split())[:200],
     }
 
 
@@ -283,27 +457,34 @@ def record(
     run: ABRun,
     *,
     exp_id: str,
-    description: str,
-    hypothesis: str,
+    description: str | None,
+    hypothesis: str | None,
     evidence: str | None,
     output_type: OutputType,
     tag: str,
     profile: str | None = None,
+    addendum: str | None = None,
 ) -> ExperimentRecord:
-    """Write the experiment's directory and results.tsv row; move the frontier on KEEP."""
+    """Write the experiment's directory and results.tsv row; move the frontier on KEEP.
+    With `addendum` and an existing record of the same run: append it to the README."""
     check_name(exp_id, "exp_id")
     check_name(tag, "tag")
-    stored = store.load(workspace, run.target, env_name(run.backend), profile) if profile else None
-    if run.status == "running":
-        raise RuleViolation(f"run {run.id} is still running; record it when it has finished")
     env = env_name(run.backend)
     results = workspace.results_for(run.target, env)
     folder = results / exp_id
+    if folder.exists() and addendum:
+        return append_addendum(workspace, source, run, folder, addendum)
+    stored = store.load(workspace, run.target, env, profile) if profile else None
+    if run.status == "running":
+        raise RuleViolation(f"run {run.id} is still running; record it when it has finished")
     if folder.exists():
         raise AlreadyExists(
             f"results/{run.target}/{env}/{exp_id} exists; records are never overwritten. "
-            "Choose another exp_id."
+            "Choose another exp_id, or pass addendum= (and this record's run_id) to append "
+            "later evidence to it."
         )
+    if not (description and description.strip() and hypothesis and hypothesis.strip()):
+        raise RuleViolation("a new record needs a description and a hypothesis")
     results.mkdir(parents=True, exist_ok=True)
     staging = results / f".{exp_id}.tmp-{time.time_ns()}"
     staging.mkdir()
@@ -322,13 +503,19 @@ def record(
             output_type=output_type,
             profile=stored,
         )
+        if addendum:
+            readme = staging / "README.md"
+            readme.write_text(readme.read_text() + _addendum_text(addendum))
         staging.rename(folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     tsv = results / "results.tsv"
     parent = _parent_branch(source)
-    row = _row(run, exp_id, branch, parent, description, _baseline_value(tsv, run.metric))
+    row = _row(
+        run, exp_id, branch, parent, description, _baseline_value(tsv, run.metric),
+        chained_ratio(results, run),
+    )
     append_row(tsv, row)
     moved = False
     if _status(run) == "keep" and run.patch:
@@ -347,6 +534,46 @@ def record(
         frontier_moved=moved,
         frontier=source.frontier(),
         row=row,
+    )
+
+
+def _addendum_text(text: str) -> str:
+    return f"\n## Addendum ({time.strftime('%Y-%m-%d %H:%M %Z')})\n\n{text.strip()}\n"
+
+
+def append_addendum(
+    workspace: Workspace, source: Source, run: ABRun, folder: Path, text: str
+) -> ExperimentRecord:
+    """Append later evidence to a record's README as '## Addendum (<date>)'. Nothing else
+    changes: not the numbers, the row, the scripts or the frontier; it must be the same run."""
+    from autoopt.tools.state import load_json
+    from autoopt.tools.status import tsv_rows
+
+    recorded = load_json(folder / "run.json")
+    recorded_id = recorded.get("id") if isinstance(recorded, dict) else None
+    where = str(folder.relative_to(workspace.root))
+    if recorded_id != run.id:
+        raise RuleViolation(
+            f"{where} records run {recorded_id}, not {run.id}: an addendum goes to the record "
+            "of its own run, and never changes its numbers (a new run needs a new exp_id)"
+        )
+    readme = folder / "README.md"
+    write_atomic(readme, readme.read_text() + _addendum_text(text))
+    tsv = folder.parent / "results.tsv"
+    rows = tsv_rows(tsv.read_text()) if tsv.exists() else []
+    row = next((r for r in rows if r.get("exp_id") == folder.name), {})
+    return ExperimentRecord(
+        exp_id=folder.name,
+        target=run.target,
+        env=folder.parent.name,
+        directory=where,
+        files=sorted(p.name for p in folder.iterdir()),
+        status=row.get("status", _status(run)),
+        branch=row.get("branch", ""),
+        frontier_moved=False,
+        frontier=source.frontier(),
+        row=row,
+        addendum=True,
     )
 
 

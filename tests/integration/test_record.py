@@ -73,6 +73,24 @@ async def test_record_refuses_to_overwrite(client: Client, workspace: Workspace)
     assert "results.tsv: " in first.content[0].text
     again = await client.call_tool("record_experiment", {**args, "exp_id": "baseline"})
     assert again.is_error and "never overwritten" in again.content[0].text
+    tsv = workspace.root / record["directory"] / ".." / "results.tsv"
+    rows = tsv.read_text()
+    row = dict(zip(rows.splitlines()[0].split("\t"), rows.splitlines()[1].split("\t"),
+                   strict=True))
+    view = result.structured_content
+    assert row["n_a"] == row["n_b"] == "3" and row["status"] == view["verdict"].lower()
+    assert row["delta_vs_parent"] == row["delta_vs_baseline"] != "-"
+    assert row["stopped"] == "3 runs per arm"
+    added = await client.call_tool("record_experiment", {
+        "run_id": run_id, "exp_id": "baseline", "addendum": "later: the profile diff"})
+    assert not added.is_error, added.content[0].text
+    assert "addendum appended" in added.content[0].text
+    assert tsv.read_text() == rows  # the numbers are never rewritten
+    text = readme.read_text()
+    assert "## Addendum (" in text and text.rstrip().endswith("later: the profile diff")
+    no_hypothesis = await client.call_tool(
+        "record_experiment", {"run_id": run_id, "exp_id": "other", "description": "d"})
+    assert no_hypothesis.is_error and "hypothesis" in no_hypothesis.content[0].text
     status = await client.call_tool("experiment_status", {"target": "pyserver"})
     assert status.structured_content["experiments"] == ["baseline"]
     assert "results.tsv (last rows):" in status.content[0].text

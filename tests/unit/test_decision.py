@@ -68,13 +68,20 @@ def test_keep_higher_is_better():
 def test_discard_when_b_is_worse():
     d = decide(A, _scaled(A, 1.1), metric="peak_rss_mb", direction="lower")
     assert d.verdict is Verdict.DISCARD
-    assert "rose 10" in d.reason and "rules out the 1% minimum gain" in d.reason
+    assert "rose 10" in d.reason and "is a loss of more than 1%" in d.reason
 
 
-def test_discard_when_gain_is_ruled_out_below_the_minimum():
-    d = decide(A, _scaled(A, 0.998), metric="wall_s", direction="lower", min_effect_pct=2.0)
+def test_discard_when_the_gain_is_ruled_out_and_a_loss_is_not():
+    d = decide(A, _scaled(A, 1.008), metric="peak_rss_mb", direction="lower")
     assert d.verdict is Verdict.DISCARD
-    assert "rules out the 2% minimum gain" in d.reason
+    assert "rules out the 1% minimum gain" in d.reason
+    assert "does not rule out a 1% loss" in d.reason
+
+
+def test_same_when_a_tiny_change_is_bounded_within_the_minimum():
+    d = decide(A, _scaled(A, 0.998), metric="wall_s", direction="lower", min_effect_pct=2.0)
+    assert d.verdict is Verdict.SAME
+    assert "lie within ±2%" in d.reason and d.reason.count("SAME") == 1
 
 
 def test_inconclusive_when_noise_hides_the_effect():
@@ -89,7 +96,8 @@ def test_inconclusive_at_the_cap_is_a_discard_only_when_asked():
     a, b = _noisy(5, 100, 0.10, 3), _noisy(5, 95, 0.10, 4)
     capped = decide(a, b, metric="p99_ms", direction="lower", inconclusive_is_discard=True)
     assert capped.verdict is Verdict.DISCARD
-    assert "INCONCLUSIVE at the run cap is a DISCARD" in capped.reason
+    assert capped.reason.startswith("DISCARD: INCONCLUSIVE at the run cap is a DISCARD: p99_ms")
+    assert capped.reason.count("INCONCLUSIVE") == 1
     interim = decide(
         a, b, metric="p99_ms", direction="lower", inconclusive_is_discard=True, final_look=False
     )
@@ -99,7 +107,7 @@ def test_inconclusive_at_the_cap_is_a_discard_only_when_asked():
 
 def test_real_gain_below_minimum_is_inconclusive_not_keep():
     d = decide(A, _scaled(A, 0.99), metric="wall_s", direction="lower", min_effect_pct=5.0)
-    assert d.verdict is Verdict.DISCARD  # best plausible gain < 5%
+    assert d.verdict is Verdict.SAME  # within ±5%: a real 1% gain, too small to matter
     d = decide(A, _scaled(A, 0.985), metric="wall_s", direction="lower", min_effect_pct=1.6)
     assert d.verdict is Verdict.INCONCLUSIVE
     assert "below the 1.6% minimum" in d.reason
@@ -111,8 +119,10 @@ def test_exact_zero_variance_keep_and_resolution():
     same = decide(
         [100.0] * 5, [99.996] * 5, metric="peak_rss_mb", direction="lower", resolution=0.004
     )
-    assert same.verdict is Verdict.DISCARD
+    assert same.verdict is Verdict.SAME and "the exact change (0%) lies within ±1%" in same.reason
     _assert_json(same)
+    exact_zero = decide([100.0] * 5, [100.0] * 5, metric="m", direction="lower", min_effect_pct=0)
+    assert exact_zero.verdict is Verdict.SAME  # identical, even with no margin
 
 
 def test_a_strict_look_level_blocks_a_keep_that_a_single_test_allows():
@@ -131,7 +141,7 @@ def test_a_strict_look_level_blocks_a_keep_that_a_single_test_allows():
 def test_b_crashes_leaving_too_few_runs_is_discard():
     d = decide(A[:5], A[:2], metric="m", direction="lower", failed_runs_b=3)
     assert d.verdict is Verdict.DISCARD
-    assert "B failed in 3 run(s)" in d.reason and d.primary is None
+    assert d.reason.startswith("DISCARD: B failed in 3 run(s)") and d.primary is None
     _assert_json(d)
 
 
