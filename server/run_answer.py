@@ -54,6 +54,22 @@ class _Lines(BaseModel):
     warnings: list[str]
     error: str | None
     plot: str | None
+    correctness: str | None = None
+
+
+def correctness_line(run: ABRun) -> str | None:
+    """How the correctness gate saw the run (output compared, tests), unless the reason
+    already says it."""
+    parts = []
+    reason = reason_of(run) or ""
+    if run.outputs is not None and run.outputs.status != "unchecked":
+        summary = run.outputs.summary()
+        if summary not in reason:
+            parts.append(summary)
+    if run.tests and "tests fail" not in reason:
+        state = {arm: "pass" if t.passed else "FAIL" for arm, t in run.tests.items()}
+        parts.append("tests " + ", ".join(f"{state[a]} on {a}" for a in sorted(state)))
+    return "; ".join(parts) or None
 
 
 def _split(decision: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -94,7 +110,8 @@ def run_view(run: ABRun, still: StillRunning | None = None, detail: bool = False
     error = stop_error(run)
     said = error in extent(run) or error in (reason_of(run) or "")
     lines = _Lines(runs=extent(run), guardrails=guardrails, unchanged=constant,
-                   warnings=warnings, error=None if said else run.error, plot=plot)
+                   warnings=warnings, error=None if said else run.error, plot=plot,
+                   correctness=correctness_line(run))
     return RunView(
         run_id=run.id,
         status="running" if still else run.status,
@@ -136,6 +153,8 @@ def run_text(view: RunView, more: _Lines) -> str:
     if view.reason:
         shown = condition(view.reason, view.metric) if view.change_pct is not None else None
         lines.append(f"Reason: {shown or view.reason}")
+    if more.correctness:
+        lines.append(f"Correctness: {more.correctness}")
     if more.error:
         lines.append(f"Error: {more.error}")
     lines += [f"Guardrail {g}" for g in more.guardrails]

@@ -209,6 +209,24 @@ def _status(run: ABRun) -> str:
     return (verdict_of(run) or "inconclusive").lower()
 
 
+def _correctness(run: ABRun, spec: TargetSpec) -> list[str]:
+    """What the correctness gate compared and ran (## Correctness of target.md)."""
+    lines = []
+    if run.outputs is not None:
+        lines.append(f"- **Output:** {run.outputs.summary()}; saved per run in the run's "
+                     "outputs/ folder")
+    else:
+        lines.append("- **Output:** not compared (a run from before the gate)")
+    for arm, t in sorted(run.tests.items()):
+        failing = f"; failing: {', '.join(t.failing)}" if t.failing else ""
+        lines.append(f"- **Tests on {arm}:** {'pass' if t.passed else 'FAIL'} "
+                     f"(`{t.command}`, exit {t.exit_code}, {t.duration_s:.1f} s{failing})")
+    if not run.tests:
+        lines.append("- **Tests:** none declared (## Correctness tests:)" if not
+                     spec.correctness.tests else "- **Tests:** not run")
+    return lines
+
+
 def _readme(
     run: ABRun,
     spec: TargetSpec,
@@ -252,6 +270,7 @@ def _readme(
     ]
     if evidence:
         out += ["## Profile evidence", "", evidence, ""]
+    out += ["## Correctness", "", *_correctness(run, spec), ""]
     warnings = decision.get("warnings") or []
     if warnings:
         out += ["## Warnings", "", *[f"- {w}" for w in warnings], ""]  # type: ignore[union-attr]
