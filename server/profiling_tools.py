@@ -24,8 +24,9 @@ from autoopt.tools.jobs import JobRecord, Report
 from autoopt.tools.journal import Step
 from autoopt.tools.profiling import run as profiling
 from autoopt.tools.profiling import store
-from autoopt.tools.profiling.model import MemoryReadings, human_value
-from autoopt.tools.profiling.views import PathEntry, ProfileDiff, TopEntry
+from autoopt.tools.profiling import views as pviews
+from autoopt.tools.profiling.model import MemoryReadings, Peak, human_value
+from autoopt.tools.profiling.views import PathEntry, ProfileDiff, ScopeEntry, TopEntry
 from autoopt.tools.workspace import Workspace, check_name
 
 Label = Annotated[
@@ -36,7 +37,7 @@ Label = Annotated[
         max_length=64,
     ),
 ]
-DeploymentId = Annotated[str | None, Field(description="profile it instead of building")]
+DeploymentId = str | None  # profile it instead of building (the docs say so)
 Patch = Annotated[str | None, Field(description="diff on base")]
 Base = str | None  # a revision; default: the frontier ("patch: diff on base" says it)
 DIFF_LINES = 8  # changed paths listed by diff_profiles (detail=true: all of them)
@@ -76,8 +77,16 @@ class ProfileFull(BaseModel):
     memory: MemoryReadings | None = Field(
         None, description="VmHWM / VmRSS / smaps_rollup (MiB), independent of the profiler"
     )
+    mode: str | None = Field(None, description="how bytes are attributed to stacks")
+    heap_vs_rss: str | None = Field(None, description="heap peak, VmHWM, the gap, a reading")
+    peak: Peak | None = None
+    growth: str | None = Field(None, description="memory over the run")
     workload_s: float | None = None
     workload_metrics: dict[str, float] = Field(default_factory=dict)
+    scope: list[ScopeEntry] = Field(
+        default_factory=list, description="by the deepest frame in the editable scope, or "
+        "(tool=retention) by owner chain"
+    )
     top: list[str] = Field(
         default_factory=list, description="one line per top path: % of total, value, leaf side"
     )
@@ -111,6 +120,7 @@ class ProfileView(BaseModel):
     status: str = Field(description="done, or running (then call next_call)")
     label: str | None = None
     total: str | None = Field(None, description="bytes at the peak, or samples")
+    scope: list[str] = Field(default_factory=list, description="by editable frame: % value")
     top: list[str] = Field(
         default_factory=list,
         description="per top path: % of total, value, leaf < the target's own frames",
@@ -146,6 +156,7 @@ def _lean(record_result: dict[str, Any], own: set[str], n: int) -> ProfileView:
         status=full.status,
         label=full.label,
         total=human_value(full.total, unit) if full.total is not None else None,  # type: ignore[arg-type]
+        scope=[e.text for e in full.scope[:n]],
         top=top,
     )
 
@@ -157,7 +168,14 @@ def _text(view: ProfileView, full: ProfileFull) -> str:
             + ("" if full.complete else ", INCOMPLETE"))
     if full.interpreter:
         head += f"; python {full.interpreter}"
-    lines = [head, *view.top, *(f"Note: {n}" for n in full.notes)]
+    lines = [head]
+    lines += [f"{k}: {v}" for k, v in (("Mode", full.mode), ("Heap vs RSS", full.heap_vs_rss),
+                                       ("Growth", full.growth)) if v]
+    if view.scope:
+        lines.append(pviews.SCOPE_TITLE[full.tool == "retention"].capitalize())
+        lines += view.scope
+        lines.append("Paths:")
+    lines += [*view.top, *(f"Note: {n}" for n in full.notes)]
     stacks = f"autoopt://profiles/{full.target}/{full.env}/{full.label}/stacks.txt"
     lines.append(f"Detail: get_profile(profile_id='{view.profile_id}', detail=true) or "
                  f"{stacks}" + (f"; flame graph {full.resource_uri}" if full.resource_uri
@@ -236,8 +254,13 @@ def _view(profile_id: str, r: profiling.ProfileRun) -> ProfileFull:
         frames=len(p.frames),
         stacks=len(p.stacks),
         memory=p.memory,
+        mode=p.mode,
+        heap_vs_rss=pviews.heap_vs_rss(p),
+        peak=p.peak,
+        growth=pviews.growth_text(p),
         workload_s=p.workload_s,
         workload_metrics=p.workload_metrics,
+        scope=r.scope,
         top=[_line(e, p.unit) for e in r.top_paths],
         top_paths=r.top_paths,
         top_self=r.top_self,
@@ -284,7 +307,7 @@ def _answer(
 
 
 def _own_files(engine: Engine, target: str) -> set[str]:
-    """Basenames of the target's source files: the frames the agent can change."""
+    """The target's source files (tree-relative paths, as frames name them)."""
     from autoopt.tools.source import git
 
     try:
@@ -292,7 +315,7 @@ def _own_files(engine: Engine, target: str) -> set[str]:
         names = git(source.repo, "ls-tree", "-r", "--name-only", source.frontier())
     except AutooptError:
         return set()
-    return {Path(n).name for n in names.split()}
+    return set(names.split())
 
 
 def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
@@ -332,7 +355,7 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         label: Label = None,
         tool: Annotated[
             profiling.MemoryTool,
-            Field(description="auto: by language and allocator; procfs: /proc only"),
+            Field(description="procfs: /proc only"),
         ] = "auto",
         backend: Backend = "local",
         wait_s: WaitS = 40,
@@ -340,8 +363,8 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         include_flamegraph: IncludeFlamegraph = False,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, ProfileView]:
-        """Stacks holding the memory at the PEAK (bytes, % of peak): builds, runs the
-        workload under a profiler, stores them. After wait_s: status=running."""
+        """Memory at the PEAK (bytes, %) by editable frame and stack: builds, runs the
+        workload under a profiler. After wait_s: status=running."""
         return await run_as_job(
             "profile_memory",
             target,
@@ -382,7 +405,7 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         include_flamegraph: IncludeFlamegraph = False,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, ProfileView]:
-        """Where CPU time goes under the workload (sampled stacks); as profile_memory."""
+        """CPU time by stack (samples); as profile_memory."""
         return await run_as_job(
             "profile_cpu",
             target,
@@ -415,7 +438,7 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         include_flamegraph: IncludeFlamegraph = False,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, ProfileView]:
-        """Wait up to wait_s for a profile; answers as the profiling call would."""
+        """Waits up to wait_s; answers as profile_memory."""
         engine.jobs.require(check_name(profile_id, "profile id"), "profile")
         record = await engine.jobs.wait(profile_id, wait_s, forward(ctx))
         return _answer(record, _own_files(engine, record.target), n=top, detail=detail,
@@ -430,7 +453,7 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         env: Env = "local",
         detail: bool = False,
     ) -> Annotated[CallToolResult, DiffView]:
-        """Two stored profiles compared: totals, then the paths that changed most."""
+        """Two stored profiles compared: totals, the paths that changed most."""
         d = profiling.diff_profiles(engine, target, env, before, after)
         view = _diff_view(d, _own_files(engine, target), DIFF_LINES)
         if detail:

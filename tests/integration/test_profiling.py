@@ -106,7 +106,11 @@ async def test_memory_peak_names_history_deepcopy_and_the_fix_shrinks_it(
     lean = await call_done(client, "profile_memory", {"target": "pyserver", "label": "lean"})
     text = lean.content[0].text
     assert len(text) <= 4000 and [c.type for c in lean.content] == ["text"], text
-    first = text.splitlines()[1]  # '#1 74.4% 33.3 MiB: _deepcopy_dict (copy.py:231) < ...'
+    lines = text.splitlines()
+    scope = lines[lines.index(next(ln for ln in lines if ln.startswith("By the code"))) + 1]
+    assert scope.startswith("#1 ") and "_snapshot_store (server.py:" in scope, text
+    assert "→ copy.deepcopy" in scope, scope  # the editable function, then what it calls
+    first = lines[lines.index("Paths:") + 1]  # '#1 74.4% 33.3 MiB: _deepcopy_dict (copy.py:231) <'
     assert first.startswith("#1 ") and "% " in first and "iB: " in first, first
     assert "_snapshot_store (server.py:" in first, first  # the target's own frame, kept
     base = await call(client, "profile_memory", target="pyserver", label="baseline")

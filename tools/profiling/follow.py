@@ -36,14 +36,18 @@ if not args or args[0] == "-":  # an interactive or stdin program: run it as it 
 out = "{prefix}.%d.bin" % os.getpid()
 with open(out[:-4] + ".cmd", "w") as f:  # the command line, for the profile's notes
     f.write(" ".join([os.path.basename(sys.argv[0]), *opts, *args]))
-os.execve(python, [python, *opts, "-m", "memray", "run", "-q", "-f", "-o", out, *args], env)
+os.execve(python, [python, *opts, "-m", "memray", "run", *{flags!r}, "-q", "-f", "-o", out, *args],
+          env)
 '''
 
 
-def install_shims(folder: Path, python: Interpreter, prefix: Path, env: dict[str, str]) -> None:
-    """python, python3 and python3.X in `folder`, each running `python` under memray."""
+def install_shims(folder: Path, python: Interpreter, prefix: Path, env: dict[str, str],
+                  flags: list[str]) -> None:
+    """python, python3 and python3.X in `folder`, each running `python` under memray with
+    `flags`."""
     folder.mkdir(parents=True, exist_ok=True)
-    text = _SHIM.format(python=python.path, prefix=prefix, pythonpath=env.get("PYTHONPATH", ""))
+    text = _SHIM.format(python=python.path, prefix=prefix, pythonpath=env.get("PYTHONPATH", ""),
+                        flags=flags)
     for name in ("python", "python3", f"python{python.tag}"):
         shim = folder / name
         shim.write_text(text)

@@ -19,6 +19,8 @@ from autoopt.tools.command import Command, parse_command
 from autoopt.tools.profiling.detect import HEAPTRACK_INTERPRET, HEAPTRACK_PRELOAD
 from autoopt.tools.profiling.model import (
     Frame,
+    Peak,
+    Point,
     ProfileBuilder,
     from_main,
     relativize,
@@ -50,6 +52,7 @@ class _Data:
         self.alloc_size: list[int] = []
         self.alloc_trace: list[int] = []
         self.events = array("q")  # +(info+1) for an allocation, -(info+1) for a free
+        self.ticks: list[tuple[int, int, int]] = []  # (events so far, ms, RSS pages)
 
 
 def _read(path: Path) -> _Data:
@@ -73,6 +76,11 @@ def _read(path: Path) -> _Data:
                 parts = line[2:].split()
                 data.ip_addr.append(parts[0])
                 data.ips.append([int(p, 16) for p in parts[1:]])
+            elif tag == "c":
+                data.ticks.append((len(data.events), int(line[2:], 16), 0))
+            elif tag == "R" and data.ticks:
+                n, ms, _ = data.ticks[-1]
+                data.ticks[-1] = (n, ms, int(line[2:], 16))
             elif tag == "s":
                 rest = line[2:].rstrip("\n")
                 _, _, text = rest.partition(" ")
@@ -108,7 +116,11 @@ def parse(path: Path, tree: str | None) -> tuple[ProfileBuilder, dict[str, objec
     current = peak = 0
     peak_at = -1
     sizes = data.alloc_size
+    heap_at: dict[int, int] = {}  # events so far -> heap then
+    marks = {n for n, _, _ in data.ticks}
     for i, ev in enumerate(data.events):
+        if i in marks:
+            heap_at[i] = current
         if ev > 0:
             current += sizes[ev - 1]
             if current > peak:
@@ -136,4 +148,27 @@ def parse(path: Path, tree: str | None) -> tuple[ProfileBuilder, dict[str, objec
             leaf_first.extend(_frames_of_ip(data, ip))
         frames = from_main(list(reversed(leaf_first)))
         builder.add(relativize(frames, tree), float(value), count)
-    return builder, {"peak_bytes": peak, "allocations": sum(1 for e in data.events if e > 0)}
+    return builder, {"peak_bytes": peak, "allocations": sum(1 for e in data.events if e > 0),
+                     **_timeline(data, heap_at, peak, peak_at, current)}
+
+
+def _timeline(data: _Data, heap_at: dict[int, int], peak: int, peak_at: int, end: int
+              ) -> dict[str, object]:
+    """heaptrack's ticks (`c` ms, `R` RSS pages, every ~10 ms): the peak's time, growth."""
+    import os
+
+    if not data.ticks:
+        return {"peak": Peak(heap_bytes=peak, how="heaptrack wrote no timestamps"), "growth": []}
+    page = os.sysconf("SC_PAGE_SIZE") / 2**20
+    before = [t for t in data.ticks if t[0] <= peak_at] or data.ticks[:1]
+    _, ms, rss = before[-1]
+    step = max(1, len(data.ticks) // 200)
+    growth = [Point(t_s=t / 1000, rss_mb=round(r * page, 2) if r else None,
+                    heap_mb=round(heap_at.get(k, end) / 2**20, 2))
+              for k, t, r in data.ticks[::step]]
+    first = data.ticks[0][2]
+    return {"peak": Peak(heap_bytes=peak, t_s=ms / 1000, span_s=data.ticks[-1][1] / 1000,
+                         rss_mb=rss * page if rss else None,
+                         start_rss_mb=first * page if first else None,
+                         how="heaptrack's timestamp before the peak allocation (every ~10 ms)"),
+            "growth": growth}

@@ -32,10 +32,23 @@ class Frame(BaseModel):
     line: int | None = None
     module: str | None = Field(None, description="the binary or shared object (native)")
     symbolized: bool = True
+    editable: bool = Field(False, description="in the target's editable scope")
 
     @property
     def short_file(self) -> str | None:
-        return os.path.basename(self.file) if self.file else None
+        """A relative path (tree, site-packages, stdlib) as it is; an absolute one by name."""
+        if not self.file:
+            return None
+        return os.path.basename(self.file) if self.file.startswith("/") else self.file
+
+    @property
+    def qualname(self) -> str:
+        """module.Class.method for a Python frame (the module from its relative path)."""
+        file = self.short_file or ""
+        if not file.endswith(".py"):
+            return self.name
+        module = file.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        return f"{module}.{self.name}"
 
     @property
     def label(self) -> str:
@@ -71,6 +84,25 @@ class MemoryReadings(BaseModel):
     source: str = Field("", description="where the numbers come from")
 
 
+class Peak(BaseModel):
+    """When the profiler's heap peaked, and the process's RSS then (the same run)."""
+
+    heap_bytes: float | None = Field(None, description="the profiler's own peak")
+    t_s: float | None = Field(None, description="when, since the recording started")
+    span_s: float | None = Field(None, description="how long the recording ran")
+    rss_mb: float | None = Field(None, description="RSS at that moment")
+    start_rss_mb: float | None = Field(None, description="RSS when the recording started")
+    how: str = ""
+
+
+class Point(BaseModel):
+    """One sample of the growth view."""
+
+    t_s: float
+    rss_mb: float | None = None
+    heap_mb: float | None = None
+
+
 class Profile(BaseModel):
     """A stored profile."""
 
@@ -96,6 +128,10 @@ class Profile(BaseModel):
     unsymbolized_frames: int = Field(0, description="distinct frames with no function name")
     sample_rate_hz: float | None = None
     memory: MemoryReadings | None = None
+    mode: str | None = Field(None, description="how bytes are attributed to stacks")
+    granularity_bytes: float = Field(0, description="changes below this are attribution noise")
+    peak: Peak | None = None
+    growth: list[Point] = Field(default_factory=list, description="memory over the run")
     workload_s: float | None = Field(None, description="wall time of the profiled workload")
     workload_metrics: dict[str, float] = Field(default_factory=dict)
     complete: bool = True

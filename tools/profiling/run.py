@@ -15,8 +15,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Literal
 from uuid import uuid4
@@ -35,11 +35,13 @@ from autoopt.tools.errors import (
 from autoopt.tools.interpreter import Interpreter, memray_env
 from autoopt.tools.journal import Journal, Step, shell_join
 from autoopt.tools.process import Child, base_env, run, spawn
-from autoopt.tools.profiling import detect, jemalloc, store, views
+from autoopt.tools.profiling import detect, jemalloc, memray, names, store, views
 from autoopt.tools.profiling.detect import join_command
 from autoopt.tools.profiling.model import (
     MemoryReadings,
     Overhead,
+    Peak,
+    Point,
     Profile,
     ProfileBuilder,
 )
@@ -47,7 +49,10 @@ from autoopt.tools.targets import TargetSpec
 from autoopt.tools.workload import program, workload_argv, workload_script
 from autoopt.tools.workspace import check_name
 
-MemoryTool = Literal["auto", "memray", "tracemalloc", "heaptrack", "jemalloc", "procfs"]
+MemoryTool = Literal[
+    "auto", "memray", "memray-arenas", "memray-native", "retention", "tracemalloc", "heaptrack",
+    "jemalloc", "procfs",
+]
 CpuTool = Literal["auto", "py-spy", "perf"]
 Note = Callable[[str], Awaitable[None]]
 STOP_GRACE_S = 30.0
@@ -61,6 +66,7 @@ class ProfileRun(BaseModel):
     top_self: list[views.TopEntry]
     top_total: list[views.TopEntry]
     top_paths: list[views.PathEntry]
+    scope: list[views.ScopeEntry] = Field(description="by the deepest editable frame")
     table: str = Field(description="the <label>-stacks.txt text")
     journal: Journal = Field(description="every command, phase 'profile'")
 
@@ -131,6 +137,11 @@ class _Session:
         self._jemalloc: detect.JemallocUse | Literal[False] | None = None
         self.preload: Path | None = None  # a jemalloc preloaded into a program without one
         self.memray_env: dict[str, str] = {}  # memray installed beside the target's python
+        self.memray_mode: memray.Mode = "objects"
+        self.mode: str | None = None  # how the bytes are attributed (the profile says it)
+        self.granularity = 0.0
+        self.peak: Peak | None = None
+        self.growth: list[Point] = []
 
     # -- helpers ----------------------------------------------------------------------
     async def say(self, message: str) -> None:
@@ -353,6 +364,8 @@ class _Session:
             self.engine.get_build(self.deployment.build_id) if self.deployment else None
         )
         journal = self.full_journal()
+        names.qualify(builder.frames, self.tree, self.spec.is_editable,
+                      [str(self.ws.target_dir(self.spec.name))])
         profile = Profile(
             kind=self.kind,
             label=self.label,
@@ -375,6 +388,10 @@ class _Session:
             unsymbolized_frames=builder.unsymbolized,
             sample_rate_hz=rate,
             memory=memory,
+            mode=self.mode,
+            granularity_bytes=self.granularity,
+            peak=self.peak,
+            growth=self.growth,
             workload_s=result.duration_s if result else None,
             workload_metrics=result.metrics if result else {},
             complete=error is None,
@@ -394,6 +411,7 @@ class _Session:
             top_self=views.top_functions(profile, 10, "self"),
             top_total=views.top_functions(profile, 10, "total"),
             top_paths=views.top_paths(profile, 10),
+            scope=views.scope(profile, 10),
             table=views.stacks_text(profile),
             journal=journal,
         )
@@ -458,7 +476,10 @@ async def profile_memory(
                 await _memray_attach(s, dep, out)  # type: ignore[arg-type]
                 attached = dep
             reset = await s.impl.reset_peak(dep) if spec.kind == "service" else False
-            result, error = await s.workload(spec)
+            status = out.with_name(out.name + ".status") if out else None
+            async with _reporting(s, status if chosen in ("retention", "tracemalloc") else None,
+                                  chosen):
+                result, error = await s.workload(spec)
             memory, died = await s.collect(spec, result, reset)
             if attached is not None:
                 attached = None
@@ -501,6 +522,11 @@ def _memory_wrapper(
 ) -> tuple[Path | None, Callable[[str], str] | None, jemalloc.Dumps | None]:
     """(the profiler's output file, how it wraps the command, jemalloc's dumps or None)."""
     attach = not s.own and s.spec.kind == "service"
+    if chosen == "heaptrack":
+        s.mode = "every malloc and free of the process, native frames"
+    elif chosen == "jemalloc":
+        s.mode = f"jemalloc's sampling, one sample per {1 << jemalloc.LG_SAMPLE} bytes on average"
+        s.granularity = float(1 << jemalloc.LG_SAMPLE)
     if attach and chosen not in ("procfs", "memray"):
         raise ProfilerUnavailable(
             f"{chosen} cannot attach to a running service here; omit deployment_id so the "
@@ -510,21 +536,32 @@ def _memory_wrapper(
     wrap: Callable[[str], str] | None = None
     dumps: jemalloc.Dumps | None = None
     if chosen == "memray":
-        from autoopt.tools.profiling import memray
-
         out = s.raw("memray.bin")
+        mode = s.memray_mode
+        s.mode, s.granularity = memray.MODES[mode], _arena(s) if mode == "arenas" else 0.0
         if s.follows_tree:  # a script that starts the programs: each Python under memray
             wrap = _follow(s, out)
         elif not attach:
             env = s.memray_env
-            wrap = lambda cmd: memray.wrap(cmd, out, env)  # noqa: E731
+            wrap = lambda cmd: memray.wrap(cmd, out, env, mode)  # noqa: E731
+    elif chosen == "retention":
+        from autoopt.tools.profiling import retention
+
+        out = s.raw("retention.json")
+        runner = s.folder / f"{s.label}-retention-runner.py"
+        s.raw_files.append(str(runner))
+        s.mode = retention.MODE
+        wrap = lambda cmd: _runner_wrap(  # noqa: E731
+            lambda: retention.wrap(cmd, out, runner), "retention")
     elif chosen == "tracemalloc":
         from autoopt.tools.profiling import tracemalloc_tool
 
         out = s.raw("tracemalloc.snapshot")
         runner = s.folder / f"{s.label}-tracemalloc-runner.py"
         s.raw_files.append(str(runner))
-        wrap = lambda cmd: tracemalloc_tool.wrap(cmd, out, runner)  # noqa: E731
+        s.mode = tracemalloc_tool.MODE
+        wrap = lambda cmd: _runner_wrap(  # noqa: E731
+            lambda: tracemalloc_tool.wrap(cmd, out, runner), "tracemalloc")
     elif chosen == "heaptrack":
         from autoopt.tools.profiling import heaptrack
 
@@ -537,7 +574,7 @@ def _memory_wrapper(
         variable = s.jemalloc.variable if s.jemalloc else "MALLOC_CONF"
         wrap = lambda cmd: jemalloc.wrap(cmd, s.folder / prefix, variable, s.preload)  # noqa: E731
         dumps = jemalloc.Dumps(s.folder, prefix)
-    if s.follows_tree and chosen in ("tracemalloc", "heaptrack"):
+    if s.follows_tree and chosen in ("tracemalloc", "heaptrack", "retention"):
         assert s.script is not None
         raise ProfilerUnavailable(
             f"{chosen} must start the program itself, but this batch workload is a script "
@@ -546,6 +583,47 @@ def _memory_wrapper(
             "or give the target a `workload:` command in ## Local"
         )
     return out, wrap, dumps
+
+
+def _arena(s: _Session) -> float:
+    """pymalloc's arena size for the target's Python: 1 MiB since 3.10, 256 KiB before."""
+    major, _, minor = s.python.tag.partition(".")
+    return float(memray.ARENA_BYTES if (int(major), int(minor or 0)) >= (3, 10) else 1 << 18)
+
+
+def _runner_wrap(wrap: Callable[[], str], tool: str) -> str:
+    try:
+        return wrap()
+    except ValueError as exc:
+        raise ProfilerUnavailable(f"tool='{tool}': {exc}") from None
+
+
+@asynccontextmanager
+async def _reporting(s: _Session, status: Path | None, tool: str) -> AsyncIterator[None]:
+    """While the body runs, the runner's status line (every few seconds, when it changes)
+    goes to the progress notes."""
+    if status is None or s.progress is None:
+        yield
+        return
+
+    async def watch() -> None:
+        last = ""
+        while True:
+            await anyio.sleep(3.0)
+            try:
+                text = status.read_text().strip()
+            except OSError:
+                continue
+            if text and text != last:
+                last = text
+                await s.say(f"{tool}: {text}")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        try:
+            yield
+        finally:
+            tg.cancel_scope.cancel()
 
 
 @contextmanager
@@ -594,7 +672,11 @@ def _memory_tool(s: _Session, tool: MemoryTool, python: bool) -> str:
             )
         return tool
     if python:
-        if tool in ("auto", "memray"):
+        if tool == "retention":
+            return tool
+        if tool in ("auto", "memray", "memray-arenas", "memray-native"):
+            s.memray_mode = {"memray-arenas": "arenas", "memray-native": "native"}.get(
+                tool, "objects")  # type: ignore[assignment]
             reason = detect.memray_reason()
             if reason is None:
                 try:
@@ -602,7 +684,7 @@ def _memory_tool(s: _Session, tool: MemoryTool, python: bool) -> str:
                     return "memray"
                 except ProfilerUnavailable as exc:
                     reason = str(exc)
-            if tool == "memray":
+            if tool != "auto":
                 raise ProfilerUnavailable(reason)
             s.notes.append(
                 f"memray cannot run here ({reason}); tracemalloc used instead: "
@@ -616,7 +698,7 @@ def _memory_tool(s: _Session, tool: MemoryTool, python: bool) -> str:
             detect.require("heaptrack")
             s.notes.append("heaptrack on a Python target: native frames only")
             return tool
-    if tool in ("memray", "tracemalloc"):
+    if tool in ("memray", "memray-arenas", "memray-native", "tracemalloc", "retention"):
         raise ProfilerUnavailable(
             f"{tool} profiles Python programs; {s.spec.name} is native: "
             "use tool='heaptrack' or 'jemalloc' (or 'auto')"
@@ -710,8 +792,6 @@ async def _read_memory(
     if tool == "memray" and s.follows_tree:
         return await _read_followed(s, out)
     if tool == "memray":
-        from autoopt.tools.profiling import memray
-
         if not out.exists():
             s.notes.append("memray wrote no output file")
             return ProfileBuilder(), memray.MEASURE, "moderate", memray.OVERHEAD_NOTE
@@ -722,7 +802,9 @@ async def _read_memory(
             note="the high-water-mark records by stack (the server read them through "
             "memray's FileReader API; this command writes the same rows as CSV)",
         )
+        await s.say("reading memray's capture (the high-water mark)")
         builder, info = await anyio.to_thread.run_sync(memray.parse, out, s.tree)
+        s.peak, s.growth = info["peak"], info["growth"]
         span = (
             "since the attach"
             if not s.own and s.spec.kind == "service"
@@ -732,11 +814,33 @@ async def _read_memory(
             f"memray: heap peak {info['peak_memory']} bytes {span}; "
             f"{info['total_allocations']} allocations recorded; python allocator "
             f"{info['python_allocator']}"
+            + ("" if s.memray_mode != "arenas" else
+               "; arenas mode: a stack's bytes are a multiple of 1 MiB arenas, not its "
+               "objects (tool='memray' traces each object)")
         )
         return builder, memray.MEASURE, "moderate", memray.OVERHEAD_NOTE
+    if tool == "retention":
+        from autoopt.tools.profiling import retention
+
+        _drop(out.with_name(out.name + ".tmp"), out.with_name(out.name + ".status"))
+        if not out.exists():
+            s.notes.append("the retention runner wrote no census")
+            return ProfileBuilder(), retention.MEASURE, "moderate", retention.OVERHEAD_NOTE
+        builder, info = await anyio.to_thread.run_sync(retention.parse, out, s.tree)
+        s.peak, s.growth = info["peak"], info["growth"]
+        s.notes.append(
+            f"retention: {info.get('censuses', 0)} census(es), {info.get('census_total_s', 0)} "
+            f"s in all; the stored one: {info.get('objects', 0)} objects, "
+            f"{info.get('census_s', 0)} s. {retention.types_line(info)}"
+        )
+        return builder, retention.MEASURE, "moderate", retention.OVERHEAD_NOTE
     if tool == "tracemalloc":
         from autoopt.tools.profiling import tracemalloc_tool
 
+        extra = [out.with_name(out.name + x) for x in (".tmp", ".status", ".json")]
+        _drop(*extra[:2])  # a .tmp is a dump the teardown interrupted
+        if extra[2].exists():
+            s.raw_files.append(str(extra[2]))
         if not out.exists():
             s.notes.append("tracemalloc took no snapshot")
             return (
@@ -745,6 +849,8 @@ async def _read_memory(
                 "high",
                 tracemalloc_tool.OVERHEAD_NOTE,
             )
+        readings = tracemalloc_tool.readings(out)
+        s.peak, s.growth = readings["peak"], readings["growth"]
         builder = await anyio.to_thread.run_sync(tracemalloc_tool.parse, out, s.tree)
         return builder, tracemalloc_tool.MEASURE, "high", tracemalloc_tool.OVERHEAD_NOTE
     from autoopt.tools.profiling import heaptrack
@@ -778,10 +884,16 @@ async def _read_memory(
         s.notes.append("heaptrack wrote no trace")
         return ProfileBuilder(), heaptrack.MEASURE, "high", heaptrack.OVERHEAD_NOTE
     builder, info = await anyio.to_thread.run_sync(heaptrack.parse, interpreted, s.tree)
+    s.peak, s.growth = info["peak"], info["growth"]  # type: ignore[assignment]
     s.notes.append(
         f"heaptrack: peak {info['peak_bytes']} bytes; {info['allocations']} allocations traced"
     )
     return builder, heaptrack.MEASURE, "high", heaptrack.OVERHEAD_NOTE
+
+
+def _drop(*paths: Path) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _follow(s: _Session, out: Path) -> Callable[[str], str]:
@@ -790,7 +902,8 @@ def _follow(s: _Session, out: Path) -> Callable[[str], str]:
 
     shims = s.folder / f"{s.label}-shims"
     s.raw_files.append(str(shims))
-    follow.install_shims(shims, s.python, out.with_suffix(""), s.memray_env)
+    follow.install_shims(shims, s.python, out.with_suffix(""), s.memray_env,
+                         memray.FLAGS[s.memray_mode])
 
     def wrap(command: str) -> str:
         cmd = parse_command(command)
@@ -804,7 +917,7 @@ async def _read_followed(
     s: _Session, out: Path
 ) -> tuple[ProfileBuilder, str, Overhead, str]:
     """Every capture of the followed processes, merged under one root frame per pid."""
-    from autoopt.tools.profiling import follow, memray
+    from autoopt.tools.profiling import follow
 
     files = follow.captures(out.with_suffix(""))
     s.raw_files.extend(str(f) for f in files)
@@ -848,7 +961,8 @@ async def _memray_attach(s: _Session, dep: Deployment, out: Path | None) -> None
             "Omit deployment_id so the service starts under memray (recommended: the whole "
             "workload is then recorded), or use tool='procfs' for /proc readings only"
         )
-    argv = [sys.executable, "-m", "memray", "attach", str(dep.pid), "-o", str(out), "-f"]
+    argv = [sys.executable, "-m", "memray", "attach", *memray.FLAGS[s.memray_mode], str(dep.pid),
+            "-o", str(out), "-f"]
     _, done, _ = await run(
         argv, cwd=logs, env=base_env(), logs=logs, name="memray-attach", timeout=120
     )

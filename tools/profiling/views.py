@@ -8,9 +8,25 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from autoopt.tools.profiling.model import Frame, Profile, Unit, human_value
+from autoopt.tools.profiling.model import Frame, Profile, Unit, human_bytes, human_value
 
 PATH_FRAMES = 12  # frames shown per path in the text views (leaf side)
+MIB = 1024 * 1024
+OUTSIDE = "[no frame in the editable scope]"
+
+
+class ScopeEntry(BaseModel):
+    """The deepest frame on a stack inside the target's editable scope (the code the agent
+    may change), its stacks merged; or, for a retention profile, one owner chain."""
+
+    rank: int
+    value: float
+    pct: float
+    function: str = Field(description="name (file:line) of its heaviest line")
+    key: str
+    callee: str | None = Field(None, description="what it calls outside the scope there")
+    leaf: str | None = Field(None, description="where the bytes or samples land")
+    text: str = Field(description="the one-line view")
 
 
 class TopEntry(BaseModel):
@@ -136,12 +152,162 @@ def top_paths(profile: Profile, n: int = 10) -> list[PathEntry]:
             for i, k in enumerate(keys)]
 
 
+def _deepest_editable(frames: list[Frame]) -> int | None:
+    return next((i for i in range(len(frames) - 1, -1, -1) if frames[i].editable), None)
+
+
+def scope(profile: Profile, n: int = 10) -> list[ScopeEntry]:
+    """Stacks grouped by their deepest editable frame, heaviest first, with the external
+    callee each spends in (`json.loads ... json.decoder.JSONDecoder.raw_decode`). Stacks
+    with no editable frame form one entry; no entries when no frame is editable."""
+    if profile.tool == "retention":
+        return _owners(profile, n)
+    acc: dict[str, dict[str, Any]] = {}
+    any_editable = False
+    for stack in profile.stacks:
+        frames = profile.stack_frames(stack)
+        i = _deepest_editable(frames)
+        any_editable |= i is not None
+        key = OUTSIDE if i is None else frames[i].key
+        e = acc.setdefault(key, {"value": 0.0, "labels": defaultdict(float),
+                                 "callees": defaultdict(float), "leaves": defaultdict(float)})
+        e["value"] += stack.value
+        e["labels"][OUTSIDE if i is None else frames[i].label] += stack.value
+        callee = frames[i + 1].qualname if i is not None and i + 1 < len(frames) else ""
+        e["callees"][callee] += stack.value
+        below = frames and (i is None or i < len(frames) - 1)
+        e["leaves"][frames[-1].qualname if below else ""] += stack.value
+    if not any_editable:
+        return []
+    keys = sorted(acc, key=lambda k: (-acc[k]["value"], k))[:n]
+    out = []
+    for rank, key in enumerate(keys, 1):
+        e = acc[key]
+        function = _heaviest(e["labels"])
+        callee, leaf = _heaviest(e["callees"]) or None, _heaviest(e["leaves"]) or None
+        pct = _pct(e["value"], profile.total)
+        where = ("itself" if key != OUTSIDE else "") if callee is None else f"→ {callee}"
+        if leaf and leaf != callee:
+            where = f"{where} … {leaf}".lstrip()
+        others = len(e["callees"]) - 1
+        if others > 0 and key != OUTSIDE:
+            where += f" (+{others} other callee{'s' if others > 1 else ''})"
+        text = (f"#{rank} {pct:.1f}% {human_value(e['value'], profile.unit)}: "
+                f"{function} {where}").rstrip()
+        out.append(ScopeEntry(rank=rank, value=e["value"], pct=pct,
+                              function=function, key=key, callee=callee, leaf=leaf,
+                              text=text))
+    return out
+
+
+def _heaviest(values: dict[str, float]) -> str:
+    return max(values, key=lambda k: (values[k], k))
+
+
+def _owners(profile: Profile, n: int) -> list[ScopeEntry]:
+    """A retention profile's chains, root first: `Parser.feed: self.stack — list of dict`."""
+    out = []
+    for p in top_paths(profile, n):
+        chain, leaf = p.frames[:-1], p.frames[-1]
+        owner = (chain[0] + "".join(chain[1:])) if chain else ""
+        count = f"{p.count} " if p.count else ""
+        if owner:
+            held = f"{owner} holds {count}{leaf}"
+        else:
+            held = leaf + (f" ({p.count} objects)" if p.count else "")
+        text = f"#{p.rank} {p.pct:.1f}% {human_value(p.value, profile.unit)}: {held}"
+        out.append(ScopeEntry(rank=p.rank, value=p.value, pct=p.pct, function=owner,
+                              key=p.key, leaf=leaf, text=text))
+    return out
+
+
+def heap_vs_rss(profile: Profile) -> str | None:
+    """The profiler's heap peak, the same run's VmHWM, the gap, and a one-line reading."""
+    peak = profile.peak
+    heap = peak.heap_bytes if peak and peak.heap_bytes else (
+        profile.total if profile.kind == "memory" and profile.unit == "bytes" else None)
+    hwm = profile.memory.vm_hwm_mb if profile.memory else None
+    if not heap or hwm is None:
+        return None
+    heap_mb = heap / MIB
+    gap = hwm - heap_mb
+    start = peak.start_rss_mb if peak else None
+    line = f"heap peak {heap_mb:.1f} MiB, VmHWM {hwm:.1f} MiB, gap {gap:+.1f} MiB"
+    if peak and peak.rss_mb is not None:
+        line += f" (RSS at the heap peak {peak.rss_mb:.1f} MiB)"
+    beyond = gap - (start or 0.0)
+    if gap < 0:
+        reading = ("the heap exceeds RSS: memory allocated but never touched (calloc, "
+                   "reserved buffers) is not resident")
+    elif beyond <= max(4.0, 0.15 * heap_mb):
+        reading = ("the gap is about the process at start"
+                   + (f" ({start:.1f} MiB: interpreter, libraries)" if start else "")
+                   + " and the profiler: a smaller heap peak should lower RSS about as much")
+    else:
+        reading = (f"{beyond:.1f} MiB beyond the heap"
+                   + (f" and the start RSS ({start:.1f} MiB)" if start else "")
+                   + ": freed memory the allocator keeps (arena fragmentation, malloc caching)"
+                   ", native memory this profiler does not trace, or the profiler's own: RSS "
+                   "may fall less than the heap")
+    return f"{line}; {reading}"
+
+
+def growth_text(profile: Profile, points: int = 8) -> str | None:
+    """Memory over the run in a few samples, and whether it grows to the end."""
+    g = profile.growth
+    if len(g) < 2:
+        return None
+    use_heap = all(p.heap_mb is not None for p in g)
+    values = [(p.t_s, p.heap_mb if use_heap else p.rss_mb) for p in g]
+    values = [(t, v) for t, v in values if v is not None]
+    if len(values) < 2:
+        return None
+    step = max(1, (len(values) - 1) // (points - 1))
+    shown = values[::step]
+    if shown[-1] != values[-1]:
+        shown.append(values[-1])
+    top = max(values, key=lambda tv: tv[1])
+    span = values[-1][0] - values[0][0]
+    reading = ""
+    if span > 0 and top[1] > 0:
+        if values[-1][1] >= 0.9 * top[1] and _correlation(values) > 0.9:
+            reading = "; it grows steadily to the end (kept, not freed?)"
+        elif values[-1][1] < 0.6 * top[1]:
+            reading = f"; it peaks at {top[0]:.1f} s and falls"
+    what = "heap" if use_heap else "RSS"
+    return (f"{what} over the run (s: MiB): " + ", ".join(f"{t:.1f}: {v:.1f}" for t, v in shown)
+            + reading)
+
+
+def _correlation(values: list[tuple[float, float]]) -> float:
+    n = len(values)
+    mt = sum(t for t, _ in values) / n
+    mv = sum(v for _, v in values) / n
+    cov = sum((t - mt) * (v - mv) for t, v in values)
+    st = sum((t - mt) ** 2 for t, _ in values) ** 0.5
+    sv = sum((v - mv) ** 2 for _, v in values) ** 0.5
+    return cov / (st * sv) if st and sv else 0.0
+
+
 def _frames_text(frames: list[str], indent: str = "    ") -> list[str]:
     shown = frames[-PATH_FRAMES:]
     lines = [f"{indent}... {len(frames) - len(shown)} frames nearer the root"] \
         if len(shown) < len(frames) else []
     lines += [f"{indent}{'  ' * i}{label}" for i, label in enumerate(shown)]
     return lines
+
+
+SCOPE_TITLE = ("by the code you may change (the deepest frame in the editable scope):",
+               "what keeps the memory alive (owner chains from a module global or a frame "
+               "local, gc census):")
+
+
+def peak_text(profile: Profile) -> str | None:
+    p = profile.peak
+    if p is None or p.t_s is None:
+        return None
+    span = f" of {p.span_s:.1f} s" if p.span_s else ""
+    return f"the peak came at {p.t_s:.1f} s{span} ({p.how})"
 
 
 def header(profile: Profile) -> str:
@@ -153,11 +319,16 @@ def header(profile: Profile) -> str:
         head += f"\n# program: {profile.program}"
     if profile.interpreter:
         head += f"\n# python: {profile.interpreter}"
+    if profile.mode:
+        head += f"\n# mode: {profile.mode}"
     if profile.memory and profile.memory.vm_hwm_mb is not None:
         rss = profile.memory.vm_rss_mb
         head += (f"\n# VmHWM {profile.memory.vm_hwm_mb:.1f} MiB"
                  + (f", VmRSS {rss:.1f} MiB" if rss is not None else "")
                  + f" ({profile.memory.source})")
+    for line in (heap_vs_rss(profile), peak_text(profile), growth_text(profile)):
+        if line:
+            head += f"\n# {line}"
     if not profile.complete:
         head += f"\n# INCOMPLETE: {profile.error}"
     return head
@@ -173,8 +344,14 @@ def table_text(entries: list[TopEntry], unit: Unit, by: str) -> str:
 
 
 def stacks_text(profile: Profile, n: int = 10) -> str:
-    """`<label>-stacks.txt`: the top-N paths with values and %, then the top functions."""
+    """`<label>-stacks.txt`: the scope view, the top-N paths with values and %, then the
+    top functions."""
     out = [header(profile), ""]
+    entries = scope(profile, n)
+    if entries:
+        out.append(SCOPE_TITLE[profile.tool == "retention"])
+        out += [f"  {e.text}" for e in entries]
+        out.append("")
     for p in top_paths(profile, n):
         count = f", {p.count} allocations" if p.count is not None and profile.unit == "bytes" \
             else ""
@@ -219,6 +396,11 @@ def diff(before: Profile, after: Profile, n: int = 20) -> ProfileDiff:
         warnings.append("at least one profile is incomplete (the target exited mid-profile)")
     if before.workload != after.workload:
         warnings.append(f"different workloads ({before.workload} vs {after.workload})")
+    if before.mode != after.mode:
+        warnings.append(f"different attribution modes ({before.mode} vs {after.mode})")
+    moved = peak_moved(before, after)
+    if moved:
+        warnings.append(moved)
     pb, pa = path_values(before), path_values(after)
     paths = []
     for key in set(pb) | set(pa):
@@ -230,6 +412,13 @@ def diff(before: Profile, after: Profile, n: int = 20) -> ProfileDiff:
                                delta_pct_of_before_total=_pct(a - b, before.total),
                                change=_change(b, a)))
     paths.sort(key=lambda e: (-abs(e.delta), e.key))
+    grain = max(before.granularity_bytes, after.granularity_bytes)
+    small = sum(1 for e in paths if abs(e.delta) < grain)
+    if small:
+        warnings.append(
+            f"{small} of the {len(paths)} changed paths differ by less than the attribution "
+            f"granularity (±{human_bytes(grain)}: {after.mode or before.mode}): noise, not a "
+            "change; profile both with tool='memray' (each object at its own site)")
     counts = {c: sum(1 for e in paths if e.change == c)
               for c in ("grown", "shrunk", "appeared", "disappeared")}
     fb, fa = _function_totals(before), _function_totals(after)
@@ -251,6 +440,32 @@ def diff(before: Profile, after: Profile, n: int = 20) -> ProfileDiff:
     return result
 
 
+def peak_moved(before: Profile, after: Profile) -> str | None:
+    """A warning when the two peaks came at different moments of the run (or when that
+    cannot be told); None when they did not move."""
+    if before.kind != "memory":
+        return None
+    b, a = before.peak, after.peak
+    if not (b and a and b.t_s is not None and a.t_s is not None):
+        tool = after.tool if b and b.t_s is not None else before.tool
+        return (f"when the peak came is unknown ({tool}): each profile is compared at its "
+                "own peak, which may be a different moment of the run")
+    fb = b.t_s / b.span_s if b.span_s else None
+    fa = a.t_s / a.span_s if a.span_s else None
+    apart = abs(a.t_s - b.t_s) > max(0.25, 0.1 * max(b.span_s or 0, a.span_s or 0))
+    if fb is not None and fa is not None:
+        apart = apart and abs(fa - fb) > 0.1
+    if not apart:
+        return None
+
+    def when(p: Any, f: float | None) -> str:
+        return f"{p.t_s:.1f} s" + (f" of {p.span_s:.1f} s ({f:.0%})" if f is not None else "")
+
+    return (f"the peak moved: before at {when(b, fb)}, after at {when(a, fa)}. Each profile "
+            "is compared at its own peak, so stacks live at only one of the two moments "
+            "appear or disappear without any change to them")
+
+
 def _signed(value: float, unit: Unit) -> str:
     return ("+" if value >= 0 else "-") + human_value(abs(value), unit)
 
@@ -259,7 +474,8 @@ def diff_text(d: ProfileDiff) -> str:
     out = [f"# {d.target} / {d.env}: {d.before} -> {d.after} ({d.measure})",
            f"# total {human_value(d.before_total, d.unit)} -> "
            f"{human_value(d.after_total, d.unit)} ({_signed(d.delta_total, d.unit)}"
-           + (f", {d.delta_total_pct:+.1f}%)" if d.delta_total_pct is not None else ")")]
+           + (f", {d.delta_total_pct:+.1f}%)" if d.delta_total_pct is not None else ")")
+           + (", each at its own peak" if "peak" in d.measure else "")]
     out += [f"# warning: {w}" for w in d.warnings]
     out.append("")
     out.append("paths (recursion collapsed; largest change first):")
