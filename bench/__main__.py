@@ -587,6 +587,11 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
+    raw_argv = sys.argv[1:] if argv is None else argv
+    if raw_argv[:1] == ["broken"]:  # python -m bench broken: the broken-patch series only
+        from bench import broken
+
+        return broken.main(raw_argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few trials and runs (~5 min)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
