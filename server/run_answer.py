@@ -66,6 +66,10 @@ def correctness_line(run: ABRun) -> str | None:
         summary = run.outputs.summary()
         if summary not in reason:
             parts.append(summary)
+    left = sorted({f for x in run.samples if x.arm == "B" for f in x.left})
+    if left:
+        parts.append(f"B runs left {len(left)} file(s) in the built tree, removed before the "
+                     f"next run (a cache cannot carry over): {', '.join(left[:3])}")
     if run.tests and "tests fail" not in reason:
         state = {arm: "pass" if t.passed else "FAIL" for arm, t in run.tests.items()}
         parts.append("tests " + ", ".join(f"{state[a]} on {a}" for a in sorted(state)))

@@ -216,6 +216,7 @@ class ABRunner:
         target_dir: Path,
     ) -> None:
         self.target_dir = target_dir
+        self._built: dict[str, dict[str, tuple[int, int]]] = {}  # build id -> its files
         self.spec = spec
         self.backend = backend
         self.run = run
@@ -295,6 +296,9 @@ class ABRunner:
             run=slot.index, arm=slot.arm, build_id=build.id, ok=False, warmup=slot.warmup
         )
         deployment = None
+        local = backend.name == "local"
+        if local and build.id not in self._built:
+            self._built[build.id] = correctness.tree_files(Path(build.tree))
         t0 = time.monotonic()
         try:
             deployment = await backend.deploy(spec, build)
@@ -352,6 +356,11 @@ class ABRunner:
                     self.track(deployment, False)
                 sample.timings["teardown_s"] = time.monotonic() - t4
                 self.run.journal.extend(deployment.journal, arm=slot.arm, run=slot.index)
+            if local:  # the next run starts from the tree as built: no cache survives
+                removed, changed = correctness.clean_leftovers(
+                    Path(build.tree), self._built[build.id]
+                )
+                sample.left = removed[:20] + [f"(changed) {c}" for c in changed[:5]]
         return sample
 
 

@@ -11,7 +11,9 @@ is not deterministic, and nothing can be concluded about equivalence.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import re
 import time
 from pathlib import Path
@@ -229,3 +231,42 @@ def gate(
     if outputs is not None and outputs.status == "nondeterministic":
         return held, f"{outputs.summary()}; {reason}"
     return verdict, reason
+
+
+_SKIP_DIRS = frozenset({".git", "__pycache__"})
+
+
+def tree_files(tree: Path) -> dict[str, tuple[int, int]]:
+    """Every file of a built tree (path -> size, mtime), bytecode caches left out."""
+    out = {}
+    for folder, dirs, files in os.walk(tree):
+        dirs[:] = [d for d in dirs if d not in _SKIP_DIRS]
+        for name in files:
+            path = os.path.join(folder, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            out[os.path.relpath(path, tree)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def clean_leftovers(tree: Path, built: dict[str, tuple[int, int]]) -> tuple[list[str], list[str]]:
+    """Remove what a run left in the built tree (files the build did not make), so every
+    run starts from the tree as built and no cache survives to the next run; (the files
+    removed, the built files the run changed)."""
+    now = tree_files(tree)
+    removed = sorted(set(now) - set(built))
+    changed = sorted(p for p in built if p in now and now[p] != built[p])
+    for rel in removed:
+        with contextlib.suppress(OSError):
+            os.unlink(tree / rel)
+    kept = {str(Path(rel).parent) for rel in built}
+    kept |= {str(parent) for rel in kept for parent in Path(rel).parents}
+    for rel in sorted({str(Path(r).parent) for r in removed} - kept, key=len, reverse=True):
+        for folder in (Path(rel), *Path(rel).parents):  # folders the run made, now empty
+            if str(folder) in kept or str(folder) == ".":
+                break
+            with contextlib.suppress(OSError):
+                (tree / folder).rmdir()
+    return removed, changed

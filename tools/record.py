@@ -217,6 +217,11 @@ def _correctness(run: ABRun, spec: TargetSpec) -> list[str]:
                      "outputs/ folder")
     else:
         lines.append("- **Output:** not compared (a run from before the gate)")
+    for arm in ("A", "B"):
+        left = sorted({f for x in run.samples if x.arm == arm for f in x.left})
+        if left:
+            lines.append(f"- **Left in the tree by {arm}'s runs** (removed before each next "
+                         f"run): {', '.join(left[:10])}")
     for arm, t in sorted(run.tests.items()):
         failing = f"; failing: {', '.join(t.failing)}" if t.failing else ""
         lines.append(f"- **Tests on {arm}:** {'pass' if t.passed else 'FAIL'} "

@@ -131,3 +131,16 @@ async def test_a_timestamp_is_nondeterministic_unless_ignored(
     listing = (await client.call_tool("list_targets", {})).content[0].text
     assert "FLAG" not in listing, listing
     assert json.loads((outputs.parent / "run.json").read_text())["outputs"] is not None
+
+
+async def test_a_cache_left_in_the_tree_does_not_carry_over(client: Client) -> None:
+    """A patch that pickles its result next to the program, keyed by its input: every run
+    starts from the tree as built, so each B run computes and writes it again."""
+    patch = (BROKEN / "batchdemo-disk-memo.patch").read_text()
+    run = await ab(client, target="batchdemo", patch=patch, runs=3, warmup=0)
+    b_runs = [s for s in run["samples"] if s["arm"] == "B"]
+    assert len(b_runs) == 3 and all(
+        any(f.startswith(".dedupe-cache/") for f in s["left"]) for s in b_runs
+    ), [s["left"] for s in b_runs]
+    assert all(not s["left"] for s in run["samples"] if s["arm"] == "A")
+    assert run["verdict"] != "KEEP", run["reason"]

@@ -95,6 +95,9 @@ class Sample(BaseModel):
     log_tail: str = ""
     block: int | None = Field(None, description="its block (one AUTOOPT_BLOCK_SEED)")
     output_fp: str | None = Field(None, description="fingerprint of the compared output")
+    left: list[str] = Field(
+        default_factory=list, description="files the run left in the built tree (removed)"
+    )
     timings: dict[str, float] = Field(default_factory=dict)
     smaps: dict[str, float] = Field(default_factory=dict)
 

@@ -117,7 +117,7 @@ class LocalBackend:
         values = {"port": str(port), "python": python, "target_dir": target_dir}
         cmd = program(spec.local.run, values, python=python, cwd=Path(build.tree))
         argv = cmd.argv
-        env = {"PORT": str(port), **cmd.env}
+        env = {"PORT": str(port), **_fresh_tmp(logs), **cmd.env}
         child = spawn(argv, cwd=Path(build.tree), env=base_env(env), logs=logs, name="service")
         self._children[dep_id] = child
         deployment.port = port
@@ -203,6 +203,8 @@ class LocalBackend:
         env: dict[str, str] | None = None,
     ) -> WorkloadResult:
         batch = spec.kind == "batch"
+        if batch:  # a temp folder of its own: nothing cached there outlives the run
+            env = {**_fresh_tmp(Path(deployment.log_dir)), **(env or {})}
         result = await drive(
             deployment,
             argv,
@@ -279,6 +281,13 @@ class LocalBackend:
 
     def forget_orphans(self) -> list[str]:
         return []
+
+
+def _fresh_tmp(logs: Path) -> dict[str, str]:
+    """TMPDIR and XDG_CACHE_HOME in the deployment's own folder (removed with it)."""
+    tmp = logs / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    return {"TMPDIR": str(tmp), "XDG_CACHE_HOME": str(tmp)}
 
 
 def _cpu_or_zero(pid: int) -> float:
