@@ -5,6 +5,7 @@ RSS, and diff_profiles when the peak moved."""
 from __future__ import annotations
 
 import difflib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,45 @@ async def test_diff_says_when_the_peak_moved(client: Client, workspace: Workspac
     warnings = result.structured_content["warnings"]
     assert any(w.startswith("the peak moved: before at ") for w in warnings), warnings
     assert "Warning: the peak moved" in result.content[0].text
+
+
+SPIN_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static double spin(long n) {
+    double t = 0;
+    for (long i = 0; i < n; i++) t += i * 0.5;
+    return t;
+}
+
+int main(void) {
+    char *p = malloc(32u << 20);
+    memset(p, 1, 32u << 20);
+    printf("t=%f\n", spin(300000000L) + p[7]);
+    free(p);
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("perf") is None
+                    or shutil.which("heaptrack_print") is None,
+                    reason="needs gcc, perf and heaptrack")
+async def test_native_profiles_lead_with_the_editable_function(
+        client: Client, workspace: Workspace) -> None:
+    folder = workspace.targets_dir / "spinc"
+    (folder / "src").mkdir(parents=True)
+    (folder / "src" / "spin.c").write_text(SPIN_C)
+    (folder / "target.md").write_text(
+        TARGET_MD.format(name="spinc").replace("lib.py", "spin.c")
+        .replace("python3 -m py_compile spin.c", "gcc -g -O0 -o spin spin.c")
+        .replace("python3 {target_dir}/work.py", "./spin"))
+    cpu = await call_done(client, "profile_cpu", {"target": "spinc", "label": "cpu"})
+    assert not cpu.is_error, cpu.content[0].text
+    assert cpu.structured_content["scope"][0].split(": ", 1)[1].startswith("spin (spin.c:"), \
+        cpu.content[0].text
+    _, mem = await profile(client, target="spinc", label="mem")
+    assert mem["tool"] == "heaptrack" and mem["scope"][0]["function"].startswith("main (spin.c:")
+    assert mem["peak"]["t_s"] is not None and "VmHWM" in mem["heap_vs_rss"]

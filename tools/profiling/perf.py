@@ -11,6 +11,7 @@ from autoopt.tools.profiling.model import Frame, ProfileBuilder, relativize, unr
 MEASURE = "CPU samples (perf cpu-clock, frame-pointer call graphs)"
 OVERHEAD_NOTE = "perf record (sampling in the kernel): low overhead"
 _LINE = re.compile(r"^\s*[0-9a-f]+\s+(?P<sym>.*?)(?:\+0x[0-9a-f]+)?\s+\((?P<dso>.*)\)\s*$")
+_SRCLINE = re.compile(r"^\s+(?P<file>[^\s\[][^:]*):(?P<line>\d+)\s*$")
 
 
 def _options(perf: str, output: Path, rate: int) -> list[str]:
@@ -26,8 +27,11 @@ def wrap(perf: str, command: str, output: Path, rate: int) -> str:
     return Command(env=cmd.env, argv=[*_options(perf, output, rate), "--", *cmd.argv]).text()
 
 
-def script_argv(perf: str, data: Path) -> list[str]:
-    return [perf, "script", "-i", str(data), "-F", "comm,pid,tid,period,ip,sym,dso"]
+def script_argv(perf: str, data: Path, srcline: bool = True) -> list[str]:
+    """`perf script`, with each frame's source line (so the scope view can tell the
+    target's own frames) unless `srcline` is False (addr2line on a huge binary is slow)."""
+    fields = "comm,pid,tid,period,ip,sym,dso" + (",srcline" if srcline else "")
+    return [perf, "script", "-i", str(data), "-F", fields]
 
 
 def parse_script(text: str, tree: str | None) -> ProfileBuilder:
@@ -54,6 +58,11 @@ def parse_script(text: str, tree: str | None) -> ProfileBuilder:
             if in_sample:
                 flush()
             frames, in_sample = [], True
+            continue
+        src = _SRCLINE.match(line)
+        if src and frames:
+            if src["file"] != "??":
+                frames[-1].file, frames[-1].line = src["file"], int(src["line"]) or None
             continue
         m = _LINE.match(line)
         if m:

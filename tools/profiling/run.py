@@ -851,6 +851,7 @@ async def _read_memory(
             )
         readings = tracemalloc_tool.readings(out)
         s.peak, s.growth = readings["peak"], readings["growth"]
+        s.notes.append(readings["note"])
         builder = await anyio.to_thread.run_sync(tracemalloc_tool.parse, out, s.tree)
         return builder, tracemalloc_tool.MEASURE, "high", tracemalloc_tool.OVERHEAD_NOTE
     from autoopt.tools.profiling import heaptrack
@@ -1158,11 +1159,18 @@ async def _stop_sampler(sampler: Child) -> None:
 async def _perf_script(s: _Session, perf_exe: str, data: Path) -> ProfileBuilder:
     from autoopt.tools.profiling import perf
 
-    argv = perf.script_argv(perf_exe, data)
     logs = Path(s.deployment.log_dir) if s.deployment else s.folder
+    argv = perf.script_argv(perf_exe, data)
     child, done, _ = await run(
-        argv, cwd=s.folder, env=base_env(), logs=logs, name="perf-script", timeout=1800
+        argv, cwd=s.folder, env=base_env(), logs=logs, name="perf-script", timeout=300
     )
+    if done.code != 0:  # source lines (addr2line) too slow or failing: symbols only
+        s.notes.append("perf script could not give source lines (exit or timeout): the "
+                       "frames have no files, so the scope view is missing")
+        argv = perf.script_argv(perf_exe, data, srcline=False)
+        child, done, _ = await run(
+            argv, cwd=s.folder, env=base_env(), logs=logs, name="perf-script", timeout=1800
+        )
     s.step(
         shell_join(argv) + f" > {s.folder}/{s.label}-perf-script.txt",
         argv=argv,

@@ -5,8 +5,9 @@ started in place of `python3`, so the pid stays the real process) polls the trac
 every POLL_S, keeps those samples (the growth view), and dumps a snapshot each time the
 size exceeds the last dumped one by STEP while dumps took under BUDGET of the run; the
 stored stacks are the last such snapshot: bytes live NEAR the peak, not at it. Each
-allocation records a traceback (FRAMES deep): on allocation-heavy code it runs ~10x
-slower than memray (a trial: 545 s against memray's 47 s), so memray is the default.
+allocation records a traceback (FRAMES deep): on allocation-heavy code it runs 4-10x
+slower than memray (pyserver: 29 s of CPU against memray's 7.6 s; a trial: 545 s against
+47 s), so memray is the default.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from autoopt.tools.profiling.detect import split_python
 from autoopt.tools.profiling.model import Frame, Peak, Point, ProfileBuilder, relativize
 
 MEASURE = "bytes live near the peak (tracemalloc snapshot at the largest polled size)"
-OVERHEAD_NOTE = ("tracemalloc (16 frames per allocation): high overhead, about 10x memray's "
-                 "on allocation-heavy code; use its stacks, not its timings")
+OVERHEAD_NOTE = ("tracemalloc (16 frames per allocation): high overhead, 4x memray's CPU on "
+                 "pyserver and 10x in a trial (545 s against 47 s); its stacks, not its timings")
 MODE = "tracemalloc: each Python allocation at its own site (16 frames)"
 
 RUNNER = '''\
@@ -88,15 +89,17 @@ def readings(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.with_name(path.name + ".json").read_text())
     except (OSError, ValueError):
-        return {"peak": None, "growth": []}
+        return {"peak": None, "growth": [], "note": "the runner left no samples"}
     samples = data.get("samples", [])
     growth = [Point(t_s=t, heap_mb=mb) for t, mb in samples[:: max(1, len(samples) // 200)]]
     peak = Peak(heap_bytes=data.get("peak"), t_s=data.get("at"),
                 span_s=samples[-1][0] if samples else None,
-                how=f"the last of {data.get('dumps', 0)} snapshots (taken at "
-                f"{data.get('dumped', 0) / 2**20:.1f} MiB traced; the traced peak "
-                f"{data.get('peak', 0) / 2**20:.1f} MiB)")
-    return {"peak": peak, "growth": growth}
+                how=f"when the last of {data.get('dumps', 0)} snapshots was taken, at "
+                f"{data.get('dumped', 0) / 2**20:.1f} MiB traced; the traced peak: "
+                f"{data.get('peak', 0) / 2**20:.1f} MiB")
+    note = (f"tracemalloc: {data.get('dumps', 0)} snapshot(s) dumped, "
+            f"{data.get('spent', 0):.1f} s of the run spent dumping")
+    return {"peak": peak, "growth": growth, "note": note}
 
 
 def parse(path: Path, tree: str | None) -> ProfileBuilder:
