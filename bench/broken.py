@@ -229,6 +229,7 @@ class Outcome:
     wall_s: float = 0.0
     run_id: str = ""
     values: dict[str, list[float]] = field(default_factory=dict)  # arm -> primary, run order
+    left_b: int = 0  # B runs that left files in the built tree (removed before the next)
     error: str | None = None
 
     @property
@@ -288,6 +289,7 @@ async def run_ab(engine: Any, case: Case, runs: int, seed: int) -> Outcome:
             f"{'pass' if run.tests[a].passed else 'FAIL'}" for a in ("A", "B") if a in run.tests
         )
     out.timed = sum(1 for s in run.samples if not s.warmup)
+    out.left_b = sum(1 for s in run.samples if s.arm == "B" and s.left)
     out.values = _values(run)
     out.change = _change(out.values)
     out.wall_s = time.monotonic() - t0
@@ -443,13 +445,14 @@ def _memo_note(o: Outcome, again: Outcome | None) -> str:
         else f"not caught ({o.verdict})"
     )
     text = (
-        f"**`{MEMO}` was {verdict}.** It is the residual risk that per-block seeds only "
-        "limit: its answer is right (the same checksum), so neither the output nor the tests "
-        "can tell; what it does wrong is make the measurement unfair. The runs of a block "
-        "share one AUTOOPT_BLOCK_SEED and the cache lives in B's build tree, so the second B "
-        "run of an ABBA block loads what the first computed, while a B run in another block "
-        "(or another run_ab, with fresh build trees) misses and pays for writing the pickle "
-        "as well." + hand + " In its run_ab above, peak_rss_mb per run (MiB, run order): A "
+        f"**`{MEMO}` was {verdict}.** Its answer is right (the same checksum), so neither "
+        "the output nor the tests can tell; what it would do wrong is make the measurement "
+        "unfair, with a pickle in the build tree that a later run with the same input loads "
+        "(the runs of a block share one AUTOOPT_BLOCK_SEED). run_ab removes what a run leaves "
+        "in the built tree before the next run (each sample's `left` lists it) and gives each "
+        "deployment its own TMPDIR, so no B run can load another's pickle: "
+        f"{o.left_b} of {len(o.values.get('B', []))} B runs wrote it again." + hand
+        + " In its run_ab above, peak_rss_mb per run (MiB, run order): A "
         f"{_mib(o.values.get('A', []))}; B {_mib(o.values.get('B', []))}."
     )
     if again is not None:
@@ -457,7 +460,8 @@ def _memo_note(o: Outcome, again: Outcome | None) -> str:
         a = again.values.get("A", [])
         hits = sum(1 for x in b if a and x < 0.5 * statistics.median(a))
         text += (
-            f" Run again at runs={again.runs} per arm (more blocks, so more hits): "
+            f" Run again at runs={again.runs} per arm ({again.left_b} B runs wrote the "
+            "pickle again): "
             f"**{again.verdict}**"
             + (" — a false KEEP" if again.verdict == "KEEP" else "")
             + f"; {hits} of {len(b)} B runs were cache hits (under half A's median); "
