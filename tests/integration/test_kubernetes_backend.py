@@ -317,7 +317,8 @@ async def test_run_ab_pyserver_history_cap_then_record(
             f"run_ab pyserver/kubernetes runs=3: {elapsed:.1f} s, verdict {view['verdict']}: "
             f"{view['reason']}"
         )
-        assert view["verdict"] in ("KEEP", "DISCARD", "INCONCLUSIVE"), json.dumps(view)[:3000]
+        verdicts = ("KEEP", "DISCARD", "INCONCLUSIVE", "SAME")
+        assert view["verdict"] in verdicts, json.dumps(view)[:3000]
         assert view["backend"] == "kubernetes" and view["status"] == "done"
         run = server.engine.get_run(view["run_id"])  # type: ignore[attr-defined]
         assert all(s.ok for s in run.samples), [s.error for s in run.samples]

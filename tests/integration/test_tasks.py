@@ -183,7 +183,7 @@ async def test_2025_task_lifecycle(legacy: Client) -> None:
     assert not result.is_error, result.content
     assert result.meta and result.meta[RELATED_TASK] == {"taskId": task_id}
     assert result.structured_content and result.structured_content["status"] == "done"
-    assert result.structured_content["verdict"] in ("KEEP", "DISCARD", "INCONCLUSIVE")
+    assert result.structured_content["verdict"] in ("KEEP", "DISCARD", "INCONCLUSIVE", "SAME")
 
     done = await get_legacy(legacy, task_id)
     assert done.status == "completed" and done.last_updated_at >= done.created_at
@@ -287,7 +287,7 @@ async def test_2026_task_lifecycle(modern: Client) -> None:
     inlined = types.CallToolResult.model_validate(task.result)
     direct = await modern.call_tool("get_run", {"run_id": created.task_id, "wait_s": 0})
     assert not inlined.is_error and decision(inlined) == decision(direct)
-    assert decision(inlined)["verdict"] in ("KEEP", "DISCARD", "INCONCLUSIVE")
+    assert decision(inlined)["verdict"] in ("KEEP", "DISCARD", "INCONCLUSIVE", "SAME")
 
     ack = await raw(modern, "tasks/cancel", {"taskId": created.task_id})  # finished: a no-op
     assert ack["resultType"] == "complete"

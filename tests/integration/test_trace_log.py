@@ -553,7 +553,11 @@ def test_workload_runs_against_real_server(clickhouse_server: str, extra: list[s
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "CLICKHOUSE_USER": "autoopt", "CLICKHOUSE_PASSWORD": "autoopt-pw"})
     assert proc.returncode == 0, proc.stderr
-    metrics = dict(line.split("=", 1) for line in proc.stdout.split())
+    lines = proc.stdout.splitlines()
+    metrics = dict(line.split("=", 1) for line in lines if not line.startswith("check:"))
+    checks = [line.split() for line in lines if line.startswith("check:")]
+    # one result digest per query of the mix, the same from every client
+    assert len(checks) == (2 if extra else 4) and all(len(c) == 3 for c in checks), checks
     queries = 4 * (2 if extra else 4)
     assert int(metrics["requests"]) == queries and int(metrics["errors"]) == 0, proc.stderr
     assert float(metrics["error_rate"]) == 0
