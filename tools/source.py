@@ -19,6 +19,7 @@ import hashlib
 import io
 import keyword
 import os
+import posixpath
 import re
 import shutil
 import subprocess
@@ -519,6 +520,7 @@ class Source:
         Read from the revision's tree only: a symlink there is named, never followed."""
         commit = self.resolve(revision)
         _check_rel(path)
+        path = posixpath.normpath(path)  # ./a and a//b as git names them (no '..' left)
         entry = git(self.repo, "ls-tree", "-z", "--full-tree", commit, "--", path,
                     env={"GIT_LITERAL_PATHSPECS": "1"}).split("\0")[0]
         meta, _, found = entry.partition("\t")
@@ -549,6 +551,8 @@ class Source:
         lines as path:line:text. Bounded: SEARCH_TIMEOUT_S, `limit` lines, LINE_CAP
         characters a line."""
         commit = self.resolve(revision)
+        if "\x00" in pattern:
+            raise InvalidName("a search pattern cannot hold a NUL character")
         argv = ["git", "-C", str(self.repo), "grep", "-n", "-I", "-E", "-e", pattern, commit]
         if glob:
             _check_rel(glob)

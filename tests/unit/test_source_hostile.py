@@ -66,7 +66,8 @@ def test_links_inside_are_imported_as_links_and_never_followed(
         source.read("alias.py", 1, 10, None)
     with pytest.raises(InvalidName, match="no file"):
         source.read("pkg/vendored.py", 1, 10, None)  # not through a linked folder
-    assert source.read("lib/vendored.py", 1, 10, None)[0].endswith("X = 1")
+    for name in ("lib/vendored.py", "./lib//vendored.py"):
+        assert source.read(name, 1, 10, None)[0].endswith("X = 1")
     # the link's blob is its target path: a search sees that text, not the file's content
     assert source.search("SIZE", None, None, 10) == ["app.py:1:SIZE = 1024"]
 
@@ -220,8 +221,9 @@ def test_a_catastrophic_pattern_is_stopped_with_a_clear_error(source: Source, sr
     with pytest.raises(InvalidName, match=r"took over 5 s and was stopped: simplify it"):
         source.search(r"(.*)(.*)(.*)\3\2\1x", None, None, 100)
     assert time.monotonic() - started < 7
-    with pytest.raises(InvalidName, match="bad search pattern"):
-        source.search("(", None, None, 10)
+    for bad in ("(", "a\x00b"):
+        with pytest.raises(InvalidName, match="search pattern"):
+            source.search(bad, None, None, 10)
     assert len(source.search("x", None, None, 50)) == 50
 
 
