@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
+import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.resources import FileResource
@@ -41,6 +42,8 @@ from autoopt.tools.workload import output_lines
 from autoopt.tools.workspace import Workspace, check_name
 
 log = logging.getLogger("autoopt")
+T = TypeVar("T")
+SEARCH_THREADS = 4  # search_source calls running at once; more wait for a slot
 
 INSTRUCTIONS = """\
 autoopt runs profile-first, statistically rigorous code optimization on real targets.
@@ -87,6 +90,7 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
     trace_log_tools.register(mcp, engine, ws)
     profiling_tools.register(mcp, engine, ws)
     program = _program_md(ws)
+    search_slots: list[anyio.CapacityLimiter] = []
 
     @mcp.tool(annotations=READ_ONLY)
     @tool_errors
@@ -139,9 +143,9 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
             raise ToolError("give target (to build) or build_id (to wait for a build)")
         spec = engine.spec(target)
         source = engine.source(spec)
-        source.resolve(base)
+        commit = source.resolve(base)
         if patch:
-            source.check_patch(patch, allow_constants=allow_constant_tuning)
+            source.check_patch(patch, allow_constants=allow_constant_tuning, base=commit)
         build_id = new_build_id()
 
         async def work(report: Report) -> views.BuildResult:
@@ -227,18 +231,21 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         revision: Base = None,
     ) -> Annotated[CallToolResult, views.SourceText]:
         """Numbered lines of a source file (default revision: the frontier)."""
-        spec = engine.spec(target)
-        source = engine.source(spec)
-        end = min(end_line, start_line + 999)
-        text, total = source.read(path, start_line, end, revision)
-        info = views.SourceText(
-            revision=source.resolve(revision),
-            start_line=start_line,
-            end_line=min(end, total),
-            total_lines=total,
-        )
-        head = f"{path} lines {start_line}-{info.end_line} of {total} @ {info.revision[:12]}"
-        return _plain(f"{head}\n{text}", info)
+        def read() -> tuple[str, views.SourceText]:
+            source = engine.source(engine.spec(target))
+            end = min(end_line, start_line + 999)
+            text, total = source.read(path, start_line, end, revision)
+            info = views.SourceText(
+                revision=source.resolve(revision),
+                start_line=start_line,
+                end_line=min(end, total),
+                total_lines=total,
+            )
+            return text, info
+
+        text, info = await _off_loop(read)
+        head = f"{path} lines {start_line}-{info.end_line} of {info.total_lines} "
+        return _plain(f"{head}@ {info.revision[:12]}\n{text}", info)
 
     @mcp.tool(annotations=READ_ONLY)
     @tool_errors
@@ -251,12 +258,16 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         revision: Base = None,
         limit: Annotated[int, Field(ge=1, le=500)] = 100,
     ) -> Annotated[CallToolResult, views.SourceMatches]:
-        """git grep the source: path:line:text per match."""
-        spec = engine.spec(target)
-        source = engine.source(spec)
-        hits = source.search(pattern, glob, revision, limit + 1)
+        """git grep -E the source: path:line:text per match (stopped after 5 s)."""
+        def search() -> tuple[list[str], str]:
+            source = engine.source(engine.spec(target))
+            return source.search(pattern, glob, revision, limit + 1), source.resolve(revision)
+
+        if not search_slots:  # made on first use, in the server's event loop
+            search_slots.append(anyio.CapacityLimiter(SEARCH_THREADS))
+        hits, revision_id = await _off_loop(search, search_slots[0])
         info = views.SourceMatches(
-            revision=source.resolve(revision),
+            revision=revision_id,
             count=min(len(hits), limit),
             truncated=len(hits) > limit,
         )
@@ -489,6 +500,12 @@ def _run_answer(
 def _typed(info: BaseModel) -> CallToolResult:
     """A small typed answer, its JSON as the text; fields without a value are left out."""
     return _plain(info.model_dump_json(exclude_none=True), info)
+
+
+async def _off_loop(fn: Callable[[], T], limiter: anyio.CapacityLimiter | None = None) -> T:
+    """Run blocking `fn` (git) in a worker thread, so the event loop serves other calls
+    meanwhile; searches take their own few threads, so a flood of them cannot take all."""
+    return await anyio.to_thread.run_sync(fn, limiter=limiter)
 
 
 def _plain(text: str, info: BaseModel) -> CallToolResult:

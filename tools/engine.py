@@ -174,7 +174,11 @@ class Engine:
         impl = self.backend(backend)
         source = self.source(spec)
         commit = source.resolve(base)
-        info = source.check_patch(patch, allow_constants=allow_constant_tuning) if patch else None
+        info = (
+            source.check_patch(patch, allow_constants=allow_constant_tuning, base=commit)
+            if patch
+            else None
+        )
         build_id = build_id or new_build_id()
         folder = self.build_dir(build_id)
         folder.mkdir(parents=True)
@@ -306,7 +310,7 @@ class Engine:
         source = self.source(spec)
         base_commit = source.resolve(base)
         if patch:
-            source.check_patch(patch, allow_constants=allow_constant_tuning)
+            source.check_patch(patch, allow_constants=allow_constant_tuning, base=base_commit)
         run = new_run(
             spec,
             backend=backend,

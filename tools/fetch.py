@@ -121,16 +121,25 @@ def _check_names(archive: Path, names: list[str]) -> None:
             raise TargetSpecError(f"refusing {archive.name}: member {name!r} leads outside it")
 
 
-def check_links(tree: Path) -> None:
-    """Refuse a tree holding a symlink that resolves outside it."""
-    root = tree.resolve()
+def check_links(tree: Path, label: str = "the source") -> None:
+    """Refuse a tree holding a symlink that is absolute or leads outside it, read as
+    written and as resolved (a loop or a dangling link is judged by its text too)."""
+    root = os.path.realpath(tree)
     for folder, dirs, files in os.walk(tree):
         for entry in dirs + files:
-            path = Path(folder, entry)
-            if path.is_symlink() and not path.resolve().is_relative_to(root):
+            path = os.path.join(folder, entry)
+            if not os.path.islink(path):
+                continue
+            to = os.readlink(path)
+            written = os.path.normpath(os.path.join(os.path.realpath(folder), to))
+            if os.path.isabs(to) or not all(
+                p == root or p.startswith(root + os.sep)
+                for p in (written, os.path.realpath(path))
+            ):
                 raise TargetSpecError(
-                    f"refusing the source: {path.relative_to(tree)} links outside it "
-                    f"(to {os.readlink(path)})"
+                    f"refusing {label}: {os.path.relpath(path, tree)} links outside it "
+                    f"(to {to}); an import never follows a link out of its folder: copy "
+                    "the file in, or make the link relative and point it inside"
                 )
 
 

@@ -13,13 +13,19 @@ import hashes the user's folder through a private index, so nothing shared is ha
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import hashlib
+import io
+import keyword
 import os
+import posixpath
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
+import tokenize
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -52,8 +58,9 @@ EMPTY_TREES = frozenset(
 )
 # What an import leaves out (as shutil.ignore_patterns("__pycache__", "*.pyc") did).
 _IGNORED = ("__pycache__", "*.pyc")
+SEARCH_TIMEOUT_S = 5.0  # a search_source pattern runs this long at most
+LINE_CAP = 2000  # characters of one search hit
 _EXCLUDE = tuple(f":(exclude,glob){p}" for p in ("**/__pycache__/**", "**/*.pyc", "**/*.pyc/**"))
-_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:0[xX][0-9a-fA-F_]+|\d[\d_]*\.?\d*(?:[eE][-+]?\d+)?)")
 
 
 class PatchInfo(BaseModel):
@@ -64,8 +71,14 @@ class PatchInfo(BaseModel):
     numeric_only: bool
 
 
-def git(repo: Path, *args: str, input_text: str | None = None, check: bool = True) -> str:
-    env = {**os.environ, **_IDENTITY, "GIT_TERMINAL_PROMPT": "0"}
+def git(
+    repo: Path,
+    *args: str,
+    input_text: str | None = None,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+) -> str:
+    env = {**os.environ, **_IDENTITY, "GIT_TERMINAL_PROMPT": "0", **(env or {})}
     proc = subprocess.run(
         ["git", "-C", str(repo), *args],
         input=input_text,
@@ -82,37 +95,94 @@ def patch_hash(patch: str) -> str:
     return hashlib.sha256(patch.encode()).hexdigest()
 
 
-def touched_files(patch: str) -> list[str]:
-    """Paths a unified diff touches (both sides of renames), without a/ b/ prefixes."""
-    files: list[str] = []
-    for line in patch.splitlines():
-        if line.startswith(("--- ", "+++ ")):
-            name = line[4:].split("\t")[0].strip()
-            if name == "/dev/null":
-                continue
-            if name[:2] in ("a/", "b/"):
-                name = name[2:]
-            if name not in files:
-                files.append(name)
-    return files
+def code_tokens(path: str, text: str) -> list[str]:
+    """The code of a file as tokens, comments and layout left out (Python: `tokenize`, its
+    indentation kept; C-like files: // and /* */; shell-like files: #); a number is one
+    token with its sign, marked by a leading NUL."""
+    name = path.rsplit("/", 1)[-1]
+    ext = name.rsplit(".", 1)[-1].lower() if "." in name else name
+    if ext in ("py", "pyi") and (tokens := _python_tokens(text)) is not None:
+        return _signed(tokens)
+    comments = "#" if (ext in _HASH_EXT or name in _HASH_NAMES or ext in ("py", "pyi")) else ""
+    comments += "c" if ext in _C_EXT else ""
+    found = ((m.lastgroup, m.group()) for m in _TOKEN_RE[comments].finditer(text))
+    return _signed([("\0" if k == "num" else "") + t for k, t in found if k != "skip"])
 
 
-def is_numeric_only(patch: str) -> bool:
-    """True when every changed line differs from its counterpart only in numeric literals."""
-    removed, added = [], []
-    for line in patch.splitlines():
-        if line.startswith(("---", "+++")):
-            continue
-        if line.startswith("-"):
-            removed.append(line[1:])
-        elif line.startswith("+"):
-            added.append(line[1:])
-    if not removed or len(removed) != len(added):
-        return False
-    changed = [(r, a) for r, a in zip(removed, added, strict=True) if r != a]
-    return bool(changed) and all(
-        _NUMBER.sub("#", r).strip() == _NUMBER.sub("#", a).strip() for r, a in changed
+def is_numeric_only(changes: list[tuple[str, str | None, str | None]]) -> bool:
+    """True when each (path, old text, new text) differs only in numeric literals once
+    comments and layout are left out, and some number changed (None: no such file)."""
+    numbers = False
+    for path, old, new in changes:
+        if old is None or new is None:
+            return False
+        a, b = code_tokens(path, old), code_tokens(path, new)
+        if len(a) != len(b):
+            return False
+        for x, y in zip(a, b, strict=True):
+            if x != y and not x[:1] == y[:1] == "\0":
+                return False
+            numbers |= x != y
+    return numbers
+
+
+def _python_tokens(text: str) -> list[str] | None:
+    """Python's tokens without comments and non-logical newlines; None when it cannot
+    tokenize (the generic tokenizer then reads it)."""
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER}
+    layout = {tokenize.INDENT, tokenize.DEDENT, tokenize.NEWLINE}
+    out: list[str] = []
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type in layout:
+                out.append(tokenize.tok_name[tok.type])
+            elif tok.type not in skip:
+                out.append(("\0" if tok.type == tokenize.NUMBER else "") + tok.string)
+    except (tokenize.TokenError, SyntaxError):
+        return None
+    return out
+
+
+def _signed(tokens: list[str]) -> list[str]:
+    """Fold a unary + or - into the number after it, so `1` to `-1` is a numeric change."""
+    out: list[str] = []
+    for tok in tokens:
+        before = out[-2] if len(out) > 1 else ""
+        operand = before[:1] == "\0" or before in (")", "]", "}") or (
+            (before[:1].isalpha() or before[:1] == "_") and not keyword.iskeyword(before)
+        )
+        if tok[:1] == "\0" and out and out[-1] in ("-", "+") and not operand:
+            out[-1] = "\0" + out[-1] + tok[1:]
+        else:
+            out.append(tok)
+    return out
+
+
+_C_EXT = frozenset(
+    re.findall(r"\w+", "c h cc cpp cxx hpp hh hxx go rs java js mjs ts jsx tsx kt scala "
+               "swift cs m mm zig proto css scss less dart groovy php")
+)
+_HASH_EXT = frozenset(
+    re.findall(r"\w+", "sh bash zsh rb pl pm r yaml yml toml cfg conf ini mk cmake pyx pxd php")
+)
+_HASH_NAMES = frozenset({"Makefile", "makefile", "GNUmakefile", "Dockerfile", "CMakeLists.txt"})
+_STRING = r"""(?P<str>"(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*')"""
+_NUM = r"(?P<num>(?:\d|\.\d)(?:[eEpP][-+]|[\w.])*)"
+
+
+def _token_re(comments: str) -> re.Pattern[str]:
+    skip = [r"\s+"]
+    if "c" in comments:
+        skip += [r"//[^\n]*", r"/\*.*?(?:\*/|\Z)"]
+    if "#" in comments:
+        skip += [r"#[^\n]*"]
+    return re.compile(
+        rf"(?P<skip>{'|'.join(skip)})|{_STRING}|{_NUM}|(?P<word>[^\W\d]\w*)|(?P<op>\S)",
+        re.DOTALL,
     )
+
+
+_TOKEN_RE = {k: _token_re(k) for k in ("", "#", "c", "#c")}
 
 
 class Source:
@@ -295,14 +365,13 @@ class Source:
 
     def _folder_tree(self, folder: Path) -> str:
         """The tree id of `folder` as an import stores it, written to the object store only
-        (objects are immutable and written atomically); refuses an empty tree."""
+        (objects are immutable and written atomically); refuses an empty tree.
+
+        A symlink is stored as a link (its target path, as git does), never as what it
+        points at; one that is absolute or leads out of `folder` is refused, named."""
+        fetch.check_links(folder, f"target {self.spec.name}'s source {folder}")
         with tempfile.TemporaryDirectory(prefix="autoopt-import-") as tmp:
-            work = folder
-            if _has_symlink(folder):
-                # The import has always stored what symlinks point at; a private copy keeps that.
-                work = Path(tmp) / "tree"
-                shutil.copytree(folder, work, ignore=shutil.ignore_patterns(*_IGNORED))
-            tree_id = _write_tree(self.repo, work, str(Path(tmp) / "index"))
+            tree_id = _write_tree(self.repo, folder, str(Path(tmp) / "index"))
         if tree_id in EMPTY_TREES:
             raise TargetSpecError(
                 f"target {self.spec.name}: source folder {folder} has no files to import "
@@ -336,11 +405,48 @@ class Source:
         return out.strip()
 
     # -- patches --------------------------------------------------------------------
-    def check_patch(self, patch: str, *, allow_constants: bool = False) -> PatchInfo:
-        """Scope and constant-tuning rules; raises RuleViolation naming the files."""
-        files = touched_files(patch)
-        if not files:
-            raise PatchError("the patch touches no file: give a unified diff (git diff output)")
+    def check_patch(
+        self, patch: str, *, allow_constants: bool = False, base: str | None = None
+    ) -> PatchInfo:
+        """Scope and constant-tuning rules on what git would change: every path the patch
+        names (both sides of renames and copies, binary hunks, modes, deletions), then
+        every path that differs once it is applied to `base` (default: the frontier) in a
+        scratch index. Raises RuleViolation naming the files, PatchError when git cannot
+        apply it."""
+        commit = self.resolve(base)
+        with tempfile.TemporaryDirectory(prefix="autoopt-check-") as tmp:
+            patch_file, env = Path(tmp) / "patch.diff", {"GIT_INDEX_FILE": f"{tmp}/index"}
+            patch_file.write_text(patch)
+            declared = _declared_files(self.repo, patch_file, patch)
+            self._check_scope(declared)
+            git(self.repo, "read-tree", commit, env=env)
+            applied = subprocess.run(
+                ["git", "-C", str(self.repo), "apply", "--cached", str(patch_file)],
+                capture_output=True, text=True, env={**os.environ, **env},
+            )
+            if applied.returncode != 0:
+                raise PatchError(
+                    f"the patch does not apply to {commit[:12]}: "
+                    f"{applied.stderr.strip()[-1500:]}. Regenerate it against this base "
+                    "(read_source shows the current code)."
+                )
+            tree = git(self.repo, "write-tree", env=env).strip()
+        changes = _tree_changes(self.repo, commit, tree)
+        if not changes:
+            raise PatchError(f"the patch changes nothing in {commit[:12]}")
+        files = list(dict.fromkeys([*declared, *changes]))
+        self._check_scope(files)
+        numeric = is_numeric_only([(p, *_blob_pair(self.repo, *c)) for p, c in changes.items()])
+        if numeric and not allow_constants:
+            raise RuleViolation(
+                "the patch only changes numeric literals: that is configuration tuning, not a "
+                "code-level optimization (the methodology asks: does it change HOW the code "
+                "works, or just WHAT numbers it uses?). Change the code, or set "
+                "allow_constant_tuning=true to run it anyway (recorded with the run)."
+            )
+        return PatchInfo(files=files, sha256=patch_hash(patch), numeric_only=numeric)
+
+    def _check_scope(self, files: list[str]) -> None:
         bad = [f for f in files if ".." in f.split("/") or f.startswith("/")]
         outside = [f for f in files if f not in bad and not self.spec.is_editable(f)]
         if bad or outside:
@@ -350,15 +456,6 @@ class Source:
                 f"{', '.join(bad + outside)}. Editable: {editable}; read-only: "
                 f"{', '.join(self.spec.scope.readonly) or '(none)'}."
             )
-        numeric = is_numeric_only(patch)
-        if numeric and not allow_constants:
-            raise RuleViolation(
-                "the patch only changes numeric literals: that is configuration tuning, not a "
-                "code-level optimization (the methodology asks: does it change HOW the code "
-                "works, or just WHAT numbers it uses?). Change the code, or set "
-                "allow_constant_tuning=true to run it anyway (recorded with the run)."
-            )
-        return PatchInfo(files=files, sha256=patch_hash(patch), numeric_only=numeric)
 
     def worktree(self, commit: str, dest: Path, patch: str | None, journal: Journal) -> str:
         """Check out `commit` at `dest`, apply and commit `patch`; the tree's commit id."""
@@ -419,42 +516,157 @@ class Source:
 
     # -- reading --------------------------------------------------------------------
     def read(self, path: str, start: int, end: int, revision: str | None) -> tuple[str, int]:
-        """Lines start..end (1-based, inclusive) of `path` at a revision; and the line count."""
+        """Lines start..end (1-based, inclusive) of `path` at a revision; and the line count.
+        Read from the revision's tree only: a symlink there is named, never followed."""
         commit = self.resolve(revision)
         _check_rel(path)
-        proc = subprocess.run(
-            ["git", "-C", str(self.repo), "show", f"{commit}:{path}"],
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
+        path = posixpath.normpath(path)  # ./a and a//b as git names them (no '..' left)
+        entry = git(self.repo, "ls-tree", "-z", "--full-tree", commit, "--", path,
+                    env={"GIT_LITERAL_PATHSPECS": "1"}).split("\0")[0]
+        meta, _, found = entry.partition("\t")
+        mode, kind, blob = meta.split()[:3] if found == path else ("", "", "")
+        if kind != "blob":
+            what = "a folder" if kind == "tree" else "no file"
             raise InvalidName(
-                f"no file {path!r} at {commit[:12]} of {self.spec.name}; "
+                f"{path!r} is {what} at {commit[:12]} of {self.spec.name}; "
                 "search_source lists what exists"
             )
-        lines = proc.stdout.splitlines()
+        data = subprocess.run(
+            ["git", "-C", str(self.repo), "cat-file", "blob", blob], capture_output=True
+        ).stdout
+        text = data.decode("utf-8", "replace")
+        if mode == "120000":
+            raise InvalidName(
+                f"{path!r} is a symlink (to {text!r}) at {commit[:12]} of {self.spec.name}; "
+                "links are not followed: read the file it names"
+            )
+        lines = text.splitlines()
         chosen = lines[max(0, start - 1) : end]
         width = len(str(end))
         text = "\n".join(f"{n:>{width}}  {t}" for n, t in enumerate(chosen, start=max(1, start)))
         return text, len(lines)
 
     def search(self, pattern: str, glob: str | None, revision: str | None, limit: int) -> list[str]:
-        """`git grep -n -E` over a revision; lines as path:line:text."""
+        """`git grep -n -E` over a revision's blobs (a symlink's blob is its target path);
+        lines as path:line:text. Bounded: SEARCH_TIMEOUT_S, `limit` lines, LINE_CAP
+        characters a line."""
         commit = self.resolve(revision)
+        if "\x00" in pattern:
+            raise InvalidName("a search pattern cannot hold a NUL character")
         argv = ["git", "-C", str(self.repo), "grep", "-n", "-I", "-E", "-e", pattern, commit]
         if glob:
             _check_rel(glob)
             argv += ["--", glob]
-        proc = subprocess.run(argv, capture_output=True, text=True)
-        if proc.returncode not in (0, 1):
-            raise InvalidName(f"bad search pattern {pattern!r}: {proc.stderr.strip()}")
+        lines, code, err = bounded_lines(argv, limit, SEARCH_TIMEOUT_S)
+        if code is None:
+            raise InvalidName(
+                f"search pattern {pattern!r} took over {SEARCH_TIMEOUT_S:g} s and was "
+                "stopped: simplify it (no nested or back-referenced groups such as "
+                "(.*)(.*)\\2), or narrow it with glob"
+            )
+        if code not in (0, 1) and len(lines) < limit:
+            raise InvalidName(f"bad search pattern {pattern!r}: {err.strip()[-500:]}")
         prefix = f"{commit}:"
-        hits = [line.removeprefix(prefix) for line in proc.stdout.splitlines()]
-        return hits[:limit]
+        return [line.removeprefix(prefix) for line in lines]
+
+
+def bounded_lines(
+    argv: list[str], limit: int, timeout: float, cap: int = 0
+) -> tuple[list[str], int | None, str]:
+    """Run `argv` and read at most `limit` lines of its output, each cut at `cap`
+    characters (LINE_CAP by default), then stop it. (lines, exit code or None when it ran
+    past `timeout` seconds and was killed, stderr's tail)."""
+    cap = cap or LINE_CAP
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    with contextlib.suppress(OSError):  # below the server's priority: it stays responsive
+        os.setpriority(os.PRIO_PROCESS, proc.pid, 10)
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, expire)
+    timer.start()
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        while len(lines) < limit and (raw := proc.stdout.readline(cap)):
+            cut = not raw.endswith(b"\n")
+            while cut and (rest := proc.stdout.readline(cap)) and not rest.endswith(b"\n"):
+                pass
+            lines.append(raw.decode("utf-8", "replace").rstrip("\n") + (" …" if cut else ""))
+        if len(lines) >= limit:
+            proc.kill()
+        err = proc.stderr.read(4096).decode("utf-8", "replace")
+        code = proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+    return lines, (None if expired.is_set() else code), err
+
+
+def _declared_files(repo: Path, patch_file: Path, patch: str) -> list[str]:
+    """The paths a patch names as git reads it (`git apply --numstat -z`), plus the
+    sources of its renames and copies (which --numstat leaves out)."""
+    proc = subprocess.run(
+        ["git", "-C", str(repo), "apply", "--numstat", "-z", str(patch_file)],
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        if "No valid patches" in proc.stderr:
+            raise PatchError("the patch touches no file: give a unified diff (git diff output)")
+        raise PatchError(f"git cannot read the patch: {proc.stderr.strip()[-1500:]}")
+    files = [rec.split("\t", 2)[2] for rec in proc.stdout.split("\0") if rec.count("\t") >= 2]
+    for line in patch.splitlines():
+        for head in ("rename from ", "copy from "):
+            if line.startswith(head):
+                files.append(_unquote(line[len(head) :]))
+    return list(dict.fromkeys(files))
+
+
+def _unquote(name: str) -> str:
+    """A path as git writes it in a header: C-quoted when it holds special characters."""
+    if len(name) > 1 and name[0] == name[-1] == '"':
+        return codecs.escape_decode(name[1:-1].encode())[0].decode("utf-8", "replace")
+    return name
+
+
+def _tree_changes(repo: Path, old: str, new: str) -> dict[str, tuple[str, str, str, str]]:
+    """path -> (old mode, new mode, old blob, new blob) for every path that differs."""
+    out = git(repo, "diff-tree", "-r", "-z", "--no-renames", "--raw", old, new).split("\0")
+    changes = {}
+    for meta, path in zip(out[0::2], out[1::2], strict=False):
+        if meta.startswith(":"):
+            old_mode, new_mode, old_blob, new_blob = meta[1:].split()[:4]
+            changes[path] = (old_mode, new_mode, old_blob, new_blob)
+    return changes
+
+
+def _blob_pair(
+    repo: Path, old_mode: str, new_mode: str, old_blob: str, new_blob: str
+) -> tuple[str | None, str | None]:
+    """The two sides of a change as text; None for a side that is missing, binary, not a
+    regular file, or of another mode."""
+    if old_mode != new_mode or old_mode not in ("100644", "100755"):
+        return None, None
+    texts = []
+    for blob in (old_blob, new_blob):
+        data = subprocess.run(
+            ["git", "-C", str(repo), "cat-file", "blob", blob], capture_output=True
+        ).stdout
+        texts.append(None if b"\0" in data else data.decode("utf-8", "replace"))
+    return texts[0], texts[1]
 
 
 def _check_rel(path: str) -> None:
-    if path.startswith(("/", "-")) or ".." in path.split("/") or "\x00" in path:
+    if not path or path.startswith(("/", "-")) or ".." in path.split("/") or "\x00" in path:
         raise InvalidName(f"path {path!r} must be relative to the source root, without '..'")
 
 
@@ -468,23 +680,6 @@ def _write_tree(repo: Path, tree: Path, index: str) -> str:
         if proc.returncode != 0:
             raise TargetSpecError(f"cannot import {tree}: {proc.stderr.strip()[-1000:]}")
     return proc.stdout.strip()
-
-
-def _has_symlink(folder: Path) -> bool:
-    """Whether any entry below `folder` (outside the ignored names) is a symlink."""
-    import fnmatch
-
-    pending = [folder]
-    while pending:
-        with os.scandir(pending.pop()) as entries:
-            for entry in entries:
-                if any(fnmatch.fnmatch(entry.name, p) for p in _IGNORED):
-                    continue
-                if entry.is_symlink():
-                    return True
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append(Path(entry.path))
-    return False
 
 
 def _git_ok(repo: Path, *args: str) -> str | None:
@@ -502,4 +697,4 @@ def _ref_move(ref: str, new: str, old: str) -> str:
     return f"update {ref} {new} {old}" if old else f"create {ref} {new}"
 
 
-__all__ = ["FRONTIER", "PatchInfo", "Source", "is_numeric_only", "touched_files"]
+__all__ = ["FRONTIER", "PatchInfo", "Source", "code_tokens", "is_numeric_only"]

@@ -8,7 +8,7 @@ import pytest
 
 from autoopt.tools.errors import PatchError, RuleViolation
 from autoopt.tools.journal import Journal
-from autoopt.tools.source import Source, is_numeric_only, touched_files
+from autoopt.tools.source import Source
 from autoopt.tools.targets import parse_target
 from autoopt.tools.workspace import Workspace
 
@@ -76,7 +76,6 @@ def test_scope_rule_names_the_files(source: Source) -> None:
 
 def test_numeric_only_patch_is_refused_unless_overridden(source: Source) -> None:
     patch = diff("app.py", APP, APP.replace("1024", "4096"))
-    assert is_numeric_only(patch)
     with pytest.raises(RuleViolation, match="configuration tuning"):
         source.check_patch(patch)
     info = source.check_patch(patch, allow_constants=True)
@@ -85,8 +84,8 @@ def test_numeric_only_patch_is_refused_unless_overridden(source: Source) -> None
 
 def test_code_change_is_not_numeric_only(source: Source) -> None:
     patch = diff("app.py", APP, APP.replace("out.append(i * 2)", "out.append(i << 1)"))
-    assert not is_numeric_only(patch)
-    assert source.check_patch(patch).files == ["app.py"]
+    info = source.check_patch(patch)
+    assert info.files == ["app.py"] and not info.numeric_only
 
 
 def test_patch_that_does_not_apply_names_the_hunk(source: Source, tmp_path: Path) -> None:
@@ -106,9 +105,13 @@ def test_worktree_applies_and_commits_patch(source: Source, tmp_path: Path) -> N
     assert any("out = list()" in hit for hit in source.search("list\\(\\)", "*.py", commit, 10))
 
 
-def test_touched_files_handles_new_and_deleted() -> None:
-    patch = "--- /dev/null\n+++ b/new.py\n@@ -0,0 +1 @@\n+x\n--- a/old.py\n+++ /dev/null\n"
-    assert touched_files(patch) == ["new.py", "old.py"]
+def test_check_patch_names_new_and_deleted_files(source: Source) -> None:
+    patch = (
+        "--- /dev/null\n+++ b/lib/new.py\n@@ -0,0 +1 @@\n+x\n"
+        "--- a/app.py\n+++ /dev/null\n@@ -1,8 +0,0 @@\n"
+        + "".join(f"-{line}\n" for line in APP.splitlines())
+    )
+    assert source.check_patch(patch).files == ["lib/new.py", "app.py"]
 
 
 def test_bad_revision_is_refused(source: Source) -> None:
