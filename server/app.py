@@ -97,22 +97,29 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         infos, lines, said = [], [], set()
         for name in sorted(ws.target_names() + _broken_names(ws)):
             spec = None
-            if not (ws.targets_dir / name / "target.md").is_file():
-                error = f"targets/{name}/ has no target.md; add one (see program.md)"
-                info = views.TargetInfo(name=name, valid=False, error=error)
-            else:
-                try:
-                    spec = load_target(ws, name)
-                except AutooptError as exc:
-                    info = views.TargetInfo(name=name, valid=False, error=str(exc))
+            try:
+                if not (ws.targets_dir / name / "target.md").is_file():
+                    error = f"targets/{name}/ has no target.md; add one (see program.md)"
+                    info = views.TargetInfo(name=name, valid=False, error=error)
                 else:
-                    readiness = {
-                        b: engine.readiness(spec, b) or views.READY for b in BACKENDS
-                    }
-                    info = views.TargetInfo.of(spec, readiness, detail)
-                    info.flag = engine.flag(name)
+                    try:
+                        spec = load_target(ws, name)
+                    except AutooptError as exc:
+                        info = views.TargetInfo(name=name, valid=False, error=str(exc))
+                    else:
+                        readiness = {
+                            b: engine.readiness(spec, b) or views.READY for b in BACKENDS
+                        }
+                        info = views.TargetInfo.of(spec, readiness, detail)
+                        info.flag = engine.flag(name)
+                hints = (ws.targets_dir / name / "hints.md").is_file()
+                line = info.line(spec, hints, said)
+            except Exception as exc:  # a bug on one target never hides the others
+                error = f"cannot list it: {type(exc).__name__}: {str(exc)[:300]}"
+                spec, info = None, views.TargetInfo(name=name, valid=False, error=error)
+                line = info.line(None, False, said)
             infos.append(info)
-            lines.append(info.line(spec, (ws.targets_dir / name / "hints.md").is_file(), said))
+            lines.append(line)
         listing = views.TargetList(program_md=str(program), targets=infos)
         head = f"workspace {ws.root}; methodology: autoopt://program.md ({program})"
         return _plain("\n".join([head, *lines]), listing)
