@@ -36,7 +36,7 @@ from autoopt.tools.errors import AutooptError, TargetNotFound
 from autoopt.tools.jobs import JobRecord, Report
 from autoopt.tools.record import OutputType
 from autoopt.tools.status import append_candidate
-from autoopt.tools.targets import load_target
+from autoopt.tools.targets import MAX_BYTES, load_target
 from autoopt.tools.workload import output_lines
 from autoopt.tools.workspace import Workspace, check_name
 
@@ -569,7 +569,11 @@ def _register_resources(mcp: MCPServer, ws: Workspace) -> None:
         path = folder / filename
         if not path.is_file():
             raise TargetNotFound(f"target {name} has no {filename}")
-        return path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            data = f.read(MAX_BYTES + 1)  # never a huge file whole
+        if len(data) > MAX_BYTES:
+            raise TargetNotFound(f"targets/{name}/{filename} is over {MAX_BYTES // 1024} KiB")
+        return data.decode("utf-8", "replace")
 
     @mcp.resource("autoopt://targets/{name}/target.md", mime_type="text/markdown")
     def target_md(name: str) -> str:

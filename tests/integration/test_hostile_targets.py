@@ -51,3 +51,13 @@ async def test_broken_targets_beside_good_ones(client: Client, workspace: Worksp
             assert f"targets/{name}/target.md" in targets[name]["error"], targets[name]
             assert where in targets[name]["error"], targets[name]["error"]
             assert f"{name}: INVALID: " in text
+
+
+async def test_a_huge_target_md_is_not_served_whole(client: Client, workspace: Workspace) -> None:
+    (workspace.targets_dir / "huge").mkdir()
+    with (workspace.targets_dir / "huge" / "target.md").open("wb") as f:
+        f.truncate(40 * 1024 * 1024)
+    with pytest.raises(Exception, match=r"targets/huge/target\.md"):  # the SDK hides why
+        await client.read_resource("autoopt://targets/huge/target.md")
+    good = await client.read_resource("autoopt://targets/pyserver/target.md")
+    assert "## Source" in good.contents[0].text
