@@ -37,7 +37,7 @@ from autoopt.tools.errors import AutooptError, TargetNotFound
 from autoopt.tools.jobs import JobRecord, Report
 from autoopt.tools.record import OutputType
 from autoopt.tools.status import append_candidate
-from autoopt.tools.targets import load_target
+from autoopt.tools.targets import MAX_BYTES, load_target
 from autoopt.tools.workload import output_lines
 from autoopt.tools.workspace import Workspace, check_name
 
@@ -101,22 +101,29 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         infos, lines, said = [], [], set()
         for name in sorted(ws.target_names() + _broken_names(ws)):
             spec = None
-            if not (ws.targets_dir / name / "target.md").is_file():
-                error = f"targets/{name}/ has no target.md; add one (see program.md)"
-                info = views.TargetInfo(name=name, valid=False, error=error)
-            else:
-                try:
-                    spec = load_target(ws, name)
-                except AutooptError as exc:
-                    info = views.TargetInfo(name=name, valid=False, error=str(exc))
+            try:
+                if not (ws.targets_dir / name / "target.md").is_file():
+                    error = f"targets/{name}/ has no target.md; add one (see program.md)"
+                    info = views.TargetInfo(name=name, valid=False, error=error)
                 else:
-                    readiness = {
-                        b: engine.readiness(spec, b) or views.READY for b in BACKENDS
-                    }
-                    info = views.TargetInfo.of(spec, readiness, detail)
-                    info.flag = engine.flag(name)
+                    try:
+                        spec = load_target(ws, name)
+                    except AutooptError as exc:
+                        info = views.TargetInfo(name=name, valid=False, error=str(exc))
+                    else:
+                        readiness = {
+                            b: engine.readiness(spec, b) or views.READY for b in BACKENDS
+                        }
+                        info = views.TargetInfo.of(spec, readiness, detail)
+                        info.flag = engine.flag(name)
+                hints = (ws.targets_dir / name / "hints.md").is_file()
+                line = info.line(spec, hints, said)
+            except Exception as exc:  # a bug on one target never hides the others
+                error = f"cannot list it: {type(exc).__name__}: {str(exc)[:300]}"
+                spec, info = None, views.TargetInfo(name=name, valid=False, error=error)
+                line = info.line(None, False, said)
             infos.append(info)
-            lines.append(info.line(spec, (ws.targets_dir / name / "hints.md").is_file(), said))
+            lines.append(line)
         listing = views.TargetList(program_md=str(program), targets=infos)
         head = f"workspace {ws.root}; methodology: autoopt://program.md ({program})"
         return _plain("\n".join([head, *lines]), listing)
@@ -579,7 +586,11 @@ def _register_resources(mcp: MCPServer, ws: Workspace) -> None:
         path = folder / filename
         if not path.is_file():
             raise TargetNotFound(f"target {name} has no {filename}")
-        return path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            data = f.read(MAX_BYTES + 1)  # never a huge file whole
+        if len(data) > MAX_BYTES:
+            raise TargetNotFound(f"targets/{name}/{filename} is over {MAX_BYTES // 1024} KiB")
+        return data.decode("utf-8", "replace")
 
     @mcp.resource("autoopt://targets/{name}/target.md", mime_type="text/markdown")
     def target_md(name: str) -> str:

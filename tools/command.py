@@ -95,6 +95,8 @@ def parse_command(text: str) -> Command:
         break
     if not tokens:
         raise ValueError(f"{text!r} sets variables but runs no program")
+    if not tokens[0].strip():
+        raise ValueError(f"{text!r}: the program's name is empty")
     return Command(env=env, argv=tokens)
 
 

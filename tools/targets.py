@@ -4,15 +4,22 @@ The seed's sections hold `key: value` lines and `- item` lists (`## Source`, `##
 `## Primary Metric`, `## Secondary Metrics`, `## Workload`, `## Scope`, `## Constraints`,
 `## Service`, `## Profiling`). Ours: `## Local` (how the target builds and runs as a local
 process, and its kind: service or batch), `## Docker`, `## Kubernetes`, `## Decision`.
+
+The parser is total: any bytes give a TargetSpec or a TargetSpecError naming file:line (a
+file over 256 KiB, bytes that are not UTF-8, control characters, a section or key given
+twice, a number that is not finite or out of range, a path outside the workspace).
 """
 
 from __future__ import annotations
 
+import math
+import os
 import re
+import stat
 from collections.abc import Callable
 from fnmatch import fnmatchcase
-from pathlib import Path
-from typing import Literal
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
@@ -22,13 +29,21 @@ from autoopt.tools.workspace import Workspace
 Direction = Literal["lower", "higher"]
 Kind = Literal["service", "batch"]
 
+MAX_BYTES = 256 * 1024
+"""The largest target.md read (a page of settings; a bigger file is refused unread)."""
+MAX_SECONDS = 7 * 86400.0
+"""The longest duration or timeout target.md may give (a week)."""
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
 
 class Guardrail(BaseModel):
     """A constraint from target.md, checked on every A/B run."""
 
     metric: str
     rule: Literal["max_increase_pct", "max_decrease_pct", "remain"]
-    value: float
+    value: Finite
     text: str
 
     @property
@@ -89,7 +104,7 @@ class SourceSpec(BaseModel):
 
 class BuildSpec(BaseModel):
     dockerfile: str | None = None
-    timeout_s: float = 600.0
+    timeout_s: Seconds = 600.0
     args: dict[str, str] = Field(default_factory=dict)
 
 
@@ -101,10 +116,10 @@ class MetricSpec(BaseModel):
 
 class WorkloadSpec(BaseModel):
     description: str = ""
-    warmup_s: float = 0.0
-    duration_s: float | None = None
+    warmup_s: Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)] = 0.0
+    duration_s: Seconds | None = None
     script: str | None = None
-    concurrency: int | None = None
+    concurrency: Annotated[int, Field(ge=1, le=100_000)] | None = None
 
 
 class ScopeSpec(BaseModel):
@@ -118,7 +133,7 @@ class LocalSpec(BaseModel):
     build: str | None = None
     run: str | None = Field(None, description="service start command; {port} is substituted")
     health: str | None = Field(None, description="HTTP path probed on the service")
-    health_timeout_s: float = 30.0
+    health_timeout_s: Seconds = 30.0
     workload: str | None = Field(None, description="overrides the Workload script")
     python: str | None = Field(
         None, description="the Python interpreter of every command (default: python3 on PATH)"
@@ -140,7 +155,7 @@ class CorrectnessSpec(BaseModel):
     )
     ignore: list[str] = Field(default_factory=list, description="regexes blanked in each line")
     tests: str | None = Field(None, description="test command, run once per arm build")
-    tests_timeout_s: float = 300.0
+    tests_timeout_s: Seconds = 300.0
 
     def mode(self, kind: Kind) -> str:
         return self.output or ("stdout" if kind == "batch" else "checks")
@@ -149,7 +164,7 @@ class CorrectnessSpec(BaseModel):
 class DockerSpec(BaseModel):
     base_image_arg: str | None = "BASE_IMAGE"
     memory: str | None = None
-    cpus: float | None = None
+    cpus: Annotated[float, Field(gt=0, le=4096, allow_inf_nan=False)] | None = None
 
 
 class KubernetesSpec(BaseModel):
@@ -173,13 +188,13 @@ class TargetSpec(BaseModel):
     workload: WorkloadSpec
     scope: ScopeSpec
     guardrails: list[Guardrail] = Field(default_factory=list)
-    service_port: int | None = None
+    service_port: Port | None = None
     profiling: list[str] = Field(default_factory=list)
     local: LocalSpec
     correctness: CorrectnessSpec = Field(default_factory=CorrectnessSpec)
     docker: DockerSpec = Field(default_factory=DockerSpec)
     kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
-    min_effect_pct: float = 1.0
+    min_effect_pct: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 1.0
 
     def declared_metrics(self, backend: str) -> dict[str, Direction]:
         """Every metric an A/B run compares, with its direction: the primary, the secondary
@@ -243,36 +258,60 @@ _CONSTRAINTS: list[tuple[re.Pattern[str], str | None]] = [
     (
         re.compile(
             r"(?P<m>[\w.]+) must not (?P<dir>increase|decrease) by more than "
-            r"(?P<v>[\d.]+)\s*%(?: from baseline)?\.?",
+            r"(?P<v>[0-9]+(?:\.[0-9]+)?)\s*%(?: from baseline)?\.?",
             re.I,
         ),
         None,
     ),
-    (re.compile(r"(?P<m>[\w.]+) must (?:remain|stay|be) (?P<v>-?[\d.]+)\.?", re.I), "remain"),
+    (
+        re.compile(r"(?P<m>[\w.]+) must (?:remain|stay|be) (?P<v>-?[0-9]+(?:\.[0-9]+)?)\.?", re.I),
+        "remain",
+    ),
 ]
 
 
 def parse_constraint(text: str) -> Guardrail | None:
-    """A guardrail from one constraint sentence, or None if it is not understood."""
+    """A guardrail from one constraint sentence, or None if it is not understood
+    (ValueError: its number is not finite)."""
     for pattern, rule in _CONSTRAINTS:
         m = pattern.fullmatch(text.strip())
         if m:
             kind = rule or f"max_{m['dir'].lower()}_pct"
             metric = SEED_ALIASES.get(m["m"], m["m"])
-            return Guardrail(metric=metric, rule=kind, value=float(m["v"]), text=text.strip())
+            value = float(m["v"])
+            if not math.isfinite(value):
+                raise ValueError(f"{_shown(m['v'])} is too large")
+            return Guardrail(metric=metric, rule=kind, value=value, text=text.strip())
     return None
 
 
+_NUMBER = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+
+
 def parse_duration(value: str) -> float:
-    m = re.fullmatch(r"\s*([\d.]+)\s*(ms|s|m|min|h)?\s*", value)
+    """Seconds from '30', '30s', '500ms', '2m', '1h' (ValueError otherwise)."""
+    m = re.fullmatch(rf"\s*({_NUMBER})\s*(ms|s|m|min|h)?\s*", value)
     if not m:
-        raise ValueError(f"not a duration: {value!r} (use e.g. 30, 30s, 2m)")
+        raise ValueError(f"not a duration: {_shown(value)} (use e.g. 30, 30s, 2m)")
     scale = {"ms": 0.001, "s": 1, None: 1, "m": 60, "min": 60, "h": 3600}[m[2]]
     return float(m[1]) * scale
 
 
 def parse_number(value: str) -> float:
+    """A decimal number, '%' allowed after it (ValueError otherwise: no inf, nan, 1_000)."""
+    if not re.fullmatch(rf"\s*{_NUMBER}\s*%?\s*", value):
+        raise ValueError(f"not a number: {_shown(value)}")
     return float(value.strip().rstrip("%"))
+
+
+def _cut(text: str, limit: int = 200) -> str:
+    """`text`, cut to `limit` characters (an error never echoes a whole line or file)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """repr of `text`, cut to `limit` characters."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} chars)"
 
 
 KNOWN_SECTIONS = frozenset(
@@ -305,22 +344,70 @@ class _Section:
 
 
 def _strip_note(item: str) -> str:
-    """'chromadb/ (Python layer)' -> 'chromadb/'; '(none)' -> ''."""
-    return re.sub(r"\s*\([^)]*\)\s*$", "", item).strip()
+    """'chromadb/ (Python layer)' -> 'chromadb/'; '(none)' -> '' (a trailing '(...)' with
+    no ')' inside, found without a regex: linear in the length)."""
+    item = item.rstrip()
+    if item.endswith(")"):
+        start = item.find("(", item.rfind(")", 0, -1) + 1)
+        if start >= 0:
+            return item[:start].strip()
+    return item.strip()
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def read_text(file: Path) -> str:
+    """target.md's text: a regular file of at most MAX_BYTES, UTF-8 (a BOM is dropped)."""
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the server
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise TargetSpecError(f"{file}: not a regular file")
+            data = f.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise TargetSpecError(f"{file}: cannot read it: {exc.strerror or exc}") from exc
+    if len(data) > MAX_BYTES:
+        raise TargetSpecError(
+            f"{file}: over {MAX_BYTES // 1024} KiB, not read; a target.md is a page of settings"
+        )
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise TargetSpecError(
+            f"{file}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x} at column {column}); "
+            "save target.md as UTF-8"
+        ) from exc
 
 
 def _sections(text: str, file: Path) -> dict[str, _Section]:
+    """The sections by lowercase name; lines are split on '\\n' only (a '\\r' before it
+    is dropped), so the numbers are an editor's."""
     sections: dict[str, _Section] = {}
     current: _Section | None = None
     list_key: str | None = None
-    for number, raw in enumerate(text.splitlines(), start=1):
+    keys: dict[str, int] = {}
+    for number, raw in enumerate(text.split("\n"), start=1):
+        raw = raw.removesuffix("\r")
+        if bad := _CONTROL.search(raw):
+            raise TargetSpecError(
+                f"{file}:{number}: control character U+{ord(bad[0]):04X} at column "
+                f"{bad.start() + 1}"
+            )
         line = raw.rstrip()
         if not line.strip() or line.startswith("# "):
             continue
         if line.startswith("## "):
             name = line[3:].strip().lower()
+            if name in KNOWN_SECTIONS and name in sections:
+                raise TargetSpecError(
+                    f"{file}:{number}: '## {name.title()}' again (first at line "
+                    f"{sections[name].line}); give each section once"
+                )
             current = sections.setdefault(name, _Section(name, number))
-            list_key = None
+            list_key, keys = None, {}
             continue
         if current is None:
             raise TargetSpecError(f"{file}:{number}: text before the first '## ' section")
@@ -340,8 +427,16 @@ def _sections(text: str, file: Path) -> dict[str, _Section]:
             if current.name in {"profiling", "workload"}:
                 current.items.append((stripped, number))
                 continue
-            raise TargetSpecError(f"{file}:{number}: expected 'key: value' or '- item': {line!r}")
+            raise TargetSpecError(
+                f"{file}:{number}: expected 'key: value' or '- item': {_shown(line)}"
+            )
         key = key.strip().lower().replace(" ", "_")
+        if key in keys:
+            raise TargetSpecError(
+                f"{file}:{number}: {key} given twice in '## {current.name.title()}' (first at "
+                f"line {keys[key]})"
+            )
+        keys[key] = number
         if value.strip():
             current.values[key] = (value.strip(), number)
             list_key = None
@@ -378,15 +473,51 @@ class _Reader:
         return got
 
     def number(
-        self, section: str, key: str, parse: Callable[[str], float] = parse_number
+        self,
+        section: str,
+        key: str,
+        low: float,
+        high: float,
+        *,
+        above: bool = False,
+        integer: bool = False,
+        parse: Callable[[str], float] = parse_number,
     ) -> float | None:
+        """The value as a finite number in [low, high] ((low, high] when `above`), or None
+        when the key is absent; TargetSpecError naming the line otherwise."""
         got = self.value(section, key)
         if got is None:
             return None
+        where = f"{self.file}:{self.line(section, key)}: {key}"
         try:
-            return parse(got)
+            value = parse(got)
         except ValueError as exc:
-            raise TargetSpecError(f"{self.file}:{self.line(section, key)}: {exc}") from exc
+            raise TargetSpecError(f"{where}: {exc}") from exc
+        fits = (low < value if above else low <= value) and value <= high  # False for nan
+        if not fits or (integer and not value.is_integer()):
+            what = "an integer" if integer else "a number"
+            raise TargetSpecError(
+                f"{where}: {_shown(got)} is not {what} {'>' if above else '>='} {low:g} "
+                f"and <= {high:g}"
+            )
+        return value
+
+    def duration(self, section: str, key: str, *, zero: bool = False) -> float | None:
+        """Seconds, finite, > 0 (>= 0 with `zero`), at most MAX_SECONDS."""
+        return self.number(section, key, 0, MAX_SECONDS, above=not zero, parse=parse_duration)
+
+    def path(self, section: str, key: str) -> str | None:
+        """A path relative to the workspace, inside it (no '..', not absolute)."""
+        got = self.value(section, key)
+        if got is None:
+            return None
+        parts = PurePosixPath(got).parts
+        where = f"{self.file}:{self.line(section, key)}: {key}: {_shown(got)}"
+        if got.startswith(("/", "~")) or ".." in parts:
+            raise TargetSpecError(f"{where} must be a path inside the workspace, relative to it")
+        if len(got) > 1024 or any(len(p.encode()) > 255 for p in parts):
+            raise TargetSpecError(f"{where} is too long for a path")
+        return got
 
     def choice(self, section: str, key: str, default: str, allowed: tuple[str, ...]) -> str:
         got = (self.value(section, key) or default).lower()
@@ -409,10 +540,13 @@ class _Reader:
 def _guardrails(r: _Reader) -> list[Guardrail]:
     guardrails = []
     for sentence, line in r.items("constraints"):
-        guardrail = parse_constraint(sentence)
+        try:
+            guardrail = parse_constraint(sentence)
+        except ValueError as exc:
+            raise TargetSpecError(f"{r.file}:{line}: constraint: {exc}") from exc
         if guardrail is None:
             raise TargetSpecError(
-                f"{r.file}:{line}: constraint not understood: {sentence!r}. Write "
+                f"{r.file}:{line}: constraint not understood: {_shown(sentence)}. Write "
                 "'X must not increase by more than P% from baseline', "
                 "'X must not decrease by more than P% from baseline' or 'X must remain V'."
             )
@@ -441,7 +575,9 @@ def _build_args(r: _Reader) -> dict[str, str]:
     for item, line in r.sublist("build", "args"):
         key, sep, val = item.partition("=")
         if not sep:
-            raise TargetSpecError(f"{r.file}:{line}: build arg must be KEY=VALUE: {item!r}")
+            raise TargetSpecError(
+                f"{r.file}:{line}: build arg must be KEY=VALUE: {_shown(item)}"
+            )
         args[key.strip()] = val.strip()
     return args
 
@@ -454,8 +590,11 @@ def _correctness(r: _Reader) -> CorrectnessSpec:
         pattern = item.strip().strip("'\"")
         try:
             re.compile(pattern)
-        except re.error as exc:
-            raise TargetSpecError(f"{r.file}:{line}: ignore: bad regex {pattern!r}: {exc}") from exc
+        except (re.error, OverflowError, RecursionError) as exc:  # a{9999999999}, (((((...
+            why = exc if isinstance(exc, re.error) else type(exc).__name__
+            raise TargetSpecError(
+                f"{r.file}:{line}: ignore: bad regex {_shown(pattern)}: {why}"
+            ) from exc
         ignore.append(pattern)
     tests = r.value("correctness", "tests")
     if tests:
@@ -463,7 +602,7 @@ def _correctness(r: _Reader) -> CorrectnessSpec:
             parse_command(tests)
         except ValueError as exc:
             where = r.line("correctness", "tests")
-            raise TargetSpecError(f"{r.file}:{where}: tests: {exc}") from exc
+            raise TargetSpecError(f"{r.file}:{where}: tests: {_cut(str(exc))}") from exc
     output = r.value("correctness", "output")
     return CorrectnessSpec(
         output=r.choice("correctness", "output", "", ("stdout", "checks", "none"))  # type: ignore[arg-type]
@@ -471,7 +610,7 @@ def _correctness(r: _Reader) -> CorrectnessSpec:
         else None,
         ignore=ignore,
         tests=tests,
-        tests_timeout_s=r.number("correctness", "tests_timeout", parse_duration) or 300.0,
+        tests_timeout_s=_or(r.duration("correctness", "tests_timeout"), 300.0),
     )
 
 
@@ -494,7 +633,7 @@ def _source(r: _Reader) -> SourceSpec:
     return SourceSpec(
         repo=r.value("source", "repo") or ("local" if pypi or debian else r.need("source", "repo")),
         branch=r.value("source", "branch") or "main",
-        path=r.value("source", "path"),
+        path=r.path("source", "path"),
         commit=r.value("source", "commit"),
         pypi=pypi,
         debian=debian,
@@ -505,12 +644,13 @@ def _source(r: _Reader) -> SourceSpec:
 def parse_target(path: Path) -> TargetSpec:
     """Parse targets/<name>/target.md; errors name the file and line."""
     file = path / "target.md"
-    r = _Reader(file, _sections(file.read_text(encoding="utf-8"), file))
+    r = _Reader(file, _sections(read_text(file), file))
 
     def globs(key: str) -> list[str]:
         return [g for g in (_strip_note(item) for item, _ in r.sublist("scope", key)) if g]
 
-    port = r.number("service", "port")
+    port = r.number("service", "port", 1, 65535, integer=True)
+    concurrency = r.number("workload", "concurrency", 1, 100_000, integer=True)
     secondary, secondary_directions = _secondary(r)
     _check_commands(r)
     try:
@@ -519,8 +659,8 @@ def parse_target(path: Path) -> TargetSpec:
             kind=r.choice("local", "kind", "service", ("service", "batch")),  # type: ignore[arg-type]
             source=_source(r),
             build=BuildSpec(
-                dockerfile=r.value("build", "dockerfile"),
-                timeout_s=r.number("build", "build_timeout", parse_duration) or 600.0,
+                dockerfile=r.path("build", "dockerfile"),
+                timeout_s=_or(r.duration("build", "build_timeout"), 600.0),
                 args=_build_args(r),
             ),
             primary=MetricSpec(
@@ -532,20 +672,20 @@ def parse_target(path: Path) -> TargetSpec:
             secondary_directions=secondary_directions,
             workload=WorkloadSpec(
                 description=r.value("workload", "description") or "",
-                warmup_s=r.number("workload", "warmup", parse_duration) or 0.0,
-                duration_s=r.number("workload", "duration", parse_duration),
-                script=r.value("workload", "script"),
-                concurrency=int(r.number("workload", "concurrency") or 0) or None,
+                warmup_s=_or(r.duration("workload", "warmup", zero=True), 0.0),
+                duration_s=r.duration("workload", "duration"),
+                script=r.path("workload", "script"),
+                concurrency=None if concurrency is None else int(concurrency),
             ),
             scope=ScopeSpec(editable=globs("editable"), readonly=globs("readonly")),
             guardrails=_guardrails(r),
-            service_port=int(port) if port else None,
+            service_port=None if port is None else int(port),
             profiling=[i for i, _ in r.items("profiling")],
             local=LocalSpec(
                 build=r.value("local", "build"),
                 run=r.value("local", "run"),
                 health=r.value("local", "health"),
-                health_timeout_s=r.number("local", "health_timeout", parse_duration) or 30.0,
+                health_timeout_s=_or(r.duration("local", "health_timeout"), 30.0),
                 workload=r.value("local", "workload"),
                 python=r.value("local", "python"),
                 measure_children=(r.value("local", "measure_children") or "").lower() == "true",
@@ -554,17 +694,22 @@ def parse_target(path: Path) -> TargetSpec:
             docker=DockerSpec(
                 base_image_arg=r.value("docker", "base_image_arg", "BASE_IMAGE"),
                 memory=r.value("docker", "memory"),
-                cpus=r.number("docker", "cpus"),
+                cpus=r.number("docker", "cpus", 0, 4096, above=True),
             ),
             kubernetes=KubernetesSpec(
-                manifest=r.value("kubernetes", "manifest"),
+                manifest=r.path("kubernetes", "manifest"),
                 memory=r.value("kubernetes", "memory"),
                 cpu=r.value("kubernetes", "cpu"),
             ),
-            min_effect_pct=r.number("decision", "min_effect_pct") or 1.0,
+            min_effect_pct=_or(r.number("decision", "min_effect_pct", 0, 100), 1.0),
         )
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise TargetSpecError(f"{file}: {exc}") from exc
+    except ValueError as exc:  # pydantic's ValidationError: a check above is missing
+        raise TargetSpecError(f"{file}: {_cut(str(exc), 400)}") from exc
+
+
+def _or(value: float | None, default: float) -> float:
+    """`value` unless absent (0 stays 0, unlike `value or default`)."""
+    return default if value is None else value
 
 
 def _check_commands(r: _Reader) -> None:
@@ -578,7 +723,9 @@ def _check_commands(r: _Reader) -> None:
         try:
             parse_command(text)
         except ValueError as exc:
-            raise TargetSpecError(f"{r.file}:{r.line('local', key)}: {key}: {exc}") from exc
+            raise TargetSpecError(
+                f"{r.file}:{r.line('local', key)}: {key}: {_cut(str(exc))}"
+            ) from exc
 
 
 def load_target(workspace: Workspace, name: str) -> TargetSpec:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,95 @@ def test_unknown_target_lists_known(tmp_path: Path) -> None:
     (tmp_path / "targets" / "known" / "target.md").write_text(BASE)
     with pytest.raises(TargetNotFound, match="Known targets: known"):
         Workspace(tmp_path).target_dir("nope")
+
+
+# --- hostile input (issue 19): every refusal names file:line ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "match"),
+    [
+        ("## Service\nport: inf", 13, "port: not a number"),
+        ("## Service\nport: 1e400", 13, "port: '1e400' is not an integer >= 1 and <= 65535"),
+        ("## Service\nport: 0", 13, "port: '0' is not an integer"),
+        ("## Service\nport: 8080.5", 13, "port: '8080.5' is not an integer"),
+        ("## Service\nport: ٨٠٨٠", 13, "port: not a number"),  # unicode digits
+        ("## Workload\nconcurrency: inf", 13, "concurrency: not a number"),
+        ("## Workload\nconcurrency: 0", 13, "concurrency: '0' is not an integer >= 1"),
+        ("## Decision\nmin_effect_pct: nan", 13, "min_effect_pct: not a number"),
+        ("## Decision\nmin_effect_pct: -50", 13, "min_effect_pct: '-50' is not a number >= 0"),
+        ("## Decision\nmin_effect_pct: 101", 13, "min_effect_pct: .* <= 100"),
+        ("## Workload\nduration: 0", 13, "duration: '0' is not a number > 0"),
+        ("## Workload\nduration: 1e400s", 13, "duration: '1e400s'"),
+        ("## Workload\nwarmup: -1", 13, "warmup: '-1' is not a number >= 0"),
+        ("## Build\nbuild_timeout: 1e300h", 13, "build_timeout"),
+        ("## Local\nhealth_timeout: nan", 13, "health_timeout: not a duration"),
+        ("## Correctness\ntests_timeout: 0", 13, "tests_timeout"),
+        ("## Docker\ncpus: 0", 13, "cpus: '0' is not a number > 0"),
+        ("## Constraints\n- x must remain " + "9" * 400, 13, "constraint: .* is too large"),
+        ("## Correctness\nignore:\n  - " + "(" * 3000 + ")" * 3000, 14, "ignore: .*RecursionError"),
+        ("## Correctness\nignore:\n  - a{99999999999}", 14, "ignore: bad regex .*OverflowError"),
+        ("## Build\ndockerfile: /etc/passwd", 13, "dockerfile: .* must be a path inside"),
+        ("## Workload\nscript: ../../x.sh", 13, "script: .* must be a path inside the workspace"),
+        ("## Build\ndockerfile: " + "a" * 300, 13, "dockerfile: .* too long for a path"),
+        ("## Local\nrun: ''", 13, "run: .* the program's name is empty"),
+        ("## Local\nrun: python3 a\x00b", 13, "control character U\\+0000 at column 15"),
+        ("## Local\nkind: batch\nkind: service", 14, "kind given twice in '## Local' .*line 13"),
+        ("## Primary Metric\nunit: MB", 12, "'## Primary Metric' again \\(first at line 7\\)"),
+    ],
+)
+def test_hostile_values_name_the_line(tmp_path: Path, section: str, line: int, match: str) -> None:
+    folder = _write(tmp_path, BASE + "\n" + section + "\n")
+    with pytest.raises(TargetSpecError, match=rf"target\.md:{line}: {match}"):
+        parse_target(folder)
+
+
+def test_zero_min_effect_is_kept(tmp_path: Path) -> None:
+    """0 means 'any shown change counts' (it used to become the default 1 silently)."""
+    spec = parse_target(_write(tmp_path, BASE + "\n## Decision\nmin_effect_pct: 0\n"))
+    assert spec.min_effect_pct == 0
+
+
+def test_non_utf8_names_the_line(tmp_path: Path) -> None:
+    folder = _write(tmp_path, "")
+    (folder / "target.md").write_bytes(BASE.encode() + b"## Local\nrun: python3 \xff.py\n")
+    with pytest.raises(TargetSpecError, match=r"target\.md:12: not UTF-8 \(byte 0xff at column 14"):
+        parse_target(folder)
+
+
+def test_oversize_file_is_refused_unread(tmp_path: Path) -> None:
+    folder = _write(tmp_path, BASE + "## Notes\n" + "x" * 1000 + "\n")
+    with (folder / "target.md").open("a") as f:
+        f.truncate(40 * 1024 * 1024)  # 40 MB (sparse): refused at once, not read whole
+    with pytest.raises(TargetSpecError, match=r"target\.md: over 256 KiB, not read"):
+        parse_target(folder)
+
+
+def test_not_a_file_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "t" / "target.md").mkdir(parents=True)
+    with pytest.raises(TargetSpecError, match=r"target\.md: cannot read it"):
+        parse_target(tmp_path / "t")
+    fifo = tmp_path / "f" / "target.md"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)  # must not block the server
+    with pytest.raises(TargetSpecError, match=r"target\.md: not a regular file"):
+        parse_target(fifo.parent)
+
+
+def test_bom_and_crlf_parse(tmp_path: Path) -> None:
+    folder = _write(tmp_path, "")
+    (folder / "target.md").write_bytes(b"\xef\xbb\xbf" + BASE.replace("\n", "\r\n").encode())
+    assert parse_target(folder).primary.name == "peak_rss_mb"
+
+
+def test_a_long_unclosed_note_is_linear(tmp_path: Path) -> None:
+    """'- ((((...' without ')': the note stripper was a quadratic regex (91 s at 250 KB)."""
+    folder = _write(tmp_path, BASE + "\n## Scope\neditable:\n  - " + "(" * 250_000 + "\n")
+    assert parse_target(folder).scope.editable == ["(" * 250_000]
+
+
+def test_errors_do_not_echo_a_whole_line(tmp_path: Path) -> None:
+    folder = _write(tmp_path, BASE + "\n## Local\nrun: a | " + "b" * 100_000 + "\n")
+    with pytest.raises(TargetSpecError) as caught:
+        parse_target(folder)
+    assert len(str(caught.value)) < 1000
