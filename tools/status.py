@@ -64,8 +64,8 @@ def experiment_status(
     interrupted = []
     folder = runs_dir(workspace.state_dir)
     for path in sorted(folder.glob("*/run.json")) if folder.is_dir() else []:
-        data = load_json(path) or {}
-        if data.get("target") == target and data.get("status") in (
+        data = load_json(path, {})
+        if isinstance(data, dict) and data.get("target") == target and data.get("status") in (
             "crashed",
             "cancelled",
             "interrupted",
@@ -73,9 +73,9 @@ def experiment_status(
         ):
             interrupted.append(
                 InterruptedRun(
-                    run_id=data["id"],
+                    run_id=str(data.get("id", path.parent.name)),
                     status=data["status"],
-                    samples=len(data.get("samples", [])),
+                    samples=len(data.get("samples") or []),
                     error=data.get("error"),
                 )
             )
