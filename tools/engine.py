@@ -39,7 +39,7 @@ from autoopt.tools.process import process_started
 from autoopt.tools.record import ExperimentRecord, record
 from autoopt.tools.registry import KEEP_S, Registry
 from autoopt.tools.source import Source
-from autoopt.tools.state import load_state, save_model, write_atomic
+from autoopt.tools.state import load_state, locked, save_model, write_atomic
 from autoopt.tools.status import ExperimentStatus, experiment_status
 from autoopt.tools.target_lock import target_lock
 from autoopt.tools.targets import Direction, TargetSpec, load_target
@@ -470,7 +470,9 @@ class Engine:
         """record_experiment: write the run's record (see tools/record.py)."""
         run = self.get_run(run_id)
         spec = self.spec(run.target)
-        return record(self.workspace, spec, self.source(spec), run, **kwargs)  # type: ignore[arg-type]
+        # one recorder at a time per target, across servers: a run is recorded once
+        with locked(self.workspace.state_dir / "locks" / f"record-{run.target}.lock"):
+            return record(self.workspace, spec, self.source(spec), run, **kwargs)  # type: ignore[arg-type]
 
     def status(self, target: str, env: str) -> ExperimentStatus:
         spec = self.spec(target)
