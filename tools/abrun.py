@@ -25,7 +25,7 @@ from autoopt.tools.backends.base import Backend, Build, Sample
 from autoopt.tools.correctness import OutputCheck, TestRun
 from autoopt.tools.errors import AutooptError, NotFound, RuleViolation
 from autoopt.tools.journal import Journal
-from autoopt.tools.state import load_state, save_model
+from autoopt.tools.state import load_json, load_state, save_model
 from autoopt.tools.targets import CONTAINER_BACKENDS, Direction, TargetSpec, guess_direction
 from autoopt.tools.workload import workload_argv
 
@@ -188,11 +188,13 @@ def mark_crashed(state_dir: Path) -> list[str]:
     marked = []
     folder = runs_dir(state_dir)
     for path in sorted(folder.glob("*/run.json")) if folder.is_dir() else []:
-        run = load_state(path, ABRun.model_validate, None)
-        if run is None or run.status != "running":
+        data = load_json(path, {})  # validated only when running: cheap, and a finished
+        if not isinstance(data, dict) or data.get("status") != "running":  # one stays as is
             continue
-        pid = run.server_pid
+        pid = data.get("server_pid")
         if pid and pid != os.getpid() and psutil.pid_exists(pid):
+            continue
+        if (run := load_state(path, ABRun.model_validate, None)) is None:
             continue
         run.status = "crashed"
         run.error = "the server stopped during this run; samples so far are kept"

@@ -47,20 +47,22 @@ def load_state(
     path: Path, parse: Callable[[Any], T], default: T, *, set_aside: bool = True
 ) -> T:
     """parse(the file's JSON), or `default` when the file is missing. A corrupt file (not
-    UTF-8 JSON, or JSON `parse` rejects with a ValueError, as pydantic's validation does) is
-    never fatal: it reads as missing, with a warning, and is moved aside to
-    <name>.corrupt-<time> so the next write starts afresh and the bytes are kept."""
+    JSON, JSON of a shape `parse` rejects - pydantic's ValidationError, a KeyError - or a
+    directory) is never fatal: it reads as missing, with a warning, and is moved aside to
+    <name>.corrupt-<time>, so the next write starts afresh and the bytes are kept."""
+    raw: bytes | None = None
     try:
         raw = path.read_bytes()
+        return parse(json.loads(raw))
     except FileNotFoundError:
         return default
-    try:
-        return parse(json.loads(raw))
+    except IsADirectoryError:
+        why = "a directory"
     except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
         why = f"{type(exc).__name__}: {str(exc)[:200]}"
     aside = path.with_name(f"{path.name}.corrupt-{datetime.now():%Y%m%dT%H%M%S.%f}")
-    try:  # only the bytes read: a good file another process wrote since stays in place
-        if set_aside and path.read_bytes() == raw:
+    try:  # only what was read: a good file another process wrote since stays in place
+        if set_aside and (path.is_dir() if raw is None else path.read_bytes() == raw):
             os.replace(path, aside)
             log.warning("state file %s is corrupt (%s); moved aside to %s", path, why, aside.name)
             return default

@@ -93,7 +93,9 @@ async def test_corrupt_state_files_are_moved_aside_not_fatal(workspace: Workspac
         workspace.state("jobs") / "b-cut.json": b'{"id": "b-cut", "kind": "build"',
         workspace.state("builds", "b-cut") / "build.json": b'{"id": "b-cut", "tar',
         workspace.state("runs", "run-cut") / "run.json": b"\xff\xfe{not json",
-        workspace.state("runs", "run-odd") / "run.json": b'["a list, not a run"]',
+        workspace.state("runs", "run-odd") / "run.json": b'{"status": "running", "samples": 7}',
+        workspace.state("runs", "run-bad") / "run.json":
+            b'{"target": "pyserver", "status": "crashed", "samples": 3}',
     }
     for path, raw in corrupt.items():
         path.write_bytes(raw)

@@ -44,3 +44,10 @@ def test_a_corrupt_record_can_be_left_in_place(tmp_path: Path) -> None:
     path.write_text('{"id": ')
     assert load_json(path, "missing", set_aside=False) == "missing"
     assert path.read_text() == '{"id": ' and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_directory_in_place_of_a_state_file_is_moved_aside(tmp_path: Path) -> None:
+    (tmp_path / "deployments.json" / "junk").mkdir(parents=True)
+    assert load_json(tmp_path / "deployments.json", {}) == {}
+    [aside] = tmp_path.glob("deployments.json.corrupt-*")
+    assert (aside / "junk").is_dir() and not (tmp_path / "deployments.json").exists()
