@@ -2,7 +2,9 @@
 
 HTTP binds 127.0.0.1 by default. Binding any other address requires a bearer token in
 AUTOOPT_HTTP_TOKEN; Host and Origin headers are checked (DNS-rebinding protection, as the
-MCP spec advises), with extra origins allowed through AUTOOPT_HTTP_ORIGINS (comma-separated).
+MCP spec advises). On a non-loopback bind, AUTOOPT_HTTP_HOSTS (comma-separated host[:port],
+the names clients reach this machine by) adds allowed Host values; AUTOOPT_HTTP_ORIGINS adds
+allowed origins.
 """
 
 from __future__ import annotations
@@ -52,28 +54,33 @@ async def _stdio_until_signal(server: Any) -> None:
 
 
 class BearerAuth:
-    """ASGI middleware: every HTTP request needs `Authorization: Bearer <token>`."""
+    """ASGI middleware: every HTTP request needs `Authorization: Bearer <token>` (the scheme
+    in any case, as RFC 9110 says)."""
 
     def __init__(self, app: Any, token: str) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        self.expected = token.encode()
+
+    def _ok(self, header: bytes) -> bool:
+        scheme, _, credentials = header.strip().partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(
+            credentials.strip(), self.expected)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            given = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 401,
-                        "headers": [
-                            (b"content-type", b"text/plain"),
-                            (b"www-authenticate", b"Bearer"),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": b"missing or wrong bearer token"})
-                return
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        if scope["type"] == "http" and not self._ok(header):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 401,
+                    "headers": [
+                        (b"content-type", b"text/plain"),
+                        (b"www-authenticate", b"Bearer"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"missing or wrong bearer token"})
+            return
         await self.app(scope, receive, send)
 
 
@@ -92,16 +99,30 @@ def http_app(host: str, port: int) -> Any:
     hosts = [f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"]
     origins = [f"http://127.0.0.1:{port}", f"http://localhost:{port}", f"http://[::1]:{port}"]
     if host not in LOOPBACK:
-        hosts.append(f"{host}:{port}")
-        origins.append(f"http://{host}:{port}")
-    origins += [
-        o.strip() for o in os.environ.get("AUTOOPT_HTTP_ORIGINS", "").split(",") if o.strip()
-    ]
+        extra = [f"{host}:{port}", *allowed_hosts(os.environ.get("AUTOOPT_HTTP_HOSTS", ""), port)]
+        hosts += extra
+        origins += [f"http://{h}" for h in extra]
+    origins += _csv(os.environ.get("AUTOOPT_HTTP_ORIGINS", ""))
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
     )
     app = create_server().streamable_http_app(transport_security=security, host=host)
     return BearerAuth(app, token) if token else app
+
+
+def _csv(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def allowed_hosts(text: str, port: int) -> list[str]:
+    """AUTOOPT_HTTP_HOSTS as Host header values: `name:port` as given (`name:*` for any port);
+    a bare name (or [v6 literal]) allows `name:<port>`, and `name` for a proxy on 80/443."""
+    out = []
+    for value in _csv(text.lower()):
+        tail = "" if value.endswith("]") else value.rpartition(":")[2]
+        has_port = ":" in value and (tail.isdigit() or tail == "*")
+        out += [value] if has_port else [f"{value}:{port}", value]
+    return out
 
 
 def serve_http(host: str, port: int) -> int:

@@ -189,6 +189,10 @@ class RecordView(BaseModel):
 
 
 def record_text(r: ExperimentRecord) -> str:
+    if r.existing:
+        return (f"{r.exp_id} [{r.status}]: this run is already recorded in {r.directory}; "
+                "returned as it is, nothing written (a run is one experiment: a new record "
+                "needs a new run)")
     if r.addendum:
         return (f"{r.exp_id} [{r.status}]: addendum appended to {r.directory}/README.md; "
                 "the record's numbers, row and files are unchanged")

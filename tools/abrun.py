@@ -25,7 +25,7 @@ from autoopt.tools.backends.base import Backend, Build, Sample
 from autoopt.tools.correctness import OutputCheck, TestRun
 from autoopt.tools.errors import AutooptError, NotFound, RuleViolation
 from autoopt.tools.journal import Journal
-from autoopt.tools.state import load_json, save_model
+from autoopt.tools.state import load_json, load_state, save_model
 from autoopt.tools.targets import CONTAINER_BACKENDS, Direction, TargetSpec, guess_direction
 from autoopt.tools.workload import workload_argv
 
@@ -175,10 +175,10 @@ def load_run(state_dir: Path, run_id: str) -> ABRun:
     from autoopt.tools.workspace import check_name
 
     check_name(run_id, "run id")
-    data = load_json(runs_dir(state_dir) / run_id / "run.json")
-    if data is None:
+    run = load_state(runs_dir(state_dir) / run_id / "run.json", ABRun.model_validate, None)
+    if run is None:
         raise NotFound(f"unknown run {run_id!r}: run_ab returns the run id")
-    return ABRun.model_validate(data)
+    return run
 
 
 def mark_crashed(state_dir: Path) -> list[str]:
@@ -188,13 +188,14 @@ def mark_crashed(state_dir: Path) -> list[str]:
     marked = []
     folder = runs_dir(state_dir)
     for path in sorted(folder.glob("*/run.json")) if folder.is_dir() else []:
-        data = load_json(path) or {}
-        if data.get("status") != "running":
+        data = load_json(path, {})  # validated only when running: cheap, and a finished
+        if not isinstance(data, dict) or data.get("status") != "running":  # one stays as is
             continue
         pid = data.get("server_pid")
         if pid and pid != os.getpid() and psutil.pid_exists(pid):
             continue
-        run = ABRun.model_validate(data)
+        if (run := load_state(path, ABRun.model_validate, None)) is None:
+            continue
         run.status = "crashed"
         run.error = "the server stopped during this run; samples so far are kept"
         save_model(path, run)

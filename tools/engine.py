@@ -39,7 +39,7 @@ from autoopt.tools.process import process_started
 from autoopt.tools.record import ExperimentRecord, record
 from autoopt.tools.registry import KEEP_S, Registry
 from autoopt.tools.source import Source
-from autoopt.tools.state import load_json, save_model, write_atomic
+from autoopt.tools.state import load_state, locked, save_model, write_atomic
 from autoopt.tools.status import ExperimentStatus, experiment_status
 from autoopt.tools.target_lock import target_lock
 from autoopt.tools.targets import Direction, TargetSpec, load_target
@@ -125,10 +125,9 @@ class Engine:
         return self.workspace.state_dir / "builds" / build_id
 
     def get_build(self, build_id: str) -> Build:
-        data = load_json(self.build_dir(build_id) / "build.json")
-        if data is None:
+        build = load_state(self.build_dir(build_id) / "build.json", Build.model_validate, None)
+        if build is None:
             raise NotFound(f"unknown build {build_id!r}: call build first")
-        build = Build.model_validate(data)
         if build.gone or not Path(build.tree).is_dir():
             raise NotFound(
                 f"build {build_id!r} is gone: {build.gone or 'its tree was removed'}; "
@@ -253,7 +252,9 @@ class Engine:
 
     async def discard_build(self, build_id: str, reason: str = "discarded") -> None:
         """Remove a build's tree and image (container backends); build.json says why."""
-        build = Build.model_validate(load_json(self.build_dir(build_id) / "build.json"))
+        build = load_state(self.build_dir(build_id) / "build.json", Build.model_validate, None)
+        if build is None:
+            return
         await self.backend(build.backend, check=False).discard(build)
         try:
             self.source(self.spec(build.target)).remove_worktree(Path(build.tree))
@@ -347,8 +348,8 @@ class Engine:
 
     def flag(self, target: str) -> str | None:
         """Why the target is flagged (its workload's output is not deterministic), or None."""
-        data = load_json(self.workspace.state_dir / "flags" / f"{check_name(target)}.json")
-        return f"{data['reason']} (run {data['run_id']})" if data else None
+        path = self.workspace.state_dir / "flags" / f"{check_name(target)}.json"
+        return load_state(path, lambda d: f"{d['reason']} (run {d['run_id']})", None)
 
     async def _run_tests(
         self,
@@ -473,7 +474,9 @@ class Engine:
         """record_experiment: write the run's record (see tools/record.py)."""
         run = self.get_run(run_id)
         spec = self.spec(run.target)
-        return record(self.workspace, spec, self.source(spec), run, **kwargs)  # type: ignore[arg-type]
+        # one recorder at a time per target, across servers: a run is recorded once
+        with locked(self.workspace.state_dir / "locks" / f"record-{run.target}.lock"):
+            return record(self.workspace, spec, self.source(spec), run, **kwargs)  # type: ignore[arg-type]
 
     def status(self, target: str, env: str) -> ExperimentStatus:
         spec = self.spec(target)
@@ -537,8 +540,8 @@ class Engine:
             cleaned.append(deployment.id)
         live = {e.deployment.build_id for e in self.registry.entries().values()}
         for path in sorted((self.workspace.state_dir / "builds").glob("*/build.json")):
-            build = Build.model_validate(load_json(path))
-            if build.gone or build.id in live:
+            build = load_state(path, Build.model_validate, None)
+            if build is None or build.gone or build.id in live:
                 continue
             idle = build.kept and time.time() - max(build.used, build.created) > KEEP_S
             orphan = not build.kept and (build.owner is None or not build.owner.alive())

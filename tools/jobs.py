@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 
 from autoopt.tools.errors import AutooptError, NotFound
 from autoopt.tools.process import process_started
-from autoopt.tools.state import load_json, save_model, write_atomic
+from autoopt.tools.state import load_state, save_model, write_atomic
 from autoopt.tools.workspace import check_name
 
 JobStatus = Literal["running", "done", "failed", "cancelled", "interrupted"]
@@ -153,10 +153,9 @@ class Jobs:
         live = self._live.get(job_id)
         if live is not None:
             return live.record
-        data = load_json(self._path(job_id))
-        if data is None:
+        record = load_state(self._path(job_id), JobRecord.model_validate, None)
+        if record is None:
             return None
-        record = JobRecord.model_validate(data)
         if not record.finished and not record.owner.alive():
             record.status = "interrupted"
             record.error = (f"the server that ran this job (pid {record.owner.pid}) ended "

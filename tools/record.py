@@ -6,7 +6,9 @@ as a git bundle for `repo: local` targets, the workload files, and README.md; on
 appended to results/<target>/<env>/results.tsv under a lock. A KEEP moves the frontier.
 Every figure is the run's own: n per arm as analysed, the looks a sequential run took, and
 the ratio of geometric means with its 95% CI as run_ab reported it. A record is never
-rewritten; later evidence (a profile diff after a KEEP) is appended as an addendum.
+rewritten; later evidence (a profile diff after a KEEP) is appended as an addendum. A run
+is recorded once: asking again under its exp_id returns that record (an idempotent retry),
+under another exp_id is refused.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class ExperimentRecord(BaseModel):
     frontier: str
     row: dict[str, str]
     addendum: bool = False
+    existing: bool = False  # already recorded: returned as it is, nothing written
 
 
 def env_name(backend: str) -> str:
@@ -397,7 +400,7 @@ def chained_ratio(results: Path, run: ABRun) -> float | None:
     base, seen = run.base, set()
     while (row := keeps.get(base[:12])) is not None and base[:12] not in seen:
         seen.add(base[:12])
-        data = load_json(results / row.get("exp_id", "-") / "run.json")
+        data = load_json(results / row.get("exp_id", "-") / "run.json", set_aside=False)
         if not isinstance(data, dict) or not data.get("patch"):
             break  # a KEEP without a patch (an A/A) did not move the frontier
         ratio = _ratio(data, run.metric)
@@ -474,6 +477,15 @@ def _baseline_value(tsv: Path, metric: str) -> float | None:
     return None
 
 
+def recorded_as(results: Path, run_id: str) -> str | None:
+    """The exp_id under which this run is recorded (results.tsv's run_id column), if any."""
+    from autoopt.tools.status import tsv_rows
+
+    tsv = results / "results.tsv"
+    rows = tsv_rows(tsv.read_text()) if tsv.exists() else []
+    return next((r.get("exp_id") for r in rows if r.get("run_id") == run_id), None)
+
+
 def record(
     workspace: Workspace,
     spec: TargetSpec,
@@ -490,14 +502,22 @@ def record(
     addendum: str | None = None,
 ) -> ExperimentRecord:
     """Write the experiment's directory and results.tsv row; move the frontier on KEEP.
-    With `addendum` and an existing record of the same run: append it to the README."""
+    A run is one experiment: recording it again under its exp_id returns the record as it
+    is (with `addendum`: appends that to the README); under another exp_id it is refused."""
     check_name(exp_id, "exp_id")
     check_name(tag, "tag")
     env = env_name(run.backend)
     results = workspace.results_for(run.target, env)
     folder = results / exp_id
-    if folder.exists() and addendum:
-        return append_addendum(workspace, source, run, folder, addendum)
+    existing = recorded_as(results, run.id)
+    if existing is not None and existing != exp_id:
+        raise AlreadyExists(
+            f"run {run.id} is already recorded as {existing} (results/{run.target}/{env}/"
+            f"{existing}): a run is one experiment. Call with exp_id={existing!r} to get that "
+            "record (with addendum= to append later evidence to it), or make a new run."
+        )
+    if folder.exists() and (addendum or _run_of(folder) == run.id):
+        return existing_record(workspace, source, run, folder, addendum)
     stored = store.load(workspace, run.target, env, profile) if profile else None
     if run.status == "running":
         raise RuleViolation(f"run {run.id} is still running; record it when it has finished")
@@ -565,24 +585,32 @@ def _addendum_text(text: str) -> str:
     return f"\n## Addendum ({time.strftime('%Y-%m-%d %H:%M %Z')})\n\n{text.strip()}\n"
 
 
-def append_addendum(
-    workspace: Workspace, source: Source, run: ABRun, folder: Path, text: str
-) -> ExperimentRecord:
-    """Append later evidence to a record's README as '## Addendum (<date>)'. Nothing else
-    changes: not the numbers, the row, the scripts or the frontier; it must be the same run."""
+def _run_of(folder: Path) -> str | None:
+    """The id of the run a record folder holds."""
     from autoopt.tools.state import load_json
+
+    recorded = load_json(folder / "run.json", set_aside=False)
+    return recorded.get("id") if isinstance(recorded, dict) else None
+
+
+def existing_record(
+    workspace: Workspace, source: Source, run: ABRun, folder: Path, addendum: str | None
+) -> ExperimentRecord:
+    """The record in `folder`, which must be this run's. With `addendum`, append it to the
+    README as '## Addendum (<date>)'. Nothing else changes: not the numbers, the row, the
+    scripts or the frontier."""
     from autoopt.tools.status import tsv_rows
 
-    recorded = load_json(folder / "run.json")
-    recorded_id = recorded.get("id") if isinstance(recorded, dict) else None
+    recorded_id = _run_of(folder)
     where = str(folder.relative_to(workspace.root))
     if recorded_id != run.id:
         raise RuleViolation(
             f"{where} records run {recorded_id}, not {run.id}: an addendum goes to the record "
             "of its own run, and never changes its numbers (a new run needs a new exp_id)"
         )
-    readme = folder / "README.md"
-    write_atomic(readme, readme.read_text() + _addendum_text(text))
+    if addendum:
+        readme = folder / "README.md"
+        write_atomic(readme, readme.read_text() + _addendum_text(addendum))
     tsv = folder.parent / "results.tsv"
     rows = tsv_rows(tsv.read_text()) if tsv.exists() else []
     row = next((r for r in rows if r.get("exp_id") == folder.name), {})
@@ -597,7 +625,8 @@ def append_addendum(
         frontier_moved=False,
         frontier=source.frontier(),
         row=row,
-        addendum=True,
+        addendum=bool(addendum),
+        existing=not addendum,
     )
 
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from autoopt.tools.backends.base import Deployment
 from autoopt.tools.jobs import Owner
-from autoopt.tools.state import load_json, locked, write_atomic
+from autoopt.tools.state import load_state, locked, write_atomic
 
 KEEP_S = float(os.environ.get("AUTOOPT_KEEP_S", "3600"))
 
@@ -47,6 +47,15 @@ class Gone(BaseModel):
     reason: str
 
 
+def _parse_entries(raw: dict) -> dict[str, Entry]:
+    out = {}
+    for key, value in raw.items():
+        if "deployment" not in value:  # written by an older server: no owner, a leftover
+            value = {"deployment": value, "owner": None, "used": 0.0}
+        out[key] = Entry.model_validate(value)
+    return out
+
+
 class Registry:
     """deployments.json and the tombstones beside it."""
 
@@ -65,13 +74,7 @@ class Registry:
             write_atomic(self.file, json.dumps(data, indent=1))
 
     def entries(self) -> dict[str, Entry]:
-        raw = load_json(self.file, {}) or {}
-        out = {}
-        for key, value in raw.items():
-            if "deployment" not in value:  # written by an older server: no owner, a leftover
-                value = {"deployment": value, "owner": None, "used": 0.0}
-            out[key] = Entry.model_validate(value)
-        return out
+        return load_state(self.file, _parse_entries, {})
 
     def add(self, deployment: Deployment, *, kept: bool) -> None:
         with self._edit() as entries:
@@ -95,8 +98,7 @@ class Registry:
             write_atomic(self.tombs / f"{dep_id}.json", tomb.model_dump_json())
 
     def gone(self, dep_id: str) -> Gone | None:
-        data = load_json(self.tombs / f"{dep_id}.json")
-        return Gone.model_validate(data) if data else None
+        return load_state(self.tombs / f"{dep_id}.json", Gone.model_validate, None)
 
     def mine(self) -> list[Entry]:
         """Entries this server owns and must stop with it (not the kept ones)."""

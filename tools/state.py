@@ -1,17 +1,22 @@
-"""Small, safe file helpers: atomic JSON writes and an exclusive lock."""
+"""Small, safe file helpers: atomic JSON writes, tolerant reads and an exclusive lock."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
+
+log = logging.getLogger("autoopt")
+T = TypeVar("T")
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -33,11 +38,38 @@ def save_model(path: Path, model: BaseModel) -> None:
     write_atomic(path, model.model_dump_json(indent=1))
 
 
-def load_json(path: Path, default: Any = None) -> Any:
+def load_json(path: Path, default: Any = None, *, set_aside: bool = True) -> Any:
+    """The file's JSON; `default` when it is missing or corrupt (see load_state)."""
+    return load_state(path, lambda data: data, default, set_aside=set_aside)
+
+
+def load_state(
+    path: Path, parse: Callable[[Any], T], default: T, *, set_aside: bool = True
+) -> T:
+    """parse(the file's JSON), or `default` when the file is missing. A corrupt file (not
+    JSON, JSON of a shape `parse` rejects - pydantic's ValidationError, a KeyError - or a
+    directory) is never fatal: it reads as missing, with a warning, and is moved aside to
+    <name>.corrupt-<time>, so the next write starts afresh and the bytes are kept."""
+    raw: bytes | None = None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        return parse(json.loads(raw))
     except FileNotFoundError:
         return default
+    except IsADirectoryError:
+        why = "a directory"
+    except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
+        why = f"{type(exc).__name__}: {str(exc)[:200]}"
+    aside = path.with_name(f"{path.name}.corrupt-{datetime.now():%Y%m%dT%H%M%S.%f}")
+    try:  # only what was read: a good file another process wrote since stays in place
+        if set_aside and (path.is_dir() if raw is None else path.read_bytes() == raw):
+            os.replace(path, aside)
+            log.warning("state file %s is corrupt (%s); moved aside to %s", path, why, aside.name)
+            return default
+    except OSError:  # moved or removed meanwhile (another server set it aside)
+        pass
+    log.warning("state file %s is corrupt (%s); read as missing", path, why)
+    return default
 
 
 def append_locked(path: Path, text: str, *, header: str = "") -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from autoopt.tools.abrun import runs_dir
-from autoopt.tools.state import append_locked, load_json
+from autoopt.tools.abrun import ABRun, runs_dir
+from autoopt.tools.state import append_locked, load_json, load_state
 from autoopt.tools.workspace import Workspace, check_name
 
 
@@ -64,21 +64,13 @@ def experiment_status(
     interrupted = []
     folder = runs_dir(workspace.state_dir)
     for path in sorted(folder.glob("*/run.json")) if folder.is_dir() else []:
-        data = load_json(path) or {}
-        if data.get("target") == target and data.get("status") in (
-            "crashed",
-            "cancelled",
-            "interrupted",
-            "failed",
-        ):
-            interrupted.append(
-                InterruptedRun(
-                    run_id=data["id"],
-                    status=data["status"],
-                    samples=len(data.get("samples", [])),
-                    error=data.get("error"),
-                )
-            )
+        data = load_json(path, {})
+        if not (isinstance(data, dict) and data.get("target") == target and data.get(
+                "status") in ("crashed", "cancelled", "interrupted", "failed")):
+            continue
+        if (run := load_state(path, ABRun.model_validate, None)) is not None:
+            interrupted.append(InterruptedRun(run_id=run.id, status=run.status,
+                                              samples=len(run.samples), error=run.error))
     return ExperimentStatus(
         target=target,
         env=env,

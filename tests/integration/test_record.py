@@ -71,10 +71,14 @@ async def test_record_refuses_to_overwrite(client: Client, workspace: Workspace)
     assert readme.is_file() and stat.S_IMODE(readme.stat().st_mode) == 0o644
     assert not (workspace.root / record["directory"] / "diff.patch").exists()  # no patch
     assert "results.tsv: " in first.content[0].text
-    again = await client.call_tool("record_experiment", {**args, "exp_id": "baseline"})
-    assert again.is_error and "never overwritten" in again.content[0].text
     tsv = workspace.root / record["directory"] / ".." / "results.tsv"
     rows = tsv.read_text()
+    again = await client.call_tool("record_experiment", {**args, "exp_id": "baseline"})
+    assert not again.is_error and "already recorded" in again.content[0].text  # a retry
+    assert again.structured_content == record and tsv.read_text() == rows
+    twice = await client.call_tool("record_experiment", {**args, "exp_id": "baseline-2"})
+    assert twice.is_error and "already recorded as baseline" in twice.content[0].text
+    assert not (workspace.root / record["directory"] / ".." / "baseline-2").exists()
     row = dict(zip(rows.splitlines()[0].split("\t"), rows.splitlines()[1].split("\t"),
                    strict=True))
     view = result.structured_content
@@ -88,9 +92,16 @@ async def test_record_refuses_to_overwrite(client: Client, workspace: Workspace)
     assert tsv.read_text() == rows  # the numbers are never rewritten
     text = readme.read_text()
     assert "## Addendum (" in text and text.rstrip().endswith("later: the profile diff")
+    other = workspace.state("runs", "run-other") / "run.json"  # another run, as run_ab left it
+    other.write_text(workspace.state("runs", run_id).joinpath("run.json").read_text().replace(
+        run_id, "run-other"))
+    taken = await client.call_tool("record_experiment", {**args, "run_id": "run-other",
+                                                         "exp_id": "baseline"})
+    assert taken.is_error and "never overwritten" in taken.content[0].text
     no_hypothesis = await client.call_tool(
-        "record_experiment", {"run_id": run_id, "exp_id": "other", "description": "d"})
+        "record_experiment", {"run_id": "run-other", "exp_id": "other", "description": "d"})
     assert no_hypothesis.is_error and "hypothesis" in no_hypothesis.content[0].text
+    assert tsv.read_text() == rows
     status = await client.call_tool("experiment_status", {"target": "pyserver"})
     assert status.structured_content["experiments"] == ["baseline"]
     assert "results.tsv (last rows):" in status.content[0].text

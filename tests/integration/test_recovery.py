@@ -77,3 +77,46 @@ async def test_a_leftover_that_resists_does_not_stop_the_server(workspace: Works
         listed = await client.call_tool("list_targets", {})
     assert not listed.is_error
     assert (folder / "build.json").is_file()
+
+
+async def test_corrupt_state_files_are_moved_aside_not_fatal(workspace: Workspace) -> None:
+    """A truncated deployments.json, job, build and run record (a disk that filled, a kill
+    mid-copy): a real server process starts, answers, and moves each aside with a warning."""
+    import sys
+
+    from mcp import StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    state = workspace.state("")
+    corrupt = {
+        state / "deployments.json": b'{"dep-1": {"deployment": {"id": "dep-1", "bui',
+        workspace.state("jobs") / "b-cut.json": b'{"id": "b-cut", "kind": "build"',
+        workspace.state("builds", "b-cut") / "build.json": b'{"id": "b-cut", "tar',
+        workspace.state("runs", "run-cut") / "run.json": b"\xff\xfe{not json",
+        workspace.state("runs", "run-odd") / "run.json": b'{"status": "running", "samples": 7}',
+        workspace.state("runs", "run-bad") / "run.json":
+            b'{"target": "pyserver", "status": "crashed", "samples": 3}',
+    }
+    for path, raw in corrupt.items():
+        path.write_bytes(raw)
+    server = StdioServerParameters(
+        command=sys.executable, args=["-m", "autoopt.server.cli", "serve"],
+        env={"AUTOOPT_WORKSPACE": str(workspace.root), "PATH": os.environ["PATH"]})
+    errlog = (workspace.root / "stderr.log").open("w+")
+    async with Client(stdio_client(server, errlog=errlog)) as client:
+        listed = await client.call_tool("list_targets", {})
+        status = await client.call_tool("experiment_status", {"target": "pyserver"})
+        run = await client.call_tool("get_run", {"run_id": "run-cut"})
+        build = await client.call_tool("build", {"build_id": "b-cut"})
+    assert not listed.is_error and not status.is_error, status.content[0].text
+    assert run.is_error and "unknown run" in run.content[0].text
+    assert build.is_error and "b-cut" in build.content[0].text
+    for path, raw in corrupt.items():
+        assert not path.exists(), path
+        [aside] = path.parent.glob(f"{path.name}.corrupt-*")
+        assert aside.read_bytes() == raw
+    errlog.seek(0)
+    assert "deployments.json is corrupt" in errlog.read()
+    async with Client(create_server(workspace)) as client:  # the next one: nothing to move
+        assert not (await client.call_tool("list_targets", {})).is_error
+    assert len(list(state.rglob("*.corrupt-*"))) == len(corrupt)

@@ -16,14 +16,15 @@ from autoopt.server.views import record_text
 from autoopt.tools.abrun import ABRun, analyse
 from autoopt.tools.backends.base import Sample
 from autoopt.tools.decision import Verdict, decide
-from autoopt.tools.errors import RuleViolation
+from autoopt.tools.errors import AlreadyExists, RuleViolation
 from autoopt.tools.record import (
     _readme,
     _row,
-    append_addendum,
     append_row,
     chained_ratio,
+    existing_record,
     extent,
+    record,
 )
 from autoopt.tools.targets import parse_target
 from autoopt.tools.workspace import Workspace
@@ -227,7 +228,7 @@ def test_an_addendum_appends_and_changes_no_number(tmp_path: Path) -> None:
     row = _row(run, "exp1", "br", "main", "d", None, None)
     append_row(folder.parent / "results.tsv", row)
     tsv_before = (folder.parent / "results.tsv").read_text()
-    done = append_addendum(ws, _Source(), run, folder, "diff_profiles: -60% at the peak")  # type: ignore[arg-type]
+    done = existing_record(ws, _Source(), run, folder, "diff_profiles: -60% at the peak")  # type: ignore[arg-type]
     text = (folder / "README.md").read_text()
     assert text.startswith(readme) and "\n## Addendum (" in text
     assert text.rstrip().endswith("diff_profiles: -60% at the peak")
@@ -236,8 +237,32 @@ def test_an_addendum_appends_and_changes_no_number(tmp_path: Path) -> None:
     assert not done.frontier_moved and "addendum appended" in record_text(done)
     other = _run(_arm(5, 100, 0.005, 43), _arm(5, 90, 0.005, 44), run_id="run-other")
     with pytest.raises(RuleViolation, match="records run run-test-1, not run-other"):
-        append_addendum(ws, _Source(), other, folder, "x")  # type: ignore[arg-type]
+        existing_record(ws, _Source(), other, folder, "x")  # type: ignore[arg-type]
     assert json.loads((folder / "run.json").read_text())["id"] == "run-test-1"
+
+
+def test_a_run_is_recorded_once(tmp_path: Path) -> None:
+    """Same run, same exp_id: the record as it is, nothing written; another exp_id: refused,
+    naming the record."""
+    ws = Workspace(tmp_path)
+    run = _run(_arm(5, 100, 0.005, 41), _arm(5, 90, 0.005, 42))
+    folder = ws.results_for("pyserver", "local") / "exp1"
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(run.model_dump_json())
+    (folder / "README.md").write_text("# exp1\n")
+    append_row(folder.parent / "results.tsv", _row(run, "exp1", "br", "main", "d", None, None))
+    before = {p.name: p.read_bytes() for p in folder.parent.rglob("*") if p.is_file()}
+    args = {"description": None, "hypothesis": None, "evidence": None, "output_type": "pr",
+            "tag": "exp"}
+    again = record(ws, SPEC, _Source(), run, exp_id="exp1", **args)  # type: ignore[arg-type]
+    assert again.existing and again.exp_id == "exp1" and again.row["run_id"] == run.id
+    assert "already recorded" in record_text(again)
+    with pytest.raises(AlreadyExists, match="already recorded as exp1"):
+        record(ws, SPEC, _Source(), run, exp_id="exp2", **args)  # type: ignore[arg-type]
+    with pytest.raises(AlreadyExists, match="already recorded as exp1"):
+        record(ws, SPEC, _Source(), run, exp_id="exp2", addendum="x", **args)  # type: ignore[arg-type]
+    assert {p.name: p.read_bytes() for p in folder.parent.rglob("*") if p.is_file()} == before
+    assert not (folder.parent / "exp2").exists()
 
 
 @pytest.mark.parametrize(
