@@ -22,11 +22,9 @@ tempting.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,6 +43,7 @@ from bench.common import (
     load,
     log,
     machine,
+    stop_group,
     table,
     temp_workspace,
     wait_healthy,
@@ -174,13 +173,7 @@ def _pyserver_run(tree: Path, arm: str) -> HandRun:
         cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
         return HandRun(arm, hwm_kb / 1024, cpu, _line(done.stdout, "digest="))
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server)
 
 
 def _batch_run(tree: Path, arm: str) -> HandRun:

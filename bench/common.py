@@ -179,13 +179,18 @@ def bare_local_workload(
         wait_healthy(endpoint + "/health")
         return timed_workload(target / "workload.sh", endpoint)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server)
+
+
+def stop_group(server: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a process started with start_new_session, SIGKILL after 10 s; reaped."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
 
 
 async def bare_run(engine: Any, target: str) -> tuple[Any, float]:
