@@ -30,7 +30,7 @@ from autoopt.server.params import (
 )
 from autoopt.server.run_answer import RunView, run_result
 from autoopt.server.tasks import TaskServer, TasksExtension
-from autoopt.tools.abrun import MIN_RUNS, Order
+from autoopt.tools.abrun import ACTIVE, MIN_RUNS, Order
 from autoopt.tools.backends.base import Build
 from autoopt.tools.engine import BACKENDS, Engine, new_build_id
 from autoopt.tools.errors import AutooptError, TargetNotFound
@@ -499,7 +499,7 @@ def _run_answer(
         raise ToolError(record.error or "the run failed")
     run = engine.get_run(run_id)
     still = None
-    if run.status == "running" and record is not None and not record.finished:
+    if run.status in ACTIVE and record is not None and not record.finished:
         still = still_running(record, "get_run", "run_id")
     return run_result(run, still, detail=detail, include_plot=include_plot)
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -74,3 +77,43 @@ def processes_under(root: Path) -> list[psutil.Process]:
         if cwd.startswith(str(root)) and proc.pid != os.getpid():
             found.append(proc)
     return found
+
+
+class Rpc:
+    """Newline-delimited JSON-RPC on a server's stdio (to keep the process in hand)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc, self.next = proc, 0
+
+    @classmethod
+    def serve(cls, workspace: Workspace) -> Rpc:
+        """A real server process on `workspace`, initialized (kill it with .proc)."""
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "autoopt.server.cli", "serve"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, env={**os.environ, "AUTOOPT_WORKSPACE": str(workspace.root)})
+        rpc = cls(proc)
+        rpc.call("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                "clientInfo": {"name": "t", "version": "0"}})
+        rpc.notify("notifications/initialized")
+        return rpc
+
+    def tool(self, name: str, arguments: dict) -> dict:
+        return self.call("tools/call", {"name": name, "arguments": arguments})
+
+    def notify(self, method: str) -> None:
+        self._send({"jsonrpc": "2.0", "method": method})
+
+    def call(self, method: str, params: dict) -> dict:
+        self.next += 1
+        self._send({"jsonrpc": "2.0", "id": self.next, "method": method, "params": params})
+        assert self.proc.stdout is not None
+        while True:
+            message = json.loads(self.proc.stdout.readline())
+            if message.get("id") == self.next:
+                assert "result" in message, message
+                return message["result"]
+
+    def _send(self, message: dict) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(message).encode() + b"\n")
+        self.proc.stdin.flush()

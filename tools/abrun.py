@@ -31,7 +31,8 @@ from autoopt.tools.workload import workload_argv
 
 MIN_RUNS = 3
 Order = Literal["abba", "random", "alternate"]
-Status = Literal["running", "done", "cancelled", "interrupted", "crashed", "failed"]
+Status = Literal["starting", "running", "done", "cancelled", "interrupted", "crashed", "failed"]
+ACTIVE = ("starting", "running")  # starting: saved before the builds, until the first sample
 RunProgress = Callable[[int, int, str], Awaitable[None]]
 LOOKS = (5, 10, 15, 20)
 
@@ -85,7 +86,7 @@ class ABRun(BaseModel):
     id: str
     target: str
     backend: str
-    status: Status = "running"
+    status: Status = "starting"
     created: float = Field(default_factory=time.time)
     finished: float | None = None
     server_pid: int = Field(default_factory=os.getpid)
@@ -189,15 +190,16 @@ def mark_crashed(state_dir: Path) -> list[str]:
     folder = runs_dir(state_dir)
     for path in sorted(folder.glob("*/run.json")) if folder.is_dir() else []:
         data = load_json(path, {})  # validated only when running: cheap, and a finished
-        if not isinstance(data, dict) or data.get("status") != "running":  # one stays as is
+        if not isinstance(data, dict) or data.get("status") not in ACTIVE:  # one stays as is
             continue
         pid = data.get("server_pid")
         if pid and pid != os.getpid() and psutil.pid_exists(pid):
             continue
         if (run := load_state(path, ABRun.model_validate, None)) is None:
             continue
+        before = "before its first sample" if run.status == "starting" else "during this run"
         run.status = "crashed"
-        run.error = "the server stopped during this run; samples so far are kept"
+        run.error = f"the server stopped {before}; samples so far are kept"
         save_model(path, run)
         marked.append(run.id)
     return marked
@@ -232,6 +234,8 @@ class ABRunner:
         run = self.run
         total = len(run.schedule)
         looks = run.looks or [run.runs]
+        run.status = "running"
+        self.save()
         try:
             for slot in run.schedule:
                 sample = await self.one(builds[slot.arm], slot)

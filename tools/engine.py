@@ -19,7 +19,9 @@ from uuid import uuid4
 
 import anyio
 
+from autoopt.tools import contain
 from autoopt.tools.abrun import (
+    ACTIVE,
     ABRun,
     ABRunner,
     Order,
@@ -128,6 +130,8 @@ class Engine:
         build = load_state(self.build_dir(build_id) / "build.json", Build.model_validate, None)
         if build is None:
             raise NotFound(f"unknown build {build_id!r}: call build first")
+        if build.building:
+            raise NotFound(f"build {build_id!r} is still building: wait for its build call")
         if build.gone or not Path(build.tree).is_dir():
             raise NotFound(
                 f"build {build_id!r} is gone: {build.gone or 'its tree was removed'}; "
@@ -182,22 +186,24 @@ class Engine:
         folder = self.build_dir(build_id)
         folder.mkdir(parents=True)
         journal = Journal()
+        build = Build(
+            id=build_id,
+            target=spec.name,
+            backend=backend,
+            base=commit,
+            commit=commit,
+            patch_sha256=info.sha256 if info else None,
+            patch_files=info.files if info else [],
+            allow_constant_tuning=allow_constant_tuning,
+            tree=str(folder / "tree"),
+            journal=journal,
+            owner=Owner.me(),
+            kept=kept,
+            building=True,
+        )
+        save_model(folder / "build.json", build)  # before any work: recovery finds it
         try:
-            tree_commit = source.worktree(commit, folder / "tree", patch, journal)
-            build = Build(
-                id=build_id,
-                target=spec.name,
-                backend=backend,
-                base=commit,
-                commit=tree_commit,
-                patch_sha256=info.sha256 if info else None,
-                patch_files=info.files if info else [],
-                allow_constant_tuning=allow_constant_tuning,
-                tree=str(folder / "tree"),
-                journal=journal,
-                owner=Owner.me(),
-                kept=kept,
-            )
+            build.commit = source.worktree(commit, folder / "tree", patch, journal)
             if patch:
                 (folder / "patch.diff").write_text(patch)
             build = await impl.build(spec, build, progress)
@@ -205,6 +211,7 @@ class Engine:
             source.remove_worktree(folder / "tree")
             shutil.rmtree(folder, ignore_errors=True)
             raise
+        build.building = False
         save_model(folder / "build.json", build)
         return build
 
@@ -251,7 +258,8 @@ class Engine:
         return deployment
 
     async def discard_build(self, build_id: str, reason: str = "discarded") -> None:
-        """Remove a build's tree and image (container backends); build.json says why."""
+        """Remove a build's tree, logs and image (container backends). A kept build (its id
+        was handed to a user) leaves its build.json to say why; any other leaves nothing."""
         build = load_state(self.build_dir(build_id) / "build.json", Build.model_validate, None)
         if build is None:
             return
@@ -262,8 +270,9 @@ class Engine:
             shutil.rmtree(build.tree, ignore_errors=True)
         folder = self.build_dir(build_id)
         shutil.rmtree(folder, ignore_errors=True)
-        build.gone = reason
-        save_model(folder / "build.json", build)
+        if build.kept:
+            build.gone = reason
+            save_model(folder / "build.json", build)
 
     async def remove_build(self, build_id: str) -> list[str]:
         """teardown(build_id): stop the build's deployments, then discard it; their ids."""
@@ -433,7 +442,7 @@ class Engine:
                 run.plot = str(plot_run(run, folder / "plot.png"))
                 save_model(folder / "run.json", run)
         except BaseException as exc:
-            if run.status == "running":
+            if run.status in ACTIVE:
                 cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
                 run.status, run.error = run.stop_reason or (
                     ("interrupted", "stopped before any run") if cancelled else ("failed", str(exc))
@@ -494,7 +503,7 @@ class Engine:
         """A persisted run; one left running by a server that ended is marked so."""
         run = load_run(self.workspace.state_dir, run_id)
         record = self.jobs.get(run_id)
-        if run.status == "running" and record is not None and record.finished:
+        if run.status in ACTIVE and record is not None and record.finished:
             run.status = "interrupted" if record.status == "interrupted" else "crashed"
             run.error = record.error
             save_model(runs_dir(self.workspace.state_dir) / run_id / "run.json", run)
@@ -538,13 +547,20 @@ class Engine:
                 continue
             self.registry.remove(deployment.id, reason)
             cleaned.append(deployment.id)
-        live = {e.deployment.build_id for e in self.registry.entries().values()}
+        entries = self.registry.entries().values()
+        keep = {e.deployment.scope for e in entries if e.deployment.scope}
+        for swept in await anyio.to_thread.run_sync(contain.recover, keep):
+            shown = "; ".join(f"pid {p} {c}" for p, c in sorted(swept.killed.items())[:5])
+            log.warning("killed %d process(es) left by a dead server (scope %s): %s",
+                        len(swept.killed), swept.scope, shown)
+        live = {e.deployment.build_id for e in entries}
         for path in sorted((self.workspace.state_dir / "builds").glob("*/build.json")):
             build = load_state(path, Build.model_validate, None)
             if build is None or build.gone or build.id in live:
                 continue
             idle = build.kept and time.time() - max(build.used, build.created) > KEEP_S
-            orphan = not build.kept and (build.owner is None or not build.owner.alive())
+            dead = build.owner is None or not build.owner.alive()
+            orphan = dead and (not build.kept or build.building)
             if idle or orphan:
                 reason = f"idle for more than {KEEP_S:g} s" if idle else "its server ended"
                 try:

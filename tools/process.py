@@ -2,7 +2,8 @@
 
 A process is reaped by os.wait4 (not by asyncio's child watcher), so its rusage — the
 kernel's record of its peak RSS — is kept. Stopping escalates SIGTERM -> SIGKILL on the
-whole group, and is safe to call twice.
+whole group, and is safe to call twice. Each child has a scope (tools/contain.py): when it
+ends or is stopped, whatever it started is killed too, daemons that left its group included.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
+
+from autoopt.tools import contain
 
 POLL_S = 0.02
 
@@ -49,6 +52,7 @@ class Child:
     popen: subprocess.Popen[bytes]
     stdout: Path
     stderr: Path
+    scope: str = ""
     started: float = field(default_factory=time.monotonic)
     exit: Exit | None = None
 
@@ -97,6 +101,7 @@ class Child:
                     kill_group(self.pid, signal.SIGKILL)
                     await self.wait()
             kill_group(self.pid, signal.SIGKILL)  # leftovers in the group
+            await sweep(self.scope)
             assert self.exit is not None
             return self.exit
 
@@ -109,21 +114,39 @@ def kill_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def spawn(argv: list[str], *, cwd: Path, env: dict[str, str], logs: Path, name: str) -> Child:
-    """Start `argv` in its own session (process group), output to `<logs>/<name>.out|.err`."""
+async def sweep(scope: str) -> None:
+    """Kill what is left in `scope` (off the event loop: it waits for the kills)."""
+    if scope:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(contain.sweep, scope)
+
+
+def spawn(
+    argv: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    logs: Path,
+    name: str,
+    scope: str | None = None,
+) -> Child:
+    """Start `argv` in its own session (process group) and scope (a fresh one unless
+    given), output to `<logs>/<name>.out|.err`."""
     logs.mkdir(parents=True, exist_ok=True)
     out, err = logs / f"{name}.out", logs / f"{name}.err"
+    scope = scope or contain.new_scope()
     with open(out, "wb") as fout, open(err, "wb") as ferr:
         popen = subprocess.Popen(
             argv,
             cwd=cwd,
-            env=env,
+            env={**env, contain.ENV: scope},
             stdin=subprocess.DEVNULL,
             stdout=fout,
             stderr=ferr,
             start_new_session=True,
+            preexec_fn=contain.prepare(scope),
         )
-    return Child(popen, out, err)
+    return Child(popen, out, err, scope=scope)
 
 
 async def run(
@@ -139,6 +162,7 @@ async def run(
     if done is None:
         return child, await child.stop(grace=2.0), True
     kill_group(child.pid, signal.SIGKILL)  # no orphans left in its group
+    await sweep(child.scope)  # nor anywhere else
     return child, done, False
 
 

@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from autoopt.tools import scripts
-from autoopt.tools.abrun import ABRun
+from autoopt.tools.abrun import ACTIVE, ABRun
 from autoopt.tools.errors import AlreadyExists, RuleViolation
 from autoopt.tools.profiling import store
 from autoopt.tools.profiling.model import Profile
@@ -140,8 +140,8 @@ def extent(run: ABRun) -> str:
     done = min(n.values())
     per_arm = f"{n['A']} runs per arm" if n["A"] == n["B"] else f"{n['A']} A and {n['B']} B runs"
     error = stop_error(run)
-    if run.status not in ("done", "running") or error:
-        why = f" ({run.status})" if run.status not in ("done", "running") else ""
+    if run.status not in ("done", *ACTIVE) or error:
+        why = f" ({run.status})" if run.status not in ("done", *ACTIVE) else ""
         tail = f": {error}" if error and run.status != "failed" else ""  # failed: the reason
         return f"{per_arm}, stopped early{why} ({run.runs} planned){tail}"
     looks = run.looks if run.sequential else []
@@ -519,7 +519,7 @@ def record(
     if folder.exists() and (addendum or _run_of(folder) == run.id):
         return existing_record(workspace, source, run, folder, addendum)
     stored = store.load(workspace, run.target, env, profile) if profile else None
-    if run.status == "running":
+    if run.status in ACTIVE:
         raise RuleViolation(f"run {run.id} is still running; record it when it has finished")
     if folder.exists():
         raise AlreadyExists(

@@ -19,7 +19,7 @@ from mcp import Client, StdioServerParameters
 
 from autoopt.server.app import create_server
 from autoopt.tools.workspace import Workspace
-from tests.conftest import processes_under
+from tests.conftest import Rpc, processes_under
 from tests.fixtures.sleeper import add_sleeper
 
 pytestmark = pytest.mark.anyio
@@ -132,7 +132,7 @@ async def test_sigterm_mid_run_stops_the_service_and_keeps_samples(
     env = {**os.environ, "AUTOOPT_WORKSPACE": str(workspace.root)}
     server = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
     try:
-        rpc = _Rpc(server)
+        rpc = Rpc(server)
         rpc.call("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
                                 "clientInfo": {"name": "t", "version": "0"}})
         rpc.notify("notifications/initialized")
@@ -169,31 +169,6 @@ def _python(proc: psutil.Process) -> bool:
         return "python" in proc.name()
     except psutil.Error:  # it ended meanwhile (a batch step, a health probe)
         return False
-
-
-class _Rpc:
-    """Newline-delimited JSON-RPC on a server's stdio (to keep the process in hand)."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.proc, self.next = proc, 0
-
-    def notify(self, method: str) -> None:
-        self._send({"jsonrpc": "2.0", "method": method})
-
-    def call(self, method: str, params: dict) -> dict:
-        self.next += 1
-        self._send({"jsonrpc": "2.0", "id": self.next, "method": method, "params": params})
-        assert self.proc.stdout is not None
-        while True:
-            message = json.loads(self.proc.stdout.readline())
-            if message.get("id") == self.next:
-                assert "result" in message, message
-                return message["result"]
-
-    def _send(self, message: dict) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(message).encode() + b"\n")
-        self.proc.stdin.flush()
 
 
 async def test_bad_ids_and_waits(client: Client, workspace: Workspace) -> None:
@@ -286,7 +261,7 @@ async def test_two_servers_share_a_workspace(workspace: Workspace) -> None:
         killed = subprocess.Popen(
             [sys.executable, "-m", "autoopt.server.cli", "serve"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, env={**os.environ, "AUTOOPT_WORKSPACE": str(workspace.root)})
-        rpc = _Rpc(killed)
+        rpc = Rpc(killed)
         rpc.call("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
                                 "clientInfo": {"name": "t", "version": "0"}})
         rpc.notify("notifications/initialized")

@@ -42,6 +42,7 @@ class Build(BaseModel):
     kept: bool = Field(False, description="made with the build tool: outlives its server")
     used: float = 0.0
     gone: str | None = Field(None, description="why the tree was removed, once it was")
+    building: bool = Field(False, description="saved before the build ran, until it is done")
 
 
 class Deployment(BaseModel):
@@ -60,6 +61,7 @@ class Deployment(BaseModel):
     namespace: str | None = None
     started: float = Field(default_factory=time.time)
     tree: str | None = Field(None, description="the built tree (local backend)")
+    scope: str | None = Field(None, description="what its processes carry (tools/contain.py)")
     log_dir: str = ""
     journal: Journal = Field(default_factory=Journal)
 

@@ -8,13 +8,21 @@ from pathlib import Path
 
 import anyio
 
-from autoopt.tools import procfs
+from autoopt.tools import contain, procfs
 from autoopt.tools.backends.base import Build, Deployment, Progress, WorkloadResult
 from autoopt.tools.backends.driver import HEALTH_WAIT_SH, drive, new_deployment, probe
 from autoopt.tools.command import Command
 from autoopt.tools.errors import BuildFailed, DeployFailed
 from autoopt.tools.journal import Step
-from autoopt.tools.process import Child, base_env, kill_group, process_started, run, spawn
+from autoopt.tools.process import (
+    Child,
+    base_env,
+    kill_group,
+    process_started,
+    run,
+    spawn,
+    sweep,
+)
 from autoopt.tools.profiling.detect import join_command
 from autoopt.tools.targets import TargetSpec
 from autoopt.tools.workload import host_python, program
@@ -118,8 +126,16 @@ class LocalBackend:
         cmd = program(spec.local.run, values, python=python, cwd=Path(build.tree))
         argv = cmd.argv
         env = {"PORT": str(port), **_fresh_tmp(logs), **cmd.env}
-        child = spawn(argv, cwd=Path(build.tree), env=base_env(env), logs=logs, name="service")
+        child = spawn(
+            argv,
+            cwd=Path(build.tree),
+            env=base_env(env),
+            logs=logs,
+            name="service",
+            scope=contain.new_scope(dep_id),
+        )
         self._children[dep_id] = child
+        deployment.scope = child.scope
         deployment.port = port
         deployment.endpoint = f"http://127.0.0.1:{port}"
         deployment.pid = child.pid
@@ -272,6 +288,8 @@ class LocalBackend:
             kill_group(deployment.pid, signal.SIGTERM)
             await anyio.sleep(0.5)
             kill_group(deployment.pid, signal.SIGKILL)
+        if deployment.scope:  # what it started outside its group (another server's, too)
+            await sweep(deployment.scope)
         batch = deployment.pid is None and child is None
         shell = ": batch target: nothing to stop" if batch else TEARDOWN_SH
         deployment.journal.add(Step(phase="teardown", shell=shell))
