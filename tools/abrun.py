@@ -23,10 +23,11 @@ from pydantic import BaseModel, Field, PrivateAttr
 from autoopt.tools import correctness
 from autoopt.tools.backends.base import Backend, Build, Sample
 from autoopt.tools.correctness import OutputCheck, TestRun
-from autoopt.tools.errors import AutooptError, NotFound, RuleViolation
+from autoopt.tools.errors import AutooptError, NotFound, RuleViolation, WorkloadFailed
 from autoopt.tools.journal import Journal
 from autoopt.tools.state import load_json, load_state, save_model
 from autoopt.tools.targets import CONTAINER_BACKENDS, Direction, TargetSpec, guess_direction
+from autoopt.tools.timeouts import Durations, run_timeout
 from autoopt.tools.workload import workload_argv
 
 MIN_RUNS = 3
@@ -226,6 +227,7 @@ class ABRunner:
         self.folder = folder
         self.script = script
         self.track = track
+        self.durations = Durations(folder.parent.parent, spec.name, backend.name)
 
     def save(self) -> None:
         save_model(self.folder / "run.json", self.run)
@@ -246,6 +248,9 @@ class ABRunner:
                     await progress(len(run.samples), total, _describe(sample, run.metric))
                 if self._hopeless(slot.arm):
                     run.error = f"arm {slot.arm} failed in every run so far; stopped early"
+                    break
+                if len(run.samples) >= 2 and not any(s.ok for s in run.samples):
+                    run.error = "the first runs of both arms failed; stopped early"
                     break
                 if run.outputs.status == "changed":
                     run.error = f"stopped early: {run.outputs.summary()}"
@@ -313,9 +318,17 @@ class ABRunner:
             seed = block_seed(self.run.seed, slot.block_id())
             cmd, shell = workload_argv(spec, self.script, deployment, self.target_dir, seed)
             name = f"run{slot.index:03d}-{slot.arm}"
-            result = await backend.run_workload(
-                spec, deployment, cmd.argv, shell, name=name, env=cmd.env
-            )
+            timeout, why = run_timeout(spec, self.durations.load())
+            sample.timeout_s = timeout
+            try:
+                result = await backend.run_workload(
+                    spec, deployment, cmd.argv, shell, name=name, env=cmd.env, timeout=timeout
+                )
+            except WorkloadFailed as exc:
+                if time.monotonic() - t1 >= timeout:
+                    raise WorkloadFailed(f"{exc}\n(the limit: {why}; set timeout: under "
+                                         "## Workload in target.md to change it)") from exc
+                raise
             sample.block = slot.block_id()
             if result.stdout_file and spec.correctness.mode(spec.kind) != "none":
                 text = Path(result.stdout_file).read_text(errors="replace")
@@ -350,6 +363,8 @@ class ABRunner:
                 problems.append(f"no {self.run.metric} was measured")
             sample.ok = not problems
             sample.error = "; ".join(problems) or None
+            if sample.ok:
+                self.durations.add(result.duration_s)
         except AutooptError as exc:
             sample.error = str(exc)
             sample.log_tail = str(exc)[-2000:]

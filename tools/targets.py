@@ -118,6 +118,9 @@ class WorkloadSpec(BaseModel):
     description: str = ""
     warmup_s: Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)] = 0.0
     duration_s: Seconds | None = None
+    timeout_s: Seconds | None = Field(
+        None, description="one timed run's limit (default: tools/timeouts.py)"
+    )
     script: str | None = None
     concurrency: Annotated[int, Field(ge=1, le=100_000)] | None = None
 
@@ -674,6 +677,7 @@ def parse_target(path: Path) -> TargetSpec:
                 description=r.value("workload", "description") or "",
                 warmup_s=_or(r.duration("workload", "warmup", zero=True), 0.0),
                 duration_s=r.duration("workload", "duration"),
+                timeout_s=r.duration("workload", "timeout"),
                 script=r.path("workload", "script"),
                 concurrency=None if concurrency is None else int(concurrency),
             ),

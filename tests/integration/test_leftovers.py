@@ -200,3 +200,28 @@ def test_a_sweep_spares_other_scopes() -> None:
     finally:
         procs[1].kill()
         procs[1].wait()
+
+
+async def test_a_hung_workload_fails_fast_and_stops_the_run(
+    client: Client, workspace: Workspace
+) -> None:
+    """Before per-target timeouts: 600 s per run, 30 minutes for this run_ab. Now each run
+    stops at target.md's timeout, counts as failed, and the run stops after the first two."""
+    mark = marker()
+    folder = add_target(workspace, "hung", "kind: batch\nworkload: python3 job.py", {})
+    job = f"import subprocess\nsubprocess.run(['sleep', '{mark}'])\n"
+    (folder / "src" / "job.py").write_text(job)
+    md = folder / "target.md"
+    md.write_text(md.read_text().replace("## Scope", "timeout: 2\n\n## Scope"))
+    t0 = time.monotonic()
+    result = await call_done(client, "run_ab", {"target": "hung", "runs": 5, "warmup": 0})
+    elapsed = time.monotonic() - t0
+    assert not result.is_error, result.content[0].text
+    view = result.structured_content
+    assert view["verdict"] == "FAILED" and view["failed"] == {"A": 1, "B": 1}, view
+    run = json.loads((workspace.state_dir / "runs" / view["run_id"] / "run.json").read_text())
+    assert "first runs of both arms failed" in run["error"]
+    assert all("timed out after 2 s" in s["error"] and "timeout: in target.md" in s["error"]
+               for s in run["samples"]), [s["error"] for s in run["samples"]]
+    assert elapsed < 60, elapsed
+    assert not sleepers(mark)

@@ -62,7 +62,7 @@ def check(folder: Path, data: bytes) -> TargetSpec | None:
         spec.workload.warmup_s,
         *(g.value for g in spec.guardrails),
     ]
-    for optional in (spec.workload.duration_s, spec.docker.cpus):
+    for optional in (spec.workload.duration_s, spec.workload.timeout_s, spec.docker.cpus):
         if optional is not None:
             numbers.append(optional)
             assert optional > 0
@@ -163,7 +163,8 @@ SCHEMA: dict[str, dict[str, st.SearchStrategy[str] | st.SearchStrategy[list[str]
                "debian": WORD, "dist": WORD},
     "build": {"dockerfile": PATH, "build_timeout": DURATION, "args": LIST},
     "primary metric": {"name": WORD, "direction": WORD, "unit": WORD},
-    "workload": {"description": WORD, "warmup": DURATION, "duration": DURATION, "script": PATH,
+    "workload": {"description": WORD, "warmup": DURATION, "duration": DURATION, "timeout": DURATION,
+                 "script": PATH,
                  "concurrency": NUMBER},
     "scope": {"editable": LIST, "readonly": LIST},
     "service": {"port": NUMBER},

@@ -101,6 +101,7 @@ class Sample(BaseModel):
         default_factory=list, description="files the run left in the built tree (removed)"
     )
     timings: dict[str, float] = Field(default_factory=dict)
+    timeout_s: float | None = Field(None, description="the workload's limit in this run")
     smaps: dict[str, float] = Field(default_factory=dict)
 
 
