@@ -179,7 +179,8 @@ def load_run(state_dir: Path, run_id: str) -> ABRun:
     check_name(run_id, "run id")
     run = load_state(runs_dir(state_dir) / run_id / "run.json", ABRun.model_validate, None)
     if run is None:
-        raise NotFound(f"unknown run {run_id!r}: run_ab returns the run id")
+        raise NotFound(f"unknown run {run_id!r}: run_ab returns the run id (a target keeps "
+                       "its last AUTOOPT_KEEP_RUNS runs; recorded ones live in results/)")
     return run
 
 

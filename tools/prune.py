@@ -1,0 +1,66 @@
+"""Bounded logs: the server's state does not grow with every run.
+
+Each target keeps its last KEEP_RUNS runs (`.autoopt/runs/<id>/`: run.json, outputs, test
+logs, plot) and, per kind of job, its last KEEP_RUNS finished job records. Older ones are
+removed when a new run or job starts; an active run is never removed. What was recorded with
+record_experiment lives in results/, which is never pruned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+KEEP_RUNS = int(os.environ.get("AUTOOPT_KEEP_RUNS", "50"))
+
+
+def prune(state_dir: Path, target: str, keep: int | None = None) -> list[str]:
+    """Remove `target`'s runs and finished job records beyond the last `keep`; their ids."""
+    from autoopt.tools.abrun import ACTIVE, runs_dir
+
+    keep = KEEP_RUNS if keep is None else keep
+    removed: list[str] = []
+    runs = []
+    folder = runs_dir(state_dir)
+    for path in sorted(folder.glob("run-*/run.json")) if folder.is_dir() else []:  # by time
+        head = _head(path)
+        if head.get("target") == target:
+            runs.append((path.parent, head.get("status")))
+    for run, status in runs[: max(0, len(runs) - keep)]:
+        if status not in ACTIVE:
+            shutil.rmtree(run, ignore_errors=True)
+            removed.append(run.name)
+    jobs: dict[str, list[tuple[float, Path]]] = defaultdict(list)
+    folder = state_dir / "jobs"
+    for path in folder.glob("*.json") if folder.is_dir() else []:
+        head = _head(path)
+        if head.get("target") == target and head.get("status") not in (None, "running"):
+            with contextlib.suppress(OSError):
+                jobs[head.get("kind", "")].append((path.stat().st_mtime, path))
+    for records in jobs.values():
+        records.sort()
+        for _, path in records[: max(0, len(records) - keep)]:
+            path.unlink(missing_ok=True)
+            removed.append(path.stem)
+    return sorted(set(removed))
+
+
+_FIELD = re.compile(rb'"(target|status|kind)":\s*"([^"]*)"')
+
+
+def _head(path: Path) -> dict[str, str]:
+    """A run's or job's target, status and kind, from its first bytes (pydantic writes
+    them first): no journal or answer of megabytes is parsed to tell whose it is."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024)
+    except OSError:
+        return {}
+    out: dict[str, str] = {}
+    for key, value in _FIELD.findall(head):
+        out.setdefault(key.decode(), value.decode(errors="replace"))
+    return out
