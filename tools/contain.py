@@ -10,9 +10,10 @@ a file the server might not get to write:
   descendants that clear their environment.
 
 sweep(scope) kills the scope's cgroup and every process carrying its tag. recover() sweeps
-every scope whose server is gone, except the ones a later server still keeps (deployments
-made with the deploy tool), so kill -9 of a server leaves nothing running after the next one
-starts.
+every scope whose server is gone, on any workspace, except the kept ones: a deployment made
+with the deploy tool outlives its server by design, so keep(scope) marks it in a folder all
+servers on this machine share (removed at reboot, as the processes are), until it is swept.
+kill -9 of a server leaves nothing else running once the next server starts.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import functools
 import os
 import re
 import signal
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -47,6 +49,21 @@ def _started(pid: int) -> int | None:
 
 def new_scope(key: str | None = None) -> str:
     return f"{owner()}/{key or uuid4().hex[:10]}"
+
+
+def _kept_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"autoopt-{os.getuid()}" / "kept-scopes"
+
+
+def keep(scope: str) -> None:
+    """Mark `scope` as kept: no server's recover() sweeps it, only sweep(scope) itself."""
+    folder = _kept_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / scope.replace("/", "_")).touch()
+
+
+def kept(scope: str) -> bool:
+    return (_kept_dir() / scope.replace("/", "_")).exists()
 
 
 def owner_alive(scope: str) -> bool:
@@ -137,19 +154,26 @@ def sweep(scope: str, *, spare: Iterable[int] = ()) -> Swept:
         _wait_gone(pids)
     if group is not None:
         _remove_cgroup(group)
+    (_kept_dir() / scope.replace("/", "_")).unlink(missing_ok=True)
     return Swept(scope, killed)
 
 
 def recover(keep: set[str]) -> list[Swept]:
-    """Sweep every scope whose server is gone, but those in `keep`; what was killed."""
-    scopes = {s for s in tagged(None) if not owner_alive(s)}
+    """Sweep every scope whose server is gone, but those in `keep` and the kept ones (a kept
+    scope with no process left loses its mark); what was killed."""
+    scopes = set(tagged(None))
     root = cgroup_root()
     if root is not None and root.is_dir():
         for group in root.iterdir():
             scope = group.name.replace("_", "/", 1)
-            if _SCOPE.fullmatch(scope) and not owner_alive(scope):
+            if _SCOPE.fullmatch(scope):
                 scopes.add(scope)
-    return [s for s in (sweep(scope) for scope in sorted(scopes - keep)) if s.killed]
+    folder = _kept_dir()
+    marks = {m.name.replace("_", "/", 1) for m in folder.iterdir()} if folder.is_dir() else set()
+    for mark in marks - scopes:  # nothing carries it any more
+        (folder / mark.replace("/", "_")).unlink(missing_ok=True)
+    dead = {scope for scope in scopes - keep - marks if not owner_alive(scope)}
+    return [s for s in (sweep(scope) for scope in sorted(dead)) if s.killed]
 
 
 def tagged(scopes: set[str] | None) -> dict[str, set[int]]:

@@ -223,6 +223,8 @@ class Engine:
         spec = self.spec(build.target)
         impl = self.backend(build.backend)
         deployment = await impl.deploy(spec, build)
+        if kept and deployment.scope:  # no other workspace's server sweeps it
+            contain.keep(deployment.scope)
         self.deployments[deployment.id] = deployment
         self.registry.add(deployment, kept=kept)
         if kept:

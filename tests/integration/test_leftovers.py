@@ -225,3 +225,32 @@ async def test_a_hung_workload_fails_fast_and_stops_the_run(
                for s in run["samples"]), [s["error"] for s in run["samples"]]
     assert elapsed < 60, elapsed
     assert not sleepers(mark)
+
+
+def test_recovery_spares_kept_scopes_of_any_workspace() -> None:
+    """A dead server's process is swept by whichever server starts next, on any workspace,
+    unless it is kept (a deployment made with the deploy tool, marked machine-wide)."""
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = f"{gone.pid}.1"  # a server that is no longer there
+    leftover, kept = f"{dead}/dep-left", f"{dead}/dep-kept"
+    procs = {
+        scope: subprocess.Popen(["sleep", "300"], env={**os.environ, contain.ENV: scope},
+                                start_new_session=True)
+        for scope in (leftover, kept)
+    }
+    contain.keep(kept)
+    try:
+        swept = {s.scope: set(s.killed) for s in contain.recover(set())}
+        assert swept.get(leftover) == {procs[leftover].pid}, swept
+        assert kept not in swept and procs[kept].poll() is None
+        assert contain.kept(kept)
+        contain.sweep(kept)
+        assert procs[kept].wait(timeout=5) == -signal.SIGKILL and not contain.kept(kept)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
