@@ -486,8 +486,10 @@ class Source:
             shutil.rmtree(dest, ignore_errors=True)
             self._add_worktree(commit, dest)
         elif patch and head == same:  # the same tree again: nothing to rewrite
+            git(dest, "update-index", "-q", "--refresh", check=False)
             git(dest, "reset", "-q", "--hard")
-        else:
+        else:  # refresh first: a file only touched (same content) is then not rewritten
+            git(dest, "update-index", "-q", "--refresh", check=False)
             git(dest, "checkout", "-q", "--force", "--detach", commit, "--")
         journal.add(_checkout_step(commit, dest, note))
         if not patch:

@@ -3,6 +3,7 @@ in persistent build-cache slots. Real git, real make, real flocks; seconds."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -80,11 +81,13 @@ async def test_slot_rebuilds_only_what_changed(ws: Workspace) -> None:
     assert compiled(first) == ["a.c", "b.c", "main.c"]
     await engine.discard_build(first.id)
     assert Path(first.tree, "prog").is_file(), "discard keeps the slot's tree and products"
+    os.utime(Path(first.tree, "a.c"), (1e9, 1e9))  # a build touching a source (same content)
 
     again = await engine.build("ctiny")
     assert again.tree == first.tree
     assert again.incremental == f"slot-0, reused from {first.commit[:12]}"
     assert compiled(again) == [], "the same base in the same slot recompiles nothing"
+    assert Path(again.tree, "a.c").stat().st_mtime == 1e9, "a touched file is not rewritten"
     await engine.discard_build(again.id)
 
     patched = await engine.build("ctiny", patch=PATCH)
