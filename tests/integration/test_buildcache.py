@@ -154,3 +154,14 @@ async def test_slot_survives_a_server_restart(ws: Workspace) -> None:
         engine.get_build(built.id)
     await engine.discard_build(again.id)
     assert Path(again.tree, "prog").is_file()
+
+
+async def test_a_profile_releases_its_slot_and_keeps_it(ws: Workspace) -> None:
+    from autoopt.tools.profiling.run import profile_memory
+
+    engine = Engine(ws)
+    await profile_memory(engine, "ctiny", tool="procfs", label="p")
+    again = await engine.build("ctiny")
+    assert again.incremental is not None and "reused from" in again.incremental
+    assert again.tree.endswith("slot-0/tree") and compiled(again) == []
+    await engine.discard_build(again.id)
