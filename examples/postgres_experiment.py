@@ -47,13 +47,13 @@ async def call(client: Client, name: str, **args: Any) -> dict[str, Any]:
 async def profile(client: Client) -> None:
     build = await call(client, "build", target="postgres")
     say(f"baseline build {build['build_id']}: {build['duration_s']} s, {build.get('progress')}")
+    await call(client, "teardown", build_id=build["build_id"])  # frees its slot for the profile
     prof = await call(client, "profile_cpu", target="postgres", label="baseline", tool="perf",
                       top=12)
     for key in ("top", "top_self", "scope"):
         for line in prof.get(key) or []:
             say(f"  {key}: {line}")
     say(f"profile {prof.get('profile_id')}: {prof.get('files', {})}")
-    await call(client, "teardown", build_id=build["build_id"])
 
 
 async def ab(client: Client, patch_file: str, exp_id: str, description: str, hypothesis: str,
