@@ -8,7 +8,12 @@ set -eu
 port=$1
 here=$(cd "$(dirname "$0")" && pwd)
 tree=$(pwd)
-data="${TMPDIR:?TMPDIR must name the deployment folder}/pgdata"
+folder=${TMPDIR:-}  # the deployment's own temp folder (the server sets it)
+if [ -z "$folder" ]; then  # a replayed script: a folder of its own, reachable by postgres
+    folder=$(mktemp -d /tmp/autoopt-postgres.XXXXXX)
+    chmod 755 "$folder"
+fi
+data="$folder/pgdata"
 rm -rf "$data"
 cp -a "$tree/.inst/template" "$data"
 cp "$here/postgresql.conf" "$data/postgresql.conf"
