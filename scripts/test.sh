@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything the tests need on a fresh Debian machine, then run them:
 # the venv, Debian's profilers (jemalloc and jeprof among them), a Docker engine with an
-# offline base image, and the single-node Kubernetes test cluster (built once from Debian's
+# offline base image, a C toolchain with bison and flex (the native targets build from
+# source), and the single-node Kubernetes test cluster (built once from Debian's
 # source, then cached).
 # Environment: AUTOOPT_SKIP_K8S=1 / AUTOOPT_SKIP_DOCKER=1 skip those set-ups (their tests
 # then skip outside CI); extra arguments go to pytest.
@@ -15,7 +16,8 @@ log "venv: $VENV"
 
 if [ "$(id -u)" = 0 ]; then
   missing=()
-  for pkg in heaptrack libjemalloc-dev binutils linux-perf gdb git clickhouse-server; do
+  for pkg in heaptrack libjemalloc-dev binutils linux-perf gdb git clickhouse-server \
+      gcc make bison flex zlib1g-dev dpkg-dev postgresql-common postgresql-client-15; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   if [ "${#missing[@]}" -gt 0 ]; then

@@ -93,7 +93,7 @@ def render_build(run: ABRun, repo_setup: str) -> str:
         label = "base" if arm == "A" else "base + diff.patch"
         parts.append(f"# arm {arm.lower()}: {label} (commit {run.commits.get(arm, '?')})\n")
         parts.append(f'TREE="$HERE/work/{arm.lower()}"\n')
-        parts.append("".join(s.shell + "\n" for s in steps))
+        parts.append("".join((f"# {s.note}\n" if s.note else "") + s.shell + "\n" for s in steps))
     parts.append('echo "built: work/a (base) and work/b (patched)"\n')
     return "".join(parts)
 

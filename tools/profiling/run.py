@@ -326,9 +326,8 @@ class _Session:
     async def cleanup(self) -> None:
         with anyio.CancelScope(shield=True):
             await self.stop()
-            if self.own and self.build is not None:
-                await self.impl.discard(self.build)
-                self.engine.source(self.spec).remove_worktree(Path(self.build.tree))
+            if self.own and self.build is not None:  # a build-cache slot is kept, released
+                await self.engine.discard_build(self.build.id, "its profile finished")
 
     def full_journal(self) -> Journal:
         """Build, deploy, profiler, workload, collect and teardown steps, as phase profile."""
