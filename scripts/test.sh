@@ -15,7 +15,7 @@ log "venv: $VENV"
 
 if [ "$(id -u)" = 0 ]; then
   missing=()
-  for pkg in heaptrack libjemalloc-dev binutils linux-perf gdb git clickhouse-server; do
+  for pkg in heaptrack libjemalloc-dev binutils linux-perf gdb git clickhouse-server rocksdb-tools; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   if [ "${#missing[@]}" -gt 0 ]; then

@@ -336,11 +336,12 @@ async def test_heaptrack_traces_the_program_a_batch_script_runs_under_its_wrap(
     (folder / "workload.sh").write_text(
         "#!/usr/bin/env bash\nset -e\necho started\n$AUTOOPT_PROFILE_WRAP ./peak\necho done\n")
     (folder / "plain.sh").write_text("#!/usr/bin/env bash\n./peak\n")
-    r = await call(client, "profile_memory", target="peaksh", label="wrapped", tool="heaptrack")
+    r = await full_view(client, await call_done(client, "profile_memory", {
+        "target": "peaksh", "label": "wrapped", "tool": "heaptrack"}))
     assert r["tool"] == "heaptrack" and r["complete"], r
     by_key = {e["key"]: e for e in r["top_self"]}
     assert by_key["make_buffer (peak.c)"]["self_value"] == pytest.approx(64 * MIB, rel=0.05)
     assert r["total"] == pytest.approx(72 * MIB, rel=0.05)  # the script's bash is not traced
-    plain = await call(client, "profile_memory", target="peaksh", label="plain",
-                       tool="heaptrack", workload="plain.sh")
+    plain = await full_view(client, await call_done(client, "profile_memory", {
+        "target": "peaksh", "label": "plain", "tool": "heaptrack", "workload": "plain.sh"}))
     assert any("$AUTOOPT_PROFILE_WRAP" in n for n in plain["notes"]), plain["notes"]

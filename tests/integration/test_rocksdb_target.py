@@ -2,11 +2,10 @@
 examples/rocksdb_experiment.py): it parses and is ready on local; its workload script and
 metric parsing run against Debian's own db_bench (rocksdb-tools 7.8.3, the same version,
 at a tiny size) through build/deploy/run_workload and heaptrack; its build path (Debian's
-source package, build.sh) compiles one object, then again with a patch."""
+source package, build.sh) compiles one object."""
 
 from __future__ import annotations
 
-import difflib
 import json
 import shutil
 import subprocess
@@ -102,18 +101,10 @@ async def test_build_compiles_one_object_of_the_debian_source(
     if reason := _debian_unreachable():
         pytest.skip(reason)
     md = workspace.targets_dir / "rocksdb" / "target.md"
-    build = "build: bash {target_dir}/build.sh"
-    md.write_text(md.read_text().replace(f"{build}\n", f"{build} memory/arena.o\n"))
+    build = "build: bash {target_dir}/build.sh"  # no .d files: not for the ~1000 sources
+    md.write_text(md.read_text().replace(f"{build}\n", f"{build} SKIP_DEPENDS=1 memory/arena.o\n"))
     base = await ok(client, "build", {"target": "rocksdb"})
     assert base["status"] == "done", base
     tree = Path(json.loads(
         (workspace.state_dir / "builds" / base["build_id"] / "build.json").read_text())["tree"])
     assert (tree / "memory" / "arena.o").stat().st_size > 10_000
-    old = (tree / "memory" / "arena.cc").read_text()
-    line = "  block_size = std::max(Arena::kMinBlockSize, block_size);\n"
-    new = old.replace(line, "  block_size = std::max(block_size, Arena::kMinBlockSize);\n")
-    assert new != old
-    patch = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
-                                         "a/memory/arena.cc", "b/memory/arena.cc"))
-    patched = await ok(client, "build", {"target": "rocksdb", "patch": patch})
-    assert patched["status"] == "done" and patched["patch_files"] == ["memory/arena.cc"]
