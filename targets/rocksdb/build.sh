@@ -13,7 +13,8 @@ done
 export EXTRA_CXXFLAGS="-fdebug-prefix-map=$PWD=." EXTRA_CFLAGS="-fdebug-prefix-map=$PWD=."
 compilers=()
 if command -v ccache >/dev/null; then
-  export CCACHE_BASEDIR="$PWD" CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/autoopt/ccache}"
+  export CCACHE_BASEDIR="$PWD"
+  export CCACHE_DIR="${CCACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/autoopt/ccache}"
   compilers=(CXX="ccache g++" CC="ccache gcc")
 fi
 [[ $# -gt 0 ]] || set -- db_bench
