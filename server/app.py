@@ -530,6 +530,7 @@ def _build_view(result: Build) -> views.BuildResult:
         commit=result.commit,
         patch_files=result.patch_files,
         duration_s=result.duration_s,
+        progress=f"incremental: {result.incremental}" if result.incremental else None,
     )
 
 

@@ -19,7 +19,7 @@ from uuid import uuid4
 
 import anyio
 
-from autoopt.tools import contain
+from autoopt.tools import buildcache, contain
 from autoopt.tools.abrun import (
     ACTIVE,
     ABRun,
@@ -77,6 +77,7 @@ class Engine:
         self.deployments: dict[str, Deployment] = {}  # started by this server
         self.jobs = Jobs(workspace.state_dir)
         self.registry = Registry(workspace.state_dir)
+        self._leases: dict[str, buildcache.Lease] = {}  # build id -> the build-cache slot it holds
         self.stopped = False  # set when shutdown has finished
 
     # -- lookups --------------------------------------------------------------------
@@ -158,6 +159,26 @@ class Engine:
             )
         raise NotFound(f"unknown deployment {deployment_id!r}: deploy a build first")
 
+    def _drop_tree(self, target: str, build_id: str, tree: Path, slot: bool = False) -> None:
+        """A build's tree: a build-cache slot is released and kept; any other removed."""
+        lease = self._leases.pop(build_id, None)
+        if lease is not None or slot:
+            if lease is not None:
+                lease.release()
+            return
+        try:
+            self.source(self.spec(target)).remove_worktree(tree)
+        except Exception:  # the target is gone or broken: still remove the tree
+            shutil.rmtree(tree, ignore_errors=True)
+
+    def _evict_slot_users(self, tree: Path, build_id: str) -> None:
+        """Builds of dead servers left in the slot now re-used are gone (their tree moves)."""
+        for path in (self.workspace.state_dir / "builds").glob("*/build.json"):
+            old = load_state(path, Build.model_validate, None)
+            if old is not None and old.id != build_id and not old.gone and old.tree == str(tree):
+                old.gone = f"its build-cache slot was re-used by build {build_id}"
+                save_model(path, old)
+
     # -- build / deploy / workload / teardown ----------------------------------------
     async def build(
         self,
@@ -186,6 +207,18 @@ class Engine:
         folder = self.build_dir(build_id)
         folder.mkdir(parents=True)
         journal = Journal()
+        lease = None
+        if spec.build.incremental and backend == "local":
+            lease = buildcache.acquire(
+                self.workspace.state_dir, spec.name, commit, info.sha256 if info else None
+            )
+            if lease is None and progress:
+                await progress(
+                    f"incremental: all {buildcache.SLOTS} build-cache slots of {spec.name} are "
+                    "held; building in a fresh tree (a full build)"
+                )
+        tree = lease.tree if lease else folder / "tree"
+        incremental = lease.describe() if lease is not None else None
         build = Build(
             id=build_id,
             target=spec.name,
@@ -195,7 +228,9 @@ class Engine:
             patch_sha256=info.sha256 if info else None,
             patch_files=info.files if info else [],
             allow_constant_tuning=allow_constant_tuning,
-            tree=str(folder / "tree"),
+            tree=str(tree),
+            home=str(folder),
+            incremental=incremental,
             journal=journal,
             owner=Owner.me(),
             kept=kept,
@@ -203,12 +238,31 @@ class Engine:
         )
         save_model(folder / "build.json", build)  # before any work: recovery finds it
         try:
-            build.commit = source.worktree(commit, folder / "tree", patch, journal)
+            if lease is not None:
+                self._leases[build_id] = lease
+                self._evict_slot_users(lease.tree, build_id)
+                note = (f"the server built incrementally in build-cache {incremental}; "
+                        "this replay is a cold build in a fresh tree")
+                last = lease.last
+                same = (
+                    last.commit
+                    if last and info and (last.base, last.patch_sha256) == (commit, info.sha256)
+                    else None
+                )
+                build.commit = source.slot_worktree(
+                    commit, tree, patch, info.files if info else [], folder / "patch.diff",
+                    journal, note, same,
+                )
+                lease.save(build.commit, commit, info.sha256 if info else None)
+            else:
+                build.commit = source.worktree(commit, tree, patch, journal)
             if patch:
                 (folder / "patch.diff").write_text(patch)
+            if progress and incremental:
+                await progress(f"incremental: {incremental}")
             build = await impl.build(spec, build, progress)
         except BaseException:
-            source.remove_worktree(folder / "tree")
+            self._drop_tree(spec.name, build_id, tree)
             shutil.rmtree(folder, ignore_errors=True)
             raise
         build.building = False
@@ -264,10 +318,7 @@ class Engine:
         if build is None:
             return
         await self.backend(build.backend, check=False).discard(build)
-        try:
-            self.source(self.spec(build.target)).remove_worktree(Path(build.tree))
-        except Exception:  # the target is gone or broken: still remove the tree
-            shutil.rmtree(build.tree, ignore_errors=True)
+        self._drop_tree(build.target, build.id, Path(build.tree), bool(build.incremental))
         folder = self.build_dir(build_id)
         shutil.rmtree(folder, ignore_errors=True)
         if build.kept:
@@ -454,7 +505,7 @@ class Engine:
             with anyio.CancelScope(shield=True):
                 for b in builds.values():
                     await impl.discard(b)
-                    self.source(spec).remove_worktree(Path(b.tree))
+                    self._drop_tree(b.target, b.id, Path(b.tree), bool(b.incremental))
                     shutil.rmtree(self.build_dir(b.id), ignore_errors=True)
         return run
 

@@ -459,21 +459,64 @@ class Source:
 
     def worktree(self, commit: str, dest: Path, patch: str | None, journal: Journal) -> str:
         """Check out `commit` at `dest`, apply and commit `patch`; the tree's commit id."""
+        self._add_worktree(commit, dest)
+        journal.add(_checkout_step(commit, dest))
+        if not patch:
+            return commit
+        return self._apply(commit, dest, patch, dest.parent / "patch.diff", None, journal)
+
+    def slot_worktree(
+        self,
+        commit: str,
+        dest: Path,
+        patch: str | None,
+        files: list[str],
+        patch_file: Path,
+        journal: Journal,
+        note: str,
+        same: str | None = None,
+    ) -> str:
+        """Re-use the persistent tree at `dest` (a build-cache slot; made when missing or
+        broken): force-check out `commit` there, so git rewrites only the files that differ
+        and the build products (untracked) stay, then apply `patch` and commit only its
+        `files`; `same` is the slot's commit when it already holds this base + patch (kept
+        as it is). The journal records a fresh worktree: a replay is a cold build."""
+        head = _git_ok(dest, "rev-parse", "HEAD") if (dest / ".git").is_file() else None
+        if head is None:
+            shutil.rmtree(dest, ignore_errors=True)
+            self._add_worktree(commit, dest)
+        elif patch and head == same:  # the same tree again: nothing to rewrite
+            git(dest, "update-index", "-q", "--refresh", check=False)
+            git(dest, "reset", "-q", "--hard")
+        else:  # refresh first: a file only touched (same content) is then not rewritten
+            git(dest, "update-index", "-q", "--refresh", check=False)
+            git(dest, "checkout", "-q", "--force", "--detach", commit, "--")
+        journal.add(_checkout_step(commit, dest, note))
+        if not patch:
+            return commit
+        if head is not None and head == same:
+            patch_file.write_text(patch)
+            journal.add(_apply_step(dest, patch_file))
+            return head
+        return self._apply(commit, dest, patch, patch_file, files, journal)
+
+    def _add_worktree(self, commit: str, dest: Path) -> None:
         with self._lock():
             git(self.repo, "worktree", "prune")
             git(self.repo, "worktree", "add", "--detach", "--no-checkout", "-f", str(dest), commit)
         # What `worktree add` runs to check out, done outside the lock.
         git(dest, "reset", "--hard", "-q", "--no-recurse-submodules")
-        journal.add(
-            Step(
-                phase="source",
-                shell=f'git -C "$REPO" worktree add --detach "$TREE" {commit}',
-                argv=["git", "worktree", "add", "--detach", str(dest), commit],
-            )
-        )
-        if not patch:
-            return commit
-        patch_file = dest.parent / "patch.diff"
+
+    def _apply(
+        self,
+        commit: str,
+        dest: Path,
+        patch: str,
+        patch_file: Path,
+        files: list[str] | None,
+        journal: Journal,
+    ) -> str:
+        """Apply `patch` in `dest` and commit it (only `files` when given, else all)."""
         patch_file.write_text(patch)
         check = subprocess.run(
             ["git", "apply", "--check", "-v", str(patch_file)],
@@ -486,12 +529,12 @@ class Source:
                 f"the patch does not apply to {commit[:12]}: {check.stderr.strip()[-1500:]}. "
                 "Regenerate it against this base (read_source shows the current code)."
             )
-        argv = ["git", "apply", str(patch_file)]
-        subprocess.run(argv, cwd=dest, check=True, capture_output=True)
-        journal.add(
-            Step(phase="source", shell='git -C "$TREE" apply "$PATCH"', argv=argv, cwd=str(dest))
-        )
-        git(dest, "add", "-A")
+        step = journal.add(_apply_step(dest, patch_file))
+        subprocess.run(step.argv, cwd=dest, check=True, capture_output=True)
+        if files is None:
+            git(dest, "add", "-A")
+        else:  # a slot's build products are untracked files: never add them
+            git(dest, "add", "--", *files)
         git(dest, "commit", "-q", "-m", "autoopt: apply patch")
         return git(dest, "rev-parse", "HEAD").strip()
 
@@ -680,6 +723,20 @@ def _write_tree(repo: Path, tree: Path, index: str) -> str:
         if proc.returncode != 0:
             raise TargetSpecError(f"cannot import {tree}: {proc.stderr.strip()[-1000:]}")
     return proc.stdout.strip()
+
+
+def _checkout_step(commit: str, dest: Path, note: str | None = None) -> Step:
+    return Step(
+        phase="source",
+        shell=f'git -C "$REPO" worktree add --detach "$TREE" {commit}',
+        argv=["git", "worktree", "add", "--detach", str(dest), commit],
+        note=note,
+    )
+
+
+def _apply_step(dest: Path, patch_file: Path) -> Step:
+    argv = ["git", "apply", str(patch_file)]
+    return Step(phase="source", shell='git -C "$TREE" apply "$PATCH"', argv=argv, cwd=str(dest))
 
 
 def _git_ok(repo: Path, *args: str) -> str | None:

@@ -106,6 +106,9 @@ class BuildSpec(BaseModel):
     dockerfile: str | None = None
     timeout_s: Seconds = 600.0
     args: dict[str, str] = Field(default_factory=dict)
+    incremental: bool = Field(
+        False, description="local: build in a persistent build-cache slot (tools/buildcache.py)"
+    )
 
 
 class MetricSpec(BaseModel):
@@ -133,6 +136,9 @@ class LocalSpec(BaseModel):
     build: str | None = None
     run: str | None = Field(None, description="service start command; {port} is substituted")
     health: str | None = Field(None, description="HTTP path probed on the service")
+    health_cmd: str | None = Field(
+        None, description="or a command that exits 0 once the service is ready; {port} set"
+    )
     health_timeout_s: Seconds = 30.0
     workload: str | None = Field(None, description="overrides the Workload script")
     python: str | None = Field(
@@ -662,6 +668,7 @@ def parse_target(path: Path) -> TargetSpec:
                 dockerfile=r.path("build", "dockerfile"),
                 timeout_s=_or(r.duration("build", "build_timeout"), 600.0),
                 args=_build_args(r),
+                incremental=r.choice("build", "incremental", "false", ("true", "false")) == "true",
             ),
             primary=MetricSpec(
                 name=r.need("primary metric", "name"),
@@ -685,6 +692,7 @@ def parse_target(path: Path) -> TargetSpec:
                 build=r.value("local", "build"),
                 run=r.value("local", "run"),
                 health=r.value("local", "health"),
+                health_cmd=r.value("local", "health_cmd"),
                 health_timeout_s=_or(r.duration("local", "health_timeout"), 30.0),
                 workload=r.value("local", "workload"),
                 python=r.value("local", "python"),
@@ -716,7 +724,12 @@ def _check_commands(r: _Reader) -> None:
     """Every command parses (VAR=value prefixes, quoting, no shell operators)."""
     from autoopt.tools.command import parse_command
 
-    for key in ("build", "run", "workload"):
+    if r.value("local", "health") and r.value("local", "health_cmd"):
+        raise TargetSpecError(
+            f"{r.file}:{r.line('local', 'health_cmd')}: give health: (an HTTP path) or "
+            "health_cmd: (a command), not both"
+        )
+    for key in ("build", "run", "workload", "health_cmd"):
         text = r.value("local", key)
         if text is None:
             continue

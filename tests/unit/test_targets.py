@@ -175,6 +175,9 @@ def test_unknown_target_lists_known(tmp_path: Path) -> None:
         ("## Workload\nduration: 1e400s", 13, "duration: '1e400s'"),
         ("## Workload\nwarmup: -1", 13, "warmup: '-1' is not a number >= 0"),
         ("## Build\nbuild_timeout: 1e300h", 13, "build_timeout"),
+        ("## Build\nincremental: yes", 13, "incremental must be one of true | false, not 'yes'"),
+        ("## Local\nhealth: /h\nhealth_cmd: pg_isready", 14, "give health: .* or health_cmd:"),
+        ("## Local\nhealth_cmd: a | b", 13, "health_cmd: "),
         ("## Local\nhealth_timeout: nan", 13, "health_timeout: not a duration"),
         ("## Correctness\ntests_timeout: 0", 13, "tests_timeout"),
         ("## Docker\ncpus: 0", 13, "cpus: '0' is not a number > 0"),
@@ -194,6 +197,15 @@ def test_hostile_values_name_the_line(tmp_path: Path, section: str, line: int, m
     folder = _write(tmp_path, BASE + "\n" + section + "\n")
     with pytest.raises(TargetSpecError, match=rf"target\.md:{line}: {match}"):
         parse_target(folder)
+
+
+def test_incremental_and_health_cmd(tmp_path: Path) -> None:
+    spec = parse_target(_write(tmp_path, BASE))
+    assert spec.build.incremental is False and spec.local.health_cmd is None
+    text = BASE + "\n## Build\nincremental: TRUE\n## Local\nhealth_cmd: pg_isready -p {port}\n"
+    spec = parse_target(_write(tmp_path, text))
+    assert spec.build.incremental is True
+    assert spec.local.health_cmd == "pg_isready -p {port}"
 
 
 def test_zero_min_effect_is_kept(tmp_path: Path) -> None:

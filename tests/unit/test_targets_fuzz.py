@@ -161,7 +161,7 @@ LIST = st.lists(WORD, max_size=3)
 SCHEMA: dict[str, dict[str, st.SearchStrategy[str] | st.SearchStrategy[list[str]]]] = {
     "source": {"repo": WORD, "branch": WORD, "path": PATH, "commit": WORD, "pypi": WORD,
                "debian": WORD, "dist": WORD},
-    "build": {"dockerfile": PATH, "build_timeout": DURATION, "args": LIST},
+    "build": {"dockerfile": PATH, "build_timeout": DURATION, "args": LIST, "incremental": WORD},
     "primary metric": {"name": WORD, "direction": WORD, "unit": WORD},
     "workload": {"description": WORD, "warmup": DURATION, "duration": DURATION, "script": PATH,
                  "concurrency": NUMBER},
@@ -169,7 +169,7 @@ SCHEMA: dict[str, dict[str, st.SearchStrategy[str] | st.SearchStrategy[list[str]
     "service": {"port": NUMBER},
     "local": {"kind": WORD, "build": COMMAND, "run": COMMAND, "health": WORD,
               "health_timeout": DURATION, "workload": COMMAND, "python": WORD,
-              "measure_children": WORD},
+              "measure_children": WORD, "health_cmd": COMMAND},
     "correctness": {"output": WORD, "ignore": LIST, "tests": COMMAND, "tests_timeout": DURATION},
     "docker": {"base_image_arg": WORD, "memory": WORD, "cpus": NUMBER},
     "kubernetes": {"manifest": PATH, "memory": WORD, "cpu": WORD},

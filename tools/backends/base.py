@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Protocol
 
 from pydantic import BaseModel, Field
@@ -33,6 +34,10 @@ class Build(BaseModel):
     patch_files: list[str] = Field(default_factory=list)
     allow_constant_tuning: bool = False
     tree: str
+    home: str = Field("", description="the build's folder (logs, deployments); default: tree/..")
+    incremental: str | None = Field(
+        None, description="the build-cache slot built in: 'slot-k, reused from <commit12>'"
+    )
     image: str | None = None
     duration_s: float = 0.0
     log_tail: str = ""
@@ -43,6 +48,11 @@ class Build(BaseModel):
     used: float = 0.0
     gone: str | None = Field(None, description="why the tree was removed, once it was")
     building: bool = Field(False, description="saved before the build ran, until it is done")
+
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.home or Path(self.tree).parent)
 
 
 class Deployment(BaseModel):

@@ -33,7 +33,7 @@ def probe(url: str) -> bool:
 def new_deployment(spec: TargetSpec, build: Build, backend: str, **fields: object) -> Deployment:
     """A fresh deployment id and its log folder beside the build."""
     dep_id = f"dep-{uuid4().hex[:10]}"
-    logs = Path(build.tree).parent / "deployments" / dep_id
+    logs = build.folder / "deployments" / dep_id
     logs.mkdir(parents=True, exist_ok=True)
     return Deployment(
         id=dep_id,

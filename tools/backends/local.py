@@ -32,6 +32,9 @@ COLLECT_SH = (
     'awk \'/^VmHWM/ {printf "peak_rss_mb=%.3f\\n", $2/1024} '
     '/^VmRSS/ {printf "rss_mb=%.3f\\n", $2/1024}\' "/proc/$PID/status"'
 )
+HEALTH_CMD_SH = (
+    "for _ in $(seq 300); do {cmd} >/dev/null 2>&1 && break; sleep 0.1; done"
+)
 TEARDOWN_SH = (
     'kill -TERM -- "-$PID" 2>/dev/null || true\n'
     'for _ in $(seq 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done\n'
@@ -71,7 +74,7 @@ class LocalBackend:
         argv = cmd.argv
         if progress:
             await progress(f"building {spec.name} at {build.commit[:12]}: {spec.local.build}")
-        logs = tree.parent / "logs"
+        logs = build.folder / "logs"
         child, done, timed_out = await run(
             argv,
             cwd=tree,
@@ -154,13 +157,20 @@ class LocalBackend:
                 env=env,
             )
         )
-        health = f"{deployment.endpoint}{spec.local.health or '/'}"
-        deployment.journal.add(
-            Step(
-                phase="deploy",
-                shell=HEALTH_WAIT_SH.format(url=f"$ENDPOINT{spec.local.health or '/'}"),
-                note="wait for the health check",
+        health: str | list[str] = f"{deployment.endpoint}{spec.local.health or '/'}"
+        wait_sh = HEALTH_WAIT_SH.format(url=f"$ENDPOINT{spec.local.health or '/'}")
+        if spec.local.health_cmd:
+            check = program(spec.local.health_cmd, values, python=python, cwd=Path(build.tree))
+            health = check.argv
+            shown = program(
+                spec.local.health_cmd, {**values, "port": "@PORT@"}, python=python,
+                cwd=Path(build.tree),
             )
+            wait_sh = HEALTH_CMD_SH.format(
+                cmd=join_command(shown.argv).replace("@PORT@", '"$PORT"')
+            )
+        deployment.journal.add(
+            Step(phase="deploy", shell=wait_sh, note="wait for the health check")
         )
         try:
             await self._wait_healthy(child, health, spec.local.health_timeout_s)
@@ -170,7 +180,8 @@ class LocalBackend:
             raise
         return deployment
 
-    async def _wait_healthy(self, child: Child, url: str, timeout: float) -> None:
+    async def _wait_healthy(self, child: Child, url: str | list[str], timeout: float) -> None:
+        """Until `url` answers 2xx, or the command `url` (an argv) exits 0."""
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
@@ -181,14 +192,17 @@ class LocalBackend:
                     f"Log tail:\n{child.tail(30)}"
                 )
             try:
-                ok = await anyio.to_thread.run_sync(probe, url)
+                if isinstance(url, list):
+                    ok = await anyio.to_thread.run_sync(_command_ok, url)
+                else:
+                    ok = await anyio.to_thread.run_sync(probe, url)
                 if ok:
                     return
             except OSError as exc:
                 last = str(exc)
             await anyio.sleep(0.05)
         raise DeployFailed(
-            f"the service did not answer {url} within {timeout:.0f} s (health_timeout in "
+            f"the service did not answer {_shown(url)} within {timeout:.0f} s (health_timeout in "
             f"target.md); last error: {last or 'none'}. Log tail:\n{child.tail(30)}"
         )
 
@@ -299,6 +313,21 @@ class LocalBackend:
 
     def forget_orphans(self) -> list[str]:
         return []
+
+
+def _command_ok(argv: list[str]) -> bool:
+    """One health command: True when it exits 0 within 5 s (blocking)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=5, env=base_env({}))
+    except subprocess.TimeoutExpired:
+        return False
+    return done.returncode == 0
+
+
+def _shown(check: str | list[str]) -> str:
+    return join_command(check) if isinstance(check, list) else check
 
 
 def _fresh_tmp(logs: Path) -> dict[str, str]:
