@@ -17,5 +17,12 @@ if command -v ccache >/dev/null; then
   export CCACHE_DIR="${CCACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/autoopt/ccache}"
   compilers=(CXX="ccache g++" CC="ccache gcc")
 fi
-[[ $# -gt 0 ]] || set -- db_bench
-exec make -j"${BUILD_JOBS:-2}" DEBUG_LEVEL=0 "${compilers[@]}" "$@"
+make=(make -j"${BUILD_JOBS:-2}" DEBUG_LEVEL=0 "${compilers[@]}")
+if [[ $# -eq 0 ]]; then
+  # GCC 12 with -march=native on an AVX-512 machine warns (maybe-uninitialized, a false
+  # positive in avx512fintrin.h: GCC bug 105593) in xxhash's AVX-512 path, and the
+  # Makefile's -Werror stops the build: that one object is built without -Werror first.
+  "${make[@]}" DISABLE_WARNING_AS_ERROR=1 util/xxhash.o
+  set -- db_bench
+fi
+exec "${make[@]}" "$@"
