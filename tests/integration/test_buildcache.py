@@ -154,3 +154,16 @@ async def test_slot_survives_a_server_restart(ws: Workspace) -> None:
         engine.get_build(built.id)
     await engine.discard_build(again.id)
     assert Path(again.tree, "prog").is_file()
+
+
+async def test_a_profile_releases_its_slot_with_the_build_products(ws: Workspace) -> None:
+    """profile_memory builds in a slot and, done, releases it: the tree and its objects stay,
+    so the next build of the same base compiles nothing."""
+    from autoopt.tools.profiling.run import profile_memory
+
+    engine = Engine(ws)
+    await profile_memory(engine, "ctiny", tool="procfs", label="p1")
+    slot = ws.state_dir / "buildcache" / "ctiny" / "slot-0" / "tree"
+    assert (slot / "b.o").is_file() and (slot / "prog").is_file()
+    again = await engine.build("ctiny")
+    assert again.tree == str(slot) and compiled(again) == []

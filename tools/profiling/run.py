@@ -328,7 +328,9 @@ class _Session:
             await self.stop()
             if self.own and self.build is not None:
                 await self.impl.discard(self.build)
-                self.engine.source(self.spec).remove_worktree(Path(self.build.tree))
+                build = self.build  # a build-cache slot is released and kept, any other removed
+                self.engine._drop_tree(build.target, build.id, Path(build.tree),
+                                       bool(build.incremental))
 
     def full_journal(self) -> Journal:
         """Build, deploy, profiler, workload, collect and teardown steps, as phase profile."""
