@@ -3,7 +3,7 @@
 of db_bench from Debian's source takes minutes.
 
     .venv/bin/python examples/rocksdb_experiment.py PATCH EXP_ID [--hypothesis TEXT]
-        [--description TEXT] [--runs N] [--profile-only]
+        [--description TEXT] [--runs N] [--profile-only | --build-only]
 
 1. list_targets: rocksdb must be ready on local;
 2. profile_memory(tool='heaptrack') of the baseline, label rocksdb-baseline-heap (skipped
@@ -68,6 +68,11 @@ async def main(ns: argparse.Namespace) -> None:
                        {"target": TARGET, "tool": "heaptrack", "label": PROFILE, "top": 8})
         if ns.profile_only:
             return
+        if ns.build_only:  # one build of PATCH in a build-cache slot: how long B's build takes
+            built = await call(client, "build", {"target": TARGET, "patch": ns.patch.read_text()})
+            say(f"build {built['build_id']}: {built.get('duration_s')} s")
+            await call(client, "teardown", {"build_id": built["build_id"]})
+            return
         run = await call(client, "run_ab", {"target": TARGET, "patch": ns.patch.read_text(),
                                             "runs": ns.runs})
         state = ROOT / ".autoopt" / "runs" / run["run_id"] / "run.json"
@@ -89,4 +94,5 @@ if __name__ == "__main__":
     parser.add_argument("--hypothesis", default=None)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--profile-only", action="store_true")
+    parser.add_argument("--build-only", action="store_true", help="build PATCH, no A/B")
     anyio.run(main, parser.parse_args())
