@@ -167,3 +167,20 @@ async def test_a_profile_releases_its_slot_with_the_build_products(ws: Workspace
     assert (slot / "b.o").is_file() and (slot / "prog").is_file()
     again = await engine.build("ctiny")
     assert again.tree == str(slot) and compiled(again) == []
+
+
+async def test_a_build_script_in_the_target_folder_is_recorded_as_the_records_copy(
+        ws: Workspace) -> None:
+    """`build: bash {target_dir}/mk.sh`: the journal names it as "$WORKLOAD_DIR"/mk.sh and it
+    is among the files a record copies, so the record's build.sh replays without the
+    workspace."""
+    from autoopt.tools.engine import _workload_files
+
+    md = ws.targets_dir / "ctiny" / "target.md"
+    md.write_text(md.read_text().replace("build: make", "build: bash {target_dir}/mk.sh"))
+    (ws.targets_dir / "ctiny" / "mk.sh").write_text("make\n")
+    engine = Engine(ws)
+    build = await engine.build("ctiny")
+    step = next(s for s in build.journal.steps if s.phase == "build")
+    assert step.shell == '(cd "$TREE" && bash "$WORKLOAD_DIR"/mk.sh)', step.shell
+    assert "targets/ctiny/mk.sh" in _workload_files(ws, engine.spec("ctiny"), None)
