@@ -13,7 +13,7 @@ done
 export EXTRA_CXXFLAGS="-fdebug-prefix-map=$PWD=." EXTRA_CFLAGS="-fdebug-prefix-map=$PWD=."
 compilers=()
 if command -v ccache >/dev/null; then
-  export CCACHE_BASEDIR="$PWD"
+  export CCACHE_BASEDIR="$PWD" LANG="${LANG:-C.UTF-8}"  # ccache keys on LANG: the server's
   export CCACHE_DIR="${CCACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/autoopt/ccache}"
   compilers=(CXX="ccache g++" CC="ccache gcc")
 fi
