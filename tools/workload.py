@@ -57,12 +57,15 @@ def output_lines(text: str, lines: int = 20, width: int = 200) -> list[str]:
 
 
 def named_files(spec: TargetSpec, target_dir: Path) -> list[Path]:
-    """Files of the target's folder that its workload command names as {target_dir}/..."""
-    if not spec.local.workload:
-        return []
-    cmd = parse_command(spec.local.workload)
+    """Files of the target's folder that its workload or build command names as
+    {target_dir}/... (a record copies them, so its scripts replay without the workspace)."""
+    words: list[str] = []
+    for text in (spec.local.workload, spec.local.build):
+        if text:
+            cmd = parse_command(text)
+            words += [*cmd.argv, *cmd.env.values()]
     found = []
-    for word in [*cmd.argv, *cmd.env.values()]:
+    for word in words:
         for rel in re.findall(r"\{target_dir\}/([^\s:'\"]+)", word):
             path = target_dir / rel
             if path.is_file() and path.resolve().is_relative_to(target_dir.resolve()):

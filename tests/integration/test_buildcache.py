@@ -165,3 +165,20 @@ async def test_a_profile_releases_its_slot_and_keeps_it(ws: Workspace) -> None:
     assert again.incremental is not None and "reused from" in again.incremental
     assert again.tree.endswith("slot-0/tree") and compiled(again) == []
     await engine.discard_build(again.id)
+
+
+async def test_a_build_script_in_the_target_folder_is_recorded_as_the_records_copy(
+        ws: Workspace) -> None:
+    """`build: bash {target_dir}/mk.sh`: the journal names it as "$WORKLOAD_DIR"/mk.sh and it
+    is among the files a record copies, so the record's build.sh replays without the
+    workspace."""
+    from autoopt.tools.engine import _workload_files
+
+    md = ws.targets_dir / "ctiny" / "target.md"
+    md.write_text(md.read_text().replace("build: make", "build: bash {target_dir}/mk.sh"))
+    (ws.targets_dir / "ctiny" / "mk.sh").write_text("make\n")
+    engine = Engine(ws)
+    build = await engine.build("ctiny")
+    step = next(s for s in build.journal.steps if s.phase == "build")
+    assert step.shell == '(cd "$TREE" && bash "$WORKLOAD_DIR"/mk.sh)', step.shell
+    assert "targets/ctiny/mk.sh" in _workload_files(ws, engine.spec("ctiny"), None)

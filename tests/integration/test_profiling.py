@@ -320,3 +320,28 @@ async def test_attach_to_a_running_deployment(client: Client, workspace: Workspa
     assert procfs["stacks"] == 0
     # the borrowed deployment is still running and still ours to tear down
     await call(client, "teardown", deployment_id=dep["deployment_id"])
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("heaptrack_print") is None,
+                    reason="needs gcc and heaptrack")
+async def test_heaptrack_traces_the_program_a_batch_script_runs_under_its_wrap(
+        client: Client, workspace: Workspace) -> None:
+    """A workload script that starts its program as `$AUTOOPT_PROFILE_WRAP ./peak`: heaptrack
+    traces that program, not the script; a script that ignores the variable is told so."""
+    c_target(workspace, "peaksh", workload="")
+    folder = workspace.targets_dir / "peaksh"
+    md = folder / "target.md"
+    md.write_text(md.read_text().replace("workload: \n", "").replace(
+        "## Workload\n", "## Workload\nscript: targets/peaksh/workload.sh\n"))
+    (folder / "workload.sh").write_text(
+        "#!/usr/bin/env bash\nset -e\necho started\n$AUTOOPT_PROFILE_WRAP ./peak\necho done\n")
+    (folder / "plain.sh").write_text("#!/usr/bin/env bash\n./peak\n")
+    r = await full_view(client, await call_done(client, "profile_memory", {
+        "target": "peaksh", "label": "wrapped", "tool": "heaptrack"}))
+    assert r["tool"] == "heaptrack" and r["complete"], r
+    by_key = {e["key"]: e for e in r["top_self"]}
+    assert by_key["make_buffer (peak.c)"]["self_value"] == pytest.approx(64 * MIB, rel=0.05)
+    assert r["total"] == pytest.approx(72 * MIB, rel=0.05)  # the script's bash is not traced
+    plain = await full_view(client, await call_done(client, "profile_memory", {
+        "target": "peaksh", "label": "plain", "tool": "heaptrack", "workload": "plain.sh"}))
+    assert any("$AUTOOPT_PROFILE_WRAP" in n for n in plain["notes"]), plain["notes"]

@@ -88,7 +88,8 @@ class LocalBackend:
         build.journal.add(
             Step(
                 phase="build",
-                shell=f'(cd "$TREE" && {cmd.text()})',
+                shell=f'(cd "$TREE" && {cmd.text()})'.replace(
+                    values["target_dir"], '"$WORKLOAD_DIR"'),  # the record's copy
                 argv=argv,
                 env=cmd.env,
                 cwd=str(tree),

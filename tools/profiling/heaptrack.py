@@ -39,6 +39,17 @@ def wrap(command: str, raw: Path) -> str:
     return Command(env=env, argv=cmd.argv).text()
 
 
+def wrap_variable(command: str, raw: Path) -> str:
+    """A batch workload script's command with AUTOOPT_PROFILE_WRAP set: the words the script
+    puts, unquoted, before the one program it measures (`env LD_PRELOAD=...
+    DUMP_HEAPTRACK_OUTPUT=raw`; the state folder's path must hold no blanks). heaptrack
+    traces only the process it is preloaded into (it unsets its variables at start), so
+    the script and its other children stay untraced."""
+    cmd = parse_command(command)
+    words = f"env LD_PRELOAD={HEAPTRACK_PRELOAD} DUMP_HEAPTRACK_OUTPUT={raw}"
+    return Command(env={**cmd.env, "AUTOOPT_PROFILE_WRAP": words}, argv=cmd.argv).text()
+
+
 def interpret_shell(raw: Path, out: Path) -> str:
     return f"{HEAPTRACK_INTERPRET} < {shlex.quote(str(raw))} | gzip > {shlex.quote(str(out))}"
 

@@ -565,7 +565,10 @@ def _memory_wrapper(
         from autoopt.tools.profiling import heaptrack
 
         out = s.raw("heaptrack.raw")
-        wrap = lambda cmd: heaptrack.wrap(cmd, out)  # noqa: E731
+        if s.follows_tree:  # the script runs its one program under $AUTOOPT_PROFILE_WRAP
+            wrap = lambda cmd: heaptrack.wrap_variable(cmd, out)  # noqa: E731
+        else:
+            wrap = lambda cmd: heaptrack.wrap(cmd, out)  # noqa: E731
     elif chosen == "jemalloc":
         prefix = f"{s.label}-{jemalloc.SUFFIX}"
         for stale in s.folder.glob(f"{prefix}.*.heap"):
@@ -573,12 +576,13 @@ def _memory_wrapper(
         variable = s.jemalloc.variable if s.jemalloc else "MALLOC_CONF"
         wrap = lambda cmd: jemalloc.wrap(cmd, s.folder / prefix, variable, s.preload)  # noqa: E731
         dumps = jemalloc.Dumps(s.folder, prefix)
-    if s.follows_tree and chosen in ("tracemalloc", "heaptrack", "retention"):
+    if s.follows_tree and chosen in ("tracemalloc", "retention"):
         assert s.script is not None
         raise ProfilerUnavailable(
             f"{chosen} must start the program itself, but this batch workload is a script "
             f"({s.script.name}) that starts other programs: use tool='memray' (each Python "
-            "it starts is followed) or 'jemalloc' (each program on jemalloc dumps its heap), "
+            "it starts is followed), 'jemalloc' (each program on jemalloc dumps its heap) "
+            "or 'heaptrack' (the program the script runs under $AUTOOPT_PROFILE_WRAP), "
             "or give the target a `workload:` command in ## Local"
         )
     return out, wrap, dumps
@@ -881,7 +885,12 @@ async def _read_memory(
         )
         out.unlink()
     if not interpreted.exists():
-        s.notes.append("heaptrack wrote no trace")
+        s.notes.append(
+            "heaptrack wrote no trace" + (
+                f": {s.script.name} must run its program as `$AUTOOPT_PROFILE_WRAP prog ...`"
+                if s.follows_tree and s.script else ""
+            )
+        )
         return ProfileBuilder(), heaptrack.MEASURE, "high", heaptrack.OVERHEAD_NOTE
     builder, info = await anyio.to_thread.run_sync(heaptrack.parse, interpreted, s.tree)
     s.peak, s.growth = info["peak"], info["growth"]  # type: ignore[assignment]
