@@ -57,10 +57,10 @@ def output_lines(text: str, lines: int = 20, width: int = 200) -> list[str]:
 
 
 def named_files(spec: TargetSpec, target_dir: Path) -> list[Path]:
-    """Files of the target's folder that its workload or build command names as
+    """Files of the target's folder that its workload, build or run command names as
     {target_dir}/... (a record copies them, so its scripts replay without the workspace)."""
     words: list[str] = []
-    for text in (spec.local.workload, spec.local.build):
+    for text in (spec.local.workload, spec.local.build, spec.local.run):
         if text:
             cmd = parse_command(text)
             words += [*cmd.argv, *cmd.env.values()]

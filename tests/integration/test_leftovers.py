@@ -104,6 +104,10 @@ async def test_setsid_daemons_die_with_their_run(client: Client, workspace: Work
         assert not result.is_error, result.content[0].text
         view = result.structured_content
         assert view["failed"] == {"A": 0, "B": 0}, view
+    run = json.loads((workspace.state_dir / "runs" / view["run_id"] / "run.json").read_text())
+    deploy = [s["shell"] for s in run["journal"]["steps"] if s["phase"] == "deploy"]
+    assert any('"$WORKLOAD_DIR"/serve.py' in shell for shell in deploy), deploy  # replayable
+    assert "targets/forkserver/serve.py" in run["workload_files"]
     left = sleepers(batch) + sleepers(service)
     for proc in left:
         proc.kill()

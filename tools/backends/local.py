@@ -148,7 +148,10 @@ class LocalBackend:
             spec.local.run, {**values, "port": "@PORT@"}, python=python, cwd=Path(build.tree)
         )
         prefix = Command(env=shown.env, argv=[]).text()
-        shell_run = f"{prefix}exec setsid {join_command(shown.argv)}".replace("@PORT@", '"$PORT"')
+        shell_run = (
+            f"{prefix}exec setsid {join_command(shown.argv)}".replace("@PORT@", '"$PORT"')
+            .replace(target_dir, '"$WORKLOAD_DIR"')  # the record's copy
+        )
         deployment.journal.add(
             Step(
                 phase="deploy",
