@@ -215,7 +215,8 @@ def test_bounded_lines_stops_at_the_limit_the_clock_and_the_line_cap() -> None:
 
 
 def test_a_catastrophic_pattern_is_stopped_with_a_clear_error(source: Source, src: Path) -> None:
-    lines = (f"x = {i}  # some text here\n" for i in range(3000))
+    lines = (f"x = {i}  # some text here, and more of it: backtracking grows as n**4\n"
+             for i in range(3000))
     (src / "lib" / "big.py").write_text("".join(lines))
     started = time.monotonic()
     with pytest.raises(InvalidName, match=r"took over 5 s and was stopped: simplify it"):
