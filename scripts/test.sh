@@ -17,7 +17,7 @@ log "venv: $VENV"
 if [ "$(id -u)" = 0 ]; then
   missing=()
   for pkg in heaptrack libjemalloc-dev binutils linux-perf gdb git clickhouse-server \
-      gcc make bison flex zlib1g-dev dpkg-dev postgresql-common postgresql-client-15 \
+      gcc g++ make bison flex zlib1g-dev dpkg-dev postgresql-common postgresql-client-15 \
       rocksdb-tools; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done

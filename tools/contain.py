@@ -25,7 +25,7 @@ import re
 import signal
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import uuid4
@@ -51,6 +51,15 @@ def new_scope(key: str | None = None) -> str:
     return f"{owner()}/{key or uuid4().hex[:10]}"
 
 
+def _name(scope: str) -> str:
+    """A scope as a file or cgroup name (the owner part holds no '_')."""
+    return scope.replace("/", "_")
+
+
+def _scope(name: str) -> str:
+    return name.replace("_", "/", 1)
+
+
 def _kept_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"autoopt-{os.getuid()}" / "kept-scopes"
 
@@ -59,11 +68,11 @@ def keep(scope: str) -> None:
     """Mark `scope` as kept: no server's recover() sweeps it, only sweep(scope) itself."""
     folder = _kept_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / scope.replace("/", "_")).touch()
+    (folder / _name(scope)).touch()
 
 
 def kept(scope: str) -> bool:
-    return (_kept_dir() / scope.replace("/", "_")).exists()
+    return (_kept_dir() / _name(scope)).exists()
 
 
 def owner_alive(scope: str) -> bool:
@@ -100,7 +109,7 @@ def cgroup_root() -> Path | None:
 
 def cgroup(scope: str) -> Path | None:
     root = cgroup_root()
-    return None if root is None else root / scope.replace("/", "_")
+    return None if root is None else root / _name(scope)
 
 
 def prepare(scope: str) -> Callable[[], None] | None:
@@ -132,20 +141,20 @@ class Swept:
     killed: dict[int, str]
 
 
-def sweep(scope: str, *, spare: Iterable[int] = ()) -> Swept:
+def sweep(scope: str) -> Swept:
     """SIGKILL everything in `scope` (its cgroup and every process with its tag), wait until
-    it is gone, remove the cgroup. `spare`: pids left alone (their owner reaps them)."""
-    keep = {os.getpid(), *spare}
+    it is gone, remove the cgroup."""
+    me = os.getpid()
     group = cgroup(scope)
     killed: dict[int, str] = {}
     for _ in range(3):  # a process forking while it is killed can add one more round
-        pids = (_cgroup_pids(group) | tagged({scope}).get(scope, set())) - keep
-        pids = {p for p in pids if _running(p)}
+        members = _cgroup_pids(group)
+        pids = {p for p in members | tagged({scope}).get(scope, set()) if _running(p)} - {me}
         if not pids:
             break
         for pid in pids:
             killed.setdefault(pid, _cmdline(pid))
-        if group is not None and not keep & _cgroup_pids(group):
+        if group is not None and me not in members:
             with contextlib.suppress(OSError):  # the whole cgroup at once, forks included
                 (group / "cgroup.kill").write_text("1")
         for pid in pids:
@@ -154,7 +163,7 @@ def sweep(scope: str, *, spare: Iterable[int] = ()) -> Swept:
         _wait_gone(pids)
     if group is not None:
         _remove_cgroup(group)
-    (_kept_dir() / scope.replace("/", "_")).unlink(missing_ok=True)
+    (_kept_dir() / _name(scope)).unlink(missing_ok=True)
     return Swept(scope, killed)
 
 
@@ -165,13 +174,13 @@ def recover(keep: set[str]) -> list[Swept]:
     root = cgroup_root()
     if root is not None and root.is_dir():
         for group in root.iterdir():
-            scope = group.name.replace("_", "/", 1)
+            scope = _scope(group.name)
             if _SCOPE.fullmatch(scope):
                 scopes.add(scope)
     folder = _kept_dir()
-    marks = {m.name.replace("_", "/", 1) for m in folder.iterdir()} if folder.is_dir() else set()
+    marks = {_scope(m.name) for m in folder.iterdir()} if folder.is_dir() else set()
     for mark in marks - scopes:  # nothing carries it any more
-        (folder / mark.replace("/", "_")).unlink(missing_ok=True)
+        (folder / _name(mark)).unlink(missing_ok=True)
     dead = {scope for scope in scopes - keep - marks if not owner_alive(scope)}
     return [s for s in (sweep(scope) for scope in sorted(dead)) if s.killed]
 

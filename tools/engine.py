@@ -38,7 +38,7 @@ from autoopt.tools.errors import BackendUnavailable, InvalidName, NotFound, Rule
 from autoopt.tools.jobs import JobRecord, Jobs, JobStatus, Owner
 from autoopt.tools.journal import Journal, Step
 from autoopt.tools.process import process_started
-from autoopt.tools.prune import prune
+from autoopt.tools.prune import prune_runs
 from autoopt.tools.record import ExperimentRecord, record
 from autoopt.tools.registry import KEEP_S, Registry
 from autoopt.tools.source import Source
@@ -395,7 +395,7 @@ class Engine:
         folder = runs_dir(self.workspace.state_dir) / run.id
         folder.mkdir(parents=True)
         save_model(folder / "run.json", run)
-        prune(self.workspace.state_dir, spec.name)
+        prune_runs(self.workspace.state_dir, spec.name)
         return run
 
     def _flag_outputs(self, run: ABRun) -> None:

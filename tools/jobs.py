@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 
 from autoopt.tools.errors import AutooptError, NotFound
 from autoopt.tools.process import process_started
-from autoopt.tools.prune import prune
+from autoopt.tools.prune import prune_jobs
 from autoopt.tools.state import load_state, save_model, write_atomic
 from autoopt.tools.workspace import check_name
 
@@ -192,7 +192,7 @@ class Jobs:
         live = _Live(record=record, on_stop=on_stop)
         self._live[job_id] = live
         self._save(record)
-        prune(self.folder.parent, target)  # the oldest runs and job records beyond the bound
+        prune_jobs(self.folder, target)  # the oldest job records beyond the bound
 
         async def report(done: float, total: float | None, message: str) -> None:
             record.done, record.total, record.message = done, total, message

@@ -2,8 +2,8 @@
 
 Each target keeps its last KEEP_RUNS runs (`.autoopt/runs/<id>/`: run.json, outputs, test
 logs, plot) and, per kind of job, its last KEEP_RUNS finished job records. Older ones are
-removed when a new run or job starts; an active run is never removed. What was recorded with
-record_experiment lives in results/, which is never pruned.
+removed when a new run is saved (prune_runs) or a job starts (prune_jobs); an active run
+is never removed. What record_experiment wrote lives in results/, which is never pruned.
 """
 
 from __future__ import annotations
@@ -18,35 +18,41 @@ from pathlib import Path
 KEEP_RUNS = int(os.environ.get("AUTOOPT_KEEP_RUNS", "50"))
 
 
-def prune(state_dir: Path, target: str, keep: int | None = None) -> list[str]:
-    """Remove `target`'s runs and finished job records beyond the last `keep`; their ids."""
+def prune_runs(state_dir: Path, target: str, keep: int | None = None) -> list[str]:
+    """Remove `target`'s finished runs beyond its last `keep` runs; their ids."""
     from autoopt.tools.abrun import ACTIVE, runs_dir
 
     keep = KEEP_RUNS if keep is None else keep
-    removed: list[str] = []
     runs = []
     folder = runs_dir(state_dir)
     for path in sorted(folder.glob("run-*/run.json")) if folder.is_dir() else []:  # by time
         head = _head(path)
         if head.get("target") == target:
             runs.append((path.parent, head.get("status")))
+    removed = []
     for run, status in runs[: max(0, len(runs) - keep)]:
         if status not in ACTIVE:
             shutil.rmtree(run, ignore_errors=True)
             removed.append(run.name)
-    jobs: dict[str, list[tuple[float, Path]]] = defaultdict(list)
-    folder = state_dir / "jobs"
-    for path in folder.glob("*.json") if folder.is_dir() else []:
+    return removed
+
+
+def prune_jobs(jobs_dir: Path, target: str, keep: int | None = None) -> list[str]:
+    """Remove `target`'s finished job records beyond the last `keep` of each kind; their ids."""
+    keep = KEEP_RUNS if keep is None else keep
+    by_kind: dict[str, list[tuple[float, Path]]] = defaultdict(list)
+    for path in jobs_dir.glob("*.json") if jobs_dir.is_dir() else []:
         head = _head(path)
         if head.get("target") == target and head.get("status") not in (None, "running"):
             with contextlib.suppress(OSError):
-                jobs[head.get("kind", "")].append((path.stat().st_mtime, path))
-    for records in jobs.values():
+                by_kind[head.get("kind", "")].append((path.stat().st_mtime, path))
+    removed = []
+    for records in by_kind.values():
         records.sort()
         for _, path in records[: max(0, len(records) - keep)]:
             path.unlink(missing_ok=True)
             removed.append(path.stem)
-    return sorted(set(removed))
+    return sorted(removed)
 
 
 _FIELD = re.compile(rb'"(target|status|kind)":\s*"([^"]*)"')

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from autoopt.tools.prune import prune
+from autoopt.tools.prune import prune_jobs, prune_runs
 
 
 def _run(state: Path, run_id: str, target: str, status: str) -> Path:
@@ -29,9 +29,9 @@ def test_only_the_oldest_finished_runs_and_jobs_of_the_target_go(tmp_path: Path)
         record = {"id": f"j{i}", "kind": "profile_memory", "target": "t", "status": status}
         (jobs / f"j{i}.json").write_text(json.dumps(record))
         os.utime(jobs / f"j{i}.json", (1000 + i, 1000 + i))
-    removed = prune(tmp_path, "t", keep=3)
+    removed = [*prune_runs(tmp_path, "t", keep=3), *prune_jobs(jobs, "t", keep=3)]
     assert active.is_dir() and other.is_dir()
     assert [r.is_dir() for r in runs] == [False] * 3 + [True] * 3  # and the active one
     assert sorted(p.stem for p in jobs.iterdir()) == ["j1", "j2", "j3", "j4"]  # 3 finished
     assert len(removed) == 3 + 1
-    assert prune(tmp_path, "t", keep=3) == []
+    assert prune_runs(tmp_path, "t", keep=3) == prune_jobs(jobs, "t", keep=3) == []
