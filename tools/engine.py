@@ -19,7 +19,7 @@ from uuid import uuid4
 
 import anyio
 
-from autoopt.tools import buildcache, contain
+from autoopt.tools import buildcache, contain, network
 from autoopt.tools.abrun import (
     ACTIVE,
     ABRun,
@@ -115,6 +115,11 @@ class Engine:
             return (
                 f"no Dockerfile for {spec.name}: set '## Build' dockerfile: to a file in the "
                 "workspace"
+            )
+        if blocked := network.first_unreachable(spec.build.fetches):
+            return (
+                f"the Dockerfile downloads from {', '.join(spec.build.fetches)} while it builds "
+                f"and this machine cannot reach {blocked}: build on a machine with network"
             )
         if backend == "kubernetes":
             if spec.kind == "batch":

@@ -109,6 +109,9 @@ class BuildSpec(BaseModel):
     incremental: bool = Field(
         False, description="local: build in a persistent build-cache slot (tools/buildcache.py)"
     )
+    fetches: list[str] = Field(
+        default_factory=list, description="hosts the Dockerfile downloads from while it builds"
+    )
 
 
 class MetricSpec(BaseModel):
@@ -591,6 +594,21 @@ def _build_args(r: _Reader) -> dict[str, str]:
     return args
 
 
+HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})(:[0-9]{1,5})?")
+
+
+def _hosts(r: _Reader, section: str, key: str) -> list[str]:
+    """A comma-separated list of host or host:port names."""
+    hosts = [h.strip() for h in (r.value(section, key) or "").split(",") if h.strip()]
+    for host in hosts:
+        if not HOST.fullmatch(host):
+            raise TargetSpecError(
+                f"{r.file}:{r.line(section, key)}: {key}: {_shown(host)} is not a host name "
+                "(host or host:port, comma-separated)"
+            )
+    return hosts
+
+
 def _correctness(r: _Reader) -> CorrectnessSpec:
     from autoopt.tools.command import parse_command
 
@@ -672,6 +690,7 @@ def parse_target(path: Path) -> TargetSpec:
                 timeout_s=_or(r.duration("build", "build_timeout"), 600.0),
                 args=_build_args(r),
                 incremental=r.choice("build", "incremental", "false", ("true", "false")) == "true",
+                fetches=_hosts(r, "build", "fetches"),
             ),
             primary=MetricSpec(
                 name=r.need("primary metric", "name"),

@@ -148,6 +148,20 @@ async def test_readiness_names_missing_target_files(client: Client) -> None:
         assert "Dockerfile" in docker
 
 
+async def test_a_build_that_needs_network_is_not_ready_without_it(workspace: Workspace) -> None:
+    """`fetches:` names a host the container build downloads from; where it cannot be
+    reached, list_targets says so instead of letting a build fail minutes in."""
+    target = workspace.root / "targets" / "pyserver" / "target.md"
+    target.write_text(target.read_text().replace(
+        "## Build\n", "## Build\nfetches: autoopt-test.invalid\n", 1))
+    async with Client(create_server(workspace)) as c:
+        result = await c.call_tool("list_targets", {})
+    ready = {t["name"]: t for t in result.structured_content["targets"]}["pyserver"]["readiness"]
+    assert ready["local"] == "ready"
+    if "Docker engine" not in ready["docker"]:  # the engine is up: the host is the reason
+        assert "cannot reach autoopt-test.invalid" in ready["docker"], ready["docker"]
+
+
 @pytest.mark.parametrize("version", ["2025-11-25", "2026-07-28"])
 async def test_tools_list_is_lean(workspace: Workspace, version: str) -> None:
     """What every conversation pays for: the tool list as it goes over the wire."""

@@ -257,3 +257,14 @@ def test_errors_do_not_echo_a_whole_line(tmp_path: Path) -> None:
     with pytest.raises(TargetSpecError) as caught:
         parse_target(folder)
     assert len(str(caught.value)) < 1000
+
+
+def test_fetches_lists_hosts_and_rejects_urls(tmp_path: Path) -> None:
+    """`## Build fetches:` is a comma-separated host list; a URL or a shell word is refused."""
+    text = BASE + "\n## Build\nfetches: static.crates.io, github.com:443\n"
+    assert parse_target(_write(tmp_path, text)).build.fetches == [
+        "static.crates.io", "github.com:443"
+    ]
+    for bad in ("https://github.com/x", "a.com; rm -rf /"):
+        with pytest.raises(TargetSpecError, match=r"target.md:13: fetches: .* not a host"):
+            parse_target(_write(tmp_path, BASE + f"\n## Build\nfetches: {bad}\n"))
