@@ -4,8 +4,8 @@ index has none; diff_profiles compares the two stored plans), a run_ab adding th
 KEEP with identical result fingerprints, and a rewrite that changes a query's result is
 DISCARD "behaviour changed".
 
-Small data (PGSQL_SCALE=0.01 in the test copy's build command: 1K customers, 20K orders,
-50K items; the snapshot is loaded once per machine in seconds, cached under ~/.cache). The
+Small data (PGSQL_SCALE=0.05 in the test copy's build command: 5K customers, 100K orders,
+250K items; the snapshot is loaded once per machine in seconds, cached under ~/.cache). The
 workspace lives in /var/cache/autoopt/postgres-sql-suite, not in pytest's tmp_path: the
 server runs as the postgres user, which cannot traverse pytest's 0700 folders. Skips where
 postgresql-15 is not installed (scripts/test.sh installs it).
@@ -35,7 +35,7 @@ ROOT = Path("/var/cache/autoopt/postgres-sql-suite")
 
 @pytest.fixture
 def sql_workspace(monkeypatch: pytest.MonkeyPatch) -> Workspace:
-    """A kept workspace with this checkout's postgres-sql target, built at scale 0.01."""
+    """A kept workspace with this checkout's postgres-sql target, built at scale 0.05."""
     monkeypatch.delenv("AUTOOPT_STATE_DIR", raising=False)
     target = ROOT / "targets" / TARGET
     shutil.rmtree(target, ignore_errors=True)
@@ -44,7 +44,7 @@ def sql_workspace(monkeypatch: pytest.MonkeyPatch) -> Workspace:
     spec = target / "target.md"
     text = spec.read_text()
     small = text.replace("build: {target_dir}/build.sh",
-                         "build: env PGSQL_SCALE=0.01 {target_dir}/build.sh")
+                         "build: env PGSQL_SCALE=0.05 {target_dir}/build.sh")
     assert small != text
     spec.write_text(small)
     shutil.copy2(REPO / "program.md", ROOT / "program.md")
@@ -59,7 +59,7 @@ async def explain(client: Client, **args: object) -> tuple[dict, str]:
 
 
 async def ab(client: Client, patch: str) -> dict:
-    result = await call_done(client, "run_ab", {"target": TARGET, "patch": patch, "runs": 3})
+    result = await call_done(client, "run_ab", {"target": TARGET, "patch": patch, "runs": 5})
     assert not result.is_error, result.content[0].text
     return await full_view(client, result)
 
