@@ -37,8 +37,10 @@ def plan_answer(record: JobRecord) -> CallToolResult:
         r = record.result or {}
         view = PlanView(profile_id=record.id, status="done", label=r.get("label"),
                         flags=r.get("flags", []), plan=r.get("lines", []))
-        detail = (f"Diff two plans: diff_profiles(target='{r.get('target')}', before='"
-                  f"{r.get('label')}', after=...); raw: {r.get('files', {}).get('plan.json', '')}")
+        files = r.get("files", {})
+        raw = files.get("plan.json") or files.get("statements.json") or ""
+        detail = (f"Diff two: diff_profiles(target='{r.get('target')}', before='"
+                  f"{r.get('label')}', after=...); raw: {raw}")
         text = capped([f"{record.id} {r.get('answer', '')}", detail], 4000)
     else:
         view = PlanView(profile_id=record.id, status="running", next_call=still.next_call)

@@ -4,11 +4,13 @@
 # is keyed by load.sql, postgresql.conf, the scale (PGSQL_SCALE, default 0.5) and the server's
 # version, cached under ~/.cache/autoopt/postgres-sql/<key> (made once, under a lock, by
 # initdb + load.sql on a private postmaster), and named in the tree's .snapshot for run.sh.
+# Usage: build.sh LIB LOAD CONF (lib.sh, load.sql, postgresql.conf: target.md names them as
+# {target_dir}/... so a record copies them and its scripts replay without the workspace).
 set -eu
-here=$(cd "$(dirname "$0")" && pwd)
-. "$here/lib.sh"
+lib=$1 load=$2 conf=$3
+. "$lib"
 scale=${PGSQL_SCALE:-0.5}
-key=$( (cat "$here/load.sql" "$here/postgresql.conf"; echo "$scale"; "$bin/postgres" -V) \
+key=$( (cat "$load" "$conf"; echo "$scale"; "$bin/postgres" -V) \
     | md5sum | cut -c1-16)
 cache="$HOME/.cache/autoopt/postgres-sql"
 snap="$cache/$key"
@@ -23,10 +25,10 @@ if [ ! -f "$snap/PG_VERSION" ]; then
     chown postgres:postgres "$work/pgdata" "$work/s"
     as_pg "$bin/initdb" -D "$work/pgdata" --no-sync -A trust -U postgres --locale=C -E UTF8 \
         > "$work/initdb.log" 2>&1 || { tail -20 "$work/initdb.log" >&2; exit 1; }
-    cp "$here/postgresql.conf" "$work/pgdata/postgresql.conf"
+    cp "$conf" "$work/pgdata/postgresql.conf"
     private_start "$work/pgdata" "$work/s"
     t0=$(date +%s)
-    private_psql "$work/s" -v scale="$scale" -f "$here/load.sql"
+    private_psql "$work/s" -v scale="$scale" -f "$load"
     private_stop "$work/pgdata"
     rm -f "$work/pgdata/private.log"
     rm -rf "$snap.new"

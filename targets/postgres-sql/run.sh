@@ -4,10 +4,10 @@
 # postmaster (Unix socket only, so index builds happen before the health check passes and
 # never count in a query's latency), copy queries/ beside the data for the workload (it finds
 # them from SHOW data_directory), then exec the postmaster on 127.0.0.1:$1 as postgres.
+# Usage: run.sh PORT LIB CONF (lib.sh, postgresql.conf; named in target.md as build.sh's).
 set -eu
-port=$1
-here=$(cd "$(dirname "$0")" && pwd)
-. "$here/lib.sh"
+port=$1 lib=$2 conf=$3
+. "$lib"
 tree=$(pwd)
 folder=${TMPDIR:-}  # the deployment's own temp folder (the server sets it)
 if [ -z "$folder" ]; then  # a replayed script: a folder of its own, reachable by postgres
@@ -18,7 +18,7 @@ snap=$(cat "$tree/.snapshot")
 data="$folder/pgdata"
 rm -rf "$data" "$folder/queries"
 cp -a "$snap" "$data"
-cp "$here/postgresql.conf" "$data/postgresql.conf"
+cp "$conf" "$data/postgresql.conf"
 chown -R postgres:postgres "$data"
 sock=$(mktemp -d /tmp/autoopt-pgsql-s.XXXXXX)  # short: a socket path has a 107-byte limit
 chown postgres "$sock"
