@@ -93,6 +93,7 @@ async def explain(
             await progress(message)
 
     build: Build | None = None
+    started: Deployment | None = None  # the deployment this call made (torn down after)
     dep: Deployment
     if deployment_id is not None:
         dep = engine.get_deployment(check_name(deployment_id, "deployment id"))
@@ -104,7 +105,7 @@ async def explain(
             await say(f"building {target}")
             build = await engine.build(target, patch=patch, base=base, progress=progress)
             await say(f"deploying {target} (data copy and migrations)")
-            dep = await engine.deploy(build.id)
+            dep = started = await engine.deploy(build.id)
         assert dep.port is not None
         if query_name == TOP:
             await say("running the workload for pg_stat_statements")
@@ -145,10 +146,9 @@ async def explain(
             files[what] = str(path)
     finally:
         with anyio.CancelScope(shield=True):
+            if started is not None:
+                await engine.teardown(started.id)
             if build is not None:
-                if build.id in {d.build_id for d in engine.deployments.values()}:
-                    for d in [d for d in engine.deployments.values() if d.build_id == build.id]:
-                        await engine.teardown(d.id)
                 await engine.discard_build(build.id, "its explain_query finished")
     body = [head, *(f"FLAG {f}" for f in flags), *lines]
     answer = "\n".join(body)

@@ -72,6 +72,13 @@ async def test_explain_flags_the_seq_scan_an_index_removes(sql_workspace: Worksp
         diff = await client.call_tool("diff_profiles", {"target": TARGET, "before": "no-index",
                                                         "after": "index"})
         top, _ = await explain(client, query_name="top", label="top")
+        built = await call_done(client, "build", {"target": TARGET})
+        deployed = await client.call_tool("deploy", {"build_id": built.structured_content[
+            "build_id"]})
+        dep = deployed.structured_content["deployment_id"]
+        given, _ = await explain(client, query_name="last_orders", deployment_id=dep)
+        alive = await client.call_tool("run_workload", {"deployment_id": dep})
+        await client.call_tool("teardown", {"build_id": built.structured_content["build_id"]})
     assert before["status"] == "done" and before["label"] == "no-index"
     assert any("seq scan" in f and "of orders" in f for f in before["flags"]), before
     assert text.splitlines()[1].startswith("FLAG #"), "the flags lead the answer"
@@ -87,7 +94,10 @@ async def test_explain_flags_the_seq_scan_an_index_removes(sql_workspace: Worksp
     # pg_stat_statements over the workload: each of the five query files, by name
     names = {line.split(":")[0] for line in top["plan"]}
     assert {"customer_orders", "last_orders", "order_lines"} <= names, top["plan"]
-    assert not list(ROOT.glob(".autoopt/builds/*/tree")), "explain_query removed its builds"
+    # a given deployment: explained in place, and still serving afterwards
+    assert any("seq scan" in f and "loops" in f for f in given["flags"]), given["flags"]
+    assert not alive.is_error and alive.structured_content["metrics"]["error_rate"] == 0
+    assert not list(ROOT.glob(".autoopt/builds/*/tree")), "every build was removed"
 
 
 async def test_adding_the_index_is_keep_with_the_same_results(sql_workspace: Workspace) -> None:
