@@ -48,7 +48,7 @@ async def call(client: Client, name: str, **args: Any) -> dict[str, Any]:
 async def profile(client: Client, label: str) -> None:
     prof = await call(client, "profile_memory", target=TARGET, label=label,
                       tool="memray-native", top=8)
-    for key in ("summary", "top", "scope"):
+    for key in ("total", "top", "scope"):
         value = prof.get(key)
         for line in value if isinstance(value, list) else [value] if value else []:
             say(f"  {key}: {line}")
