@@ -65,3 +65,10 @@ async def test_small_spill_runs_and_profiles_through_mcp(
     assert profile["total"] > 1 << 20, profile["notes"]
     frames = " ".join(" ".join(p["frames"]) for p in profile["top_paths"])
     assert "datafusion" in frames, frames
+
+
+async def test_kubernetes_says_batch_first(client: Client) -> None:
+    """A batch target on kubernetes: the reason that holds whatever the cluster's state."""
+    result = await client.call_tool("list_targets", {})
+    target = {t["name"]: t for t in result.structured_content["targets"]}["datafusion"]
+    assert "runs services only" in target["readiness"]["kubernetes"], target["readiness"]
