@@ -1,7 +1,8 @@
 #!/bin/sh
 # Build the datafusion tree (the cwd: datafusion-python's wheel, patched): byte-compile its
 # Python layer, install its dependencies (requirements.txt) once into a cache folder shared
-# by every build, linked as .deps in the tree, and write the workload's Parquet file once.
+# by every build, linked as .deps in the tree, and write the workload's Parquet file once
+# into a cache folder linked as .data (runs get their own XDG_CACHE_HOME: never cached there).
 # usage: build.sh PYTHON ROWS
 set -eu
 python=${1:?usage: build.sh PYTHON ROWS}
@@ -14,10 +15,13 @@ deps="$cache/deps-py$tag-$(md5sum < "$here/requirements.txt" | cut -c1-12)"
 if [ ! -d "$deps" ]; then
     mkdir -p "$cache"
     tmp=$(mktemp -d "$cache/.deps-XXXXXX")
+    chmod 755 "$tmp"
     "$python" -m pip install --quiet --disable-pip-version-check --no-deps \
         --only-binary=:all: --target "$tmp" -r "$here/requirements.txt" \
         || { rm -rf "$tmp"; exit 1; }
     mv -T "$tmp" "$deps" 2>/dev/null || rm -rf "$tmp"  # another build got there first
 fi
 ln -sfn "$deps" .deps
+mkdir -p "$cache/data"
+ln -sfn "$cache/data" .data
 PYTHONPATH=.:.deps "$python" "$here/workload.py" --rows "$rows" --prepare-only

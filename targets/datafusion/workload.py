@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """DataFusion's spilling GROUP BY, deterministic (datafusion-python, pyarrow).
 
-Usage: workload.py [--rows N] [--pool-mb M] [--prepare-only]
+Usage: workload.py [--rows N] [--pool-mb M] [--data DIR] [--prepare-only]
 
 Data: one Parquet file of `rows` rows (s: a string key with rows/2 distinct values, v: an
-int64), made from arange and a multiplicative hash (no random numbers), written once to
-the cache folder ($AUTOOPT_CACHE or $XDG_CACHE_HOME or ~/.cache, then
-autoopt/datafusion/) and reused; build.sh makes it before any timed run.
+int64), made from arange and a multiplicative hash (no random numbers), written once into
+DIR (default .data in the cwd: build.sh links it to a cache folder shared by builds, and
+writes the file before any timed run) and reused.
 
 Query: SELECT s, count(*), sum(v) FROM events GROUP BY s, one partition
 (target_partitions = 1) under a FairSpillPool of `pool-mb` MiB, spill files in $TMPDIR.
@@ -36,14 +36,9 @@ ROW_GROUP = 1_000_000
 HASH = 2654435761  # Knuth's multiplicative hash: spreads arange over the key space
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("AUTOOPT_CACHE") or os.environ.get("XDG_CACHE_HOME")
-    return (Path(base) if base else Path.home() / ".cache") / "autoopt" / "datafusion"
-
-
-def prepare(rows: int) -> Path:
+def prepare(rows: int, folder: Path) -> Path:
     """The Parquet file of `rows` rows, written once (a private name, then renamed)."""
-    path = cache_dir() / f"events-{rows}-v1.parquet"
+    path = folder / f"events-{rows}-v1.parquet"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +59,7 @@ def prepare(rows: int) -> Path:
                 v = pc.cast(pc.bit_wise_and(pc.multiply(ids, pa.scalar(40503, pa.uint64())),
                                             pa.scalar(0xFFFFF, pa.uint64())), pa.int64())
                 writer.write_table(pa.table({"s": s, "v": v}, schema=schema))
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -75,10 +71,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--pool-mb", type=int, default=100)
+    parser.add_argument("--data", type=Path, default=Path(".data"))
     parser.add_argument("--prepare-only", action="store_true")
     args = parser.parse_args()
     try:
-        data = prepare(args.rows)
+        data = prepare(args.rows, args.data)
     except OSError as exc:
         print(f"cannot prepare the data: {exc}", file=sys.stderr)
         return 2
