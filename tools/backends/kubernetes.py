@@ -711,7 +711,10 @@ class KubernetesBackend:
                     + _kubectl(f"get pod -l {selector} -o jsonpath='{{.items[0].metadata.name}}'")
                     + ")"
                 ),
-                note="wait until the pod is Ready",
+                note=(
+                    "wait until the pod is Ready (the server waited until its container ran, "
+                    "then for the health check below)"
+                ),
             )
         )
         journal.add(
