@@ -83,6 +83,7 @@ DELETE_TIMEOUT_S = 60.0
 EXEC_TIMEOUT_S = 30.0
 DELIVERY_TIMEOUT_S = 600.0
 POLL_S = 0.1
+WATCH_S = 1  # the longest wait for a pod change before listing again
 SETTLE_S = 0.05  # between the lists of a teardown
 TEST_CLUSTER_HINT = (
     "for the project's test cluster: scripts/k8s-cluster.sh up, then "
@@ -208,6 +209,7 @@ class KubernetesBackend:
         self._namespace_ready = False
         self._forwarders: dict[str, Forwarder] = {}
         self._marks: dict[str, tuple[float | None, int | None]] = {}
+        self._versions: dict[str, str] = {}  # selector -> resourceVersion of its last list
         self._containers: dict[str, str] = {}
         try:
             if self.unavailable_reason() is None:
@@ -768,7 +770,37 @@ class KubernetesBackend:
         pods = self._core().list_namespaced_pod(
             self.namespace, label_selector=selector, _request_timeout=API_TIMEOUT_S
         )
+        self._versions[selector] = str(pods.metadata.resource_version or "")
         return [p for p in pods.items if p.metadata.deletion_timestamp is None]
+
+    def _watch_once(self, selector: str, seconds: int) -> None:
+        """Until a pod matching `selector` changes after the last list of them (a watch from
+        its resourceVersion: nothing in between is missed), or `seconds` passed."""
+        from kubernetes import watch
+
+        stream = watch.Watch().stream(
+            self._core().list_namespaced_pod,
+            self.namespace,
+            label_selector=selector,
+            resource_version=self._versions.get(selector) or None,
+            timeout_seconds=seconds,
+            _request_timeout=seconds + API_TIMEOUT_S,
+        )
+        try:
+            next(stream, None)
+        finally:
+            stream.close()  # closes the response
+
+    async def _pod_change(self, selector: str, deadline: float) -> None:
+        """Wait for the deployment's pods to change (1 s at most: the caller lists again)."""
+        seconds = max(1, min(WATCH_S, int(deadline - time.monotonic())))
+        try:  # abandoned on cancel: the watch ends by itself within `seconds`
+            await anyio.to_thread.run_sync(
+                functools.partial(self._watch_once, selector, seconds), abandon_on_cancel=True
+            )
+        except Exception as exc:  # no watch here (too old a version, ...): poll
+            log.debug("kubernetes: watching pods %s failed: %s", selector, short_error(exc))
+            await anyio.sleep(POLL_S)
 
     async def _wait_ready(
         self, spec: TargetSpec, rendered: k8s_manifest.Rendered, selector: str, timeout: float
@@ -791,7 +823,7 @@ class KubernetesBackend:
                 if pod is None:
                     why = f"no pod was created within {timeout:.0f} s"
                 raise DeployFailed(await _call(self._failure, rendered, pod, why, spec))
-            await anyio.sleep(POLL_S)
+            await self._pod_change(selector, deadline)
 
     async def _live_pods(self, rendered: k8s_manifest.Rendered, selector: str) -> list[Any]:
         try:
@@ -1164,6 +1196,7 @@ class KubernetesBackend:
         """Stop the port-forward, delete the deployment's objects, wait until they are gone."""
         forwarder = self._forwarders.pop(deployment.id, None)
         self._marks.pop(deployment.id, None)
+        self._versions.pop(f"{DEP_LABEL}={deployment.id}", None)
         container = self._containers.pop(deployment.id, None)
         if forwarder is not None:
             await _call(forwarder.stop)
