@@ -10,6 +10,7 @@ interleave with the run_abs: some before the first, some after each. The harness
 the mean over the runs of (deploy + collect + teardown) over the median bare time.
 
     python -m bench.overhead [--runs 5] [--backend local|docker|kubernetes]
+    python -m bench.overhead --backend docker --overlap 8   # teardown + next deploy only
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import importlib.util
 import os
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,13 +277,59 @@ def markdown(results: Sequence[Overhead]) -> str:
     return "\n".join([table(head, rows), "", *notes])
 
 
+async def overlap(root: Path, backend: str, pairs: int) -> str:
+    """Teardown of one deployment + deploy of the next (of the other build), one after the
+    other and at once (as run_ab does it), alternating, so a drift of the machine's load
+    hits both alike: the wall times, and the per-pair ratio."""
+    from autoopt.tools.engine import Engine
+    from autoopt.tools.workspace import Workspace
+
+    reason = unavailable(backend, root)
+    if reason:
+        return f"{backend}: not measured: {reason}"
+    engine = Engine(Workspace(root))
+    builds = [await engine.build(PYSERVER, backend=backend) for _ in range(2)]
+    impl, spec = engine.backend(backend), engine.spec(PYSERVER)
+    walls: dict[str, list[float]] = {"one after the other": [], "at once": []}
+    previous = await impl.deploy(spec, builds[0])
+    try:
+        for i in range(2 * pairs):
+            t0 = time.monotonic()
+            if i % 2 == 0:
+                await impl.teardown(previous)
+                previous = await impl.deploy(spec, builds[1])
+            else:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(impl.teardown, previous)
+                    previous = await impl.deploy(spec, builds[0])
+            walls["at once" if i % 2 else "one after the other"].append(time.monotonic() - t0)
+    finally:
+        await impl.teardown(previous)
+        for build in builds:
+            await engine.discard_build(build.id)
+        if backend == "kubernetes" and not os.environ.get("AUTOOPT_K8S_NAMESPACE"):
+            await anyio.to_thread.run_sync(delete_namespace, root)
+    ratio = median([b / a for a, b in zip(*walls.values(), strict=True)])
+    rows = [
+        [backend, mode, len(xs), f(median(xs), 3), f(fmean(xs), 3)] for mode, xs in walls.items()
+    ]
+    head = ["backend", "teardown + next deploy", "pairs", "median s", "mean s"]
+    return f"{table(head, rows)}\n\nat once / one after the other, per pair: median {ratio:.3f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--backend", default="local")
     parser.add_argument("--warmup", type=int, default=1, help="warmup pairs per run_ab")
+    parser.add_argument(
+        "--overlap", type=int, metavar="PAIRS", help="only time teardown + next deploy"
+    )
     args = parser.parse_args()
     with temp_workspace() as root:
+        if args.overlap:
+            print(anyio.run(overlap, root, args.backend, args.overlap))
+            return
         if args.backend == "local":
             bare: list[float] = []
             counts = spread(2 * (args.runs + args.warmup), 2)
