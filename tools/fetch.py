@@ -37,9 +37,9 @@ def pypi_pin(value: str) -> tuple[str, str]:
 
 
 def pypi_archive(pin: str, dist: str | None, downloads: Path) -> Path:
-    """The pinned distribution's pure-Python wheel, else its sdist (or the `dist` forced:
-    `wheel` takes the wheel pip picks for this machine, binary too), downloaded once with
-    pip as configured on this machine."""
+    """The pinned distribution's pure-Python wheel, else its sdist, downloaded once with pip
+    as configured on this machine. `dist: wheel` takes the wheel pip picks for this machine,
+    a platform wheel too (its compiled parts come as they were built: read-only)."""
     name, version = pypi_pin(pin)
     cache = downloads / "pypi" / f"{re.sub(r'[-_.]+', '-', name).lower()}-{version}"
     if hit := _cached_dist(cache, dist):
@@ -58,7 +58,8 @@ def pypi_archive(pin: str, dist: str | None, downloads: Path) -> Path:
                     break  # the index is unreachable: no other archive would come either
                 continue
             if kind == "wheel" and not dist and not got[0].name.endswith("-none-any.whl"):
-                error = f"{pin} has no pure-Python wheel (only {got[0].name}); use dist: sdist"
+                error = (f"{pin} has no pure-Python wheel (only {got[0].name}); use dist: "
+                         "sdist, or dist: wheel for that one")
                 continue
             if kind == "sdist" and not dist:
                 (cache / _NO_WHEEL).touch()

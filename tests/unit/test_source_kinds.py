@@ -103,6 +103,17 @@ def test_pypi_sdist_forced_strips_the_top_folder(tmp_path: Path) -> None:
     assert subject(source) == "import pypi six==1.16.0 (sdist)"
 
 
+def test_pypi_platform_wheel_is_taken_only_when_forced(tmp_path: Path) -> None:
+    """`dist: wheel` takes the wheel pip picked for this machine (chromadb's manylinux one);
+    unforced, a cached platform wheel is no pure-Python wheel and is not reused."""
+    cache = tmp_path / "chromadb-1.5.9"
+    cache.mkdir()
+    wheel = cache / "chromadb-1.5.9-cp39-abi3-manylinux_2_17_x86_64.whl"
+    wheel.write_bytes(b"")
+    assert fetch._cached_dist(cache, "wheel") == wheel
+    assert fetch._cached_dist(cache, None) is None
+
+
 def test_pypi_needs_an_exact_pin(tmp_path: Path) -> None:
     for pin in ("six", "six>=1.16", "six==", "six==1.16.0; python_version>'3'"):
         with pytest.raises(TargetSpecError, match="not an exact pin: write name==version"):

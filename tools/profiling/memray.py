@@ -71,10 +71,14 @@ def parse(path: Path, tree: str | None) -> tuple[ProfileBuilder, dict[str, Any]]
     builder = ProfileBuilder()
     try:
         meta = reader.metadata
+        unaligned = 0
         for record in reader.get_high_watermark_allocation_records(merge_threads=True):
-            hybrid = meta.has_native_traces
-            trace = list(reversed(record.hybrid_stack_trace() if hybrid
-                                  else record.stack_trace()))  # root first
+            try:
+                trace = list(reversed(record.hybrid_stack_trace() if meta.has_native_traces
+                                      else record.stack_trace()))  # root first
+            except AssertionError:  # memray could not line this native stack up with the
+                unaligned += 1  # Python one (its hybrid_stack_trace asserts): Python frames
+                trace = list(reversed(record.stack_trace()))
             while trace and _skip(trace[0]):
                 trace.pop(0)
             frames = [Frame(name=fn, file=file, line=line or None) for fn, file, line in trace]
@@ -89,6 +93,7 @@ def parse(path: Path, tree: str | None) -> tuple[ProfileBuilder, dict[str, Any]]
         "peak_memory": meta.peak_memory, "total_allocations": meta.total_allocations,
         "pid": meta.pid, "python_allocator": meta.python_allocator,
         "traced_python_allocators": meta.trace_python_allocators,
+        "python_frames_only": unaligned,  # records whose native frames memray could not place
         "peak": _peak(snapshots, meta.peak_memory, start_ms,
                       (meta.end_time.timestamp() * 1000 - start_ms) / 1000),
         "growth": _growth(snapshots, start_ms),

@@ -817,6 +817,8 @@ async def _read_memory(
             f"memray: heap peak {info['peak_memory']} bytes {span}; "
             f"{info['total_allocations']} allocations recorded; python allocator "
             f"{info['python_allocator']}"
+            + (f"; {info['python_frames_only']} stacks with Python frames only (memray could "
+               "not place their native frames)" if info["python_frames_only"] else "")
             + ("" if s.memray_mode != "arenas" else
                "; arenas mode: a stack's bytes are a multiple of 1 MiB arenas, not its "
                "objects (tool='memray' traces each object)")
