@@ -31,6 +31,7 @@ from bench.aa_series import Series, series_on, upper_bound
 from bench.common import ROOT, cv, log, median, table, temp_workspace
 
 TIME_TARGET, TIME_METRIC = "batchdemo", "wall_s"
+TIME_RECORDS = 50_000  # a quarter of batchdemo's 200k events: 20 + 20 run_abs in ~10 min
 PYSERVER_METRICS = ("peak_rss_mb", "cpu_s", "wall_s", "latency_p99_ms")
 ESTIMATORS = ("p99", "median_of_windows", "trimmed")
 Z = 1.6449 + 0.8416  # one-sided alpha 5%, power 80%
@@ -77,8 +78,8 @@ def arm_cv(records: list[dict[str, Any]], metric: str) -> float:
 def ci_width(series: Series) -> float:
     """Median width of the primary's 95% CI, in % of the ratio."""
     widths = []
-    for view in series.views:
-        p = ((view.get("report") or {}).get("decision") or {}).get("primary") or {}
+    for rec in series.records:
+        p = ((rec.get("report") or {}).get("decision") or {}).get("primary") or {}
         if p.get("ci_low") is not None:
             widths.append(100 * (p["ci_high"] - p["ci_low"]))
     return median(widths) if widths else math.nan
@@ -93,9 +94,15 @@ class Pair:
 
 
 async def interleaved(
-    root: Path, count: int, runs: int, extra: dict[str, Any], first_seed: int = 1
+    root: Path,
+    count: int,
+    runs: int,
+    extra: dict[str, Any],
+    first_seed: int = 1,
+    abba_count: int | None = None,
 ) -> Pair:
-    """`count` A/A run_abs in each order, alternating (ABBA i, then duet i)."""
+    """`count` duet A/A run_abs and `abba_count` (default `count`) ABBA ones, alternating
+    (ABBA i, then duet i, while both last)."""
     from mcp import Client
 
     from autoopt.server.app import create_server
@@ -105,7 +112,7 @@ async def interleaved(
     out = {o: Series(count=count, runs=runs) for o in ORDERS}
     async with Client(create_server(ws)) as client:
         for i in range(count):
-            for order in ORDERS:
+            for order in ORDERS if i < (count if abba_count is None else abba_count) else ["duet"]:
                 one = await series_on(
                     client, ws, 1, runs, extra={**extra, "order": order},
                     first_seed=first_seed + i,
@@ -318,28 +325,41 @@ def instructions(rounds: int) -> tuple[str, dict[str, Any]]:
     return text, figures
 
 
-def run(count: int, pyserver_count: int, runs: int, trials: int, rounds: int) -> tuple[str, dict]:
+def run(
+    count: int, pyserver_count: int, runs: int, trials: int, rounds: int, abba_count: int
+) -> tuple[str, dict]:
     """Every section; (markdown, key figures)."""
     key: dict[str, Any] = {}
     parts = []
     with temp_workspace() as root:
+        md = root / "targets" / TIME_TARGET / "target.md"
+        text = md.read_text()
+        md.write_text(text.replace("--seed {block_seed}",
+                                   f"--seed {{block_seed}} --records {TIME_RECORDS}"))
         t = time.monotonic()
-        log(f"duet: {count} + {count} A/A run_abs of {TIME_TARGET} ({TIME_METRIC})")
+        log(f"duet: {count} duet + {abba_count} ABBA A/A run_abs of {TIME_TARGET}")
         pair = anyio.run(
             interleaved, root, count, runs,
-            {"target": TIME_TARGET, "metric": TIME_METRIC, "min_effect": 1},
+            {"target": TIME_TARGET, "metric": TIME_METRIC, "min_effect": 1, "warmup": 0},
+            1, abba_count,
         )
         parts += [
-            f"### A time metric: {count} A/A run_abs per order ({TIME_TARGET}, {TIME_METRIC})",
+            f"### A time metric: {count} duet and {abba_count} ABBA A/A run_abs "
+            f"({TIME_TARGET}, {TIME_METRIC})",
             "",
             "Commands (in-process MCP client, a temporary copy of targets/, interleaved):",
             "",
             "```",
             f'call_tool("run_ab", {{"target": "{TIME_TARGET}", "metric": "{TIME_METRIC}", '
-            f'"runs": {runs}, "seed": i, "order": "abba"}})   # i = 1..{count}',
+            f'"runs": {runs}, "warmup": 0, "seed": i, "order": "abba"}})   # i = 1..{abba_count}',
             f'call_tool("run_ab", {{"target": "{TIME_TARGET}", "metric": "{TIME_METRIC}", '
-            f'"runs": {runs}, "seed": i, "order": "duet"}})   # right after each',
+            f'"runs": {runs}, "warmup": 0, "seed": i, "order": "duet"}})   # i = 1..{count}, '
+            "each right after ABBA's i",
             "```",
+            "",
+            f"The temporary copy's batchdemo workload is `python3 dedupe.py --seed {{block_seed}}"
+            f" --records {TIME_RECORDS}` (a quarter of the events, to fit the series in the "
+            "bench's time).",
             "",
             f"_{(time.monotonic() - t) / 60:.1f} min._ Runs/arm for 2% / 5%: pairs for 80% "
             "power at one-sided 5% from the pooled SD of log(B/A) per pair, "
@@ -391,6 +411,7 @@ def run(count: int, pyserver_count: int, runs: int, trials: int, rounds: int) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=20)
+    parser.add_argument("--abba-count", type=int, default=None, help="default: --count")
     parser.add_argument("--pyserver", type=int, default=4)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--trials", type=int, default=4000)
@@ -399,7 +420,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.count, args.pyserver = min(args.count, 5), min(args.pyserver, 2)
-    text, _ = run(args.count, args.pyserver, args.runs, args.trials, args.rounds)
+    abba = args.count if args.abba_count is None else args.abba_count
+    text, _ = run(args.count, args.pyserver, args.runs, args.trials, args.rounds, abba)
     print(text)
 
 
