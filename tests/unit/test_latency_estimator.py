@@ -10,7 +10,7 @@ import pytest
 from autoopt.tools.abrun import _estimate_latency
 from autoopt.tools.errors import TargetSpecError
 from autoopt.tools.stats import latency_estimate, quantile
-from autoopt.tools.targets import parse_target
+from autoopt.tools.targets import TargetSpec, parse_target
 
 
 def test_quantile_matches_numpy() -> None:
@@ -74,7 +74,7 @@ run: python3 a.py
 """
 
 
-def spec(tmp_path: Path, decision: str):  # noqa: ANN201
+def spec(tmp_path: Path, decision: str) -> TargetSpec:
     folder = tmp_path / "targets" / "t"
     (folder / "src").mkdir(parents=True, exist_ok=True)
     (folder / "w.sh").write_text("true\n")
