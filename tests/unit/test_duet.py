@@ -74,3 +74,36 @@ def test_spawned_processes_take_the_tasks_cpu_set(tmp_path) -> None:
     assert free.stdout.read_text().strip() == str(sorted(os.sched_getaffinity(0)))
     for c in (child, free):
         contain.sweep(c.scope)
+
+
+BATCHDEMO = Path(__file__).resolve().parents[2] / "targets" / "batchdemo"
+
+
+def _run(order: str, values: list[tuple[float, float]], failed_pair: int | None) -> abrun.ABRun:
+    from autoopt.tools.backends.base import Sample
+    from autoopt.tools.targets import parse_target
+
+    run = abrun.new_run(
+        parse_target(BATCHDEMO), backend="local", base="0" * 40, patch=None, runs=len(values), warmup=0,
+        order=order, seed=1, sequential=False, metric="wall_s", direction="lower",  # type: ignore[arg-type]
+        min_effect=1, workload=None, allow_constant_tuning=False,
+    )
+    for k, (a, b) in enumerate(values):
+        for j, (arm, x) in enumerate((("A", a), ("B", b))):
+            ok = not (failed_pair == k and arm == "B")
+            run.samples.append(Sample(run=2 * k + j, arm=arm, build_id=arm, ok=ok, block=k,
+                                      metrics={"wall_s": x} if ok else {}))
+    return run
+
+
+def test_duet_analysis_is_paired_and_drops_a_failed_runs_partner() -> None:
+    from autoopt.tools.targets import parse_target
+
+    values = [(1.0, 1.01), (1.3, 1.31), (0.9, 0.91), (1.1, 1.11), (1.2, 1.21), (1.0, 5.0)]
+    run = _run("duet", values, failed_pair=5)
+    report = abrun.analyse(run, parse_target(BATCHDEMO), look=None)
+    assert report.paired and report.n_a == report.n_b == 5 and report.failed_b == 1
+    primary = report.decision["primary"]
+    assert primary["method"] == "paired-log"  # type: ignore[index]
+    # the pairs move together: paired, the 1% rise of B is resolved tightly
+    assert primary["ci_high"] - primary["ci_low"] < 0.01  # type: ignore[index,operator]
