@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -84,7 +85,8 @@ def _run(order: str, values: list[tuple[float, float]], failed_pair: int | None)
     from autoopt.tools.targets import parse_target
 
     run = abrun.new_run(
-        parse_target(BATCHDEMO), backend="local", base="0" * 40, patch=None, runs=len(values), warmup=0,
+        parse_target(BATCHDEMO), backend="local", base="0" * 40, patch=None,
+        runs=len(values), warmup=0,
         order=order, seed=1, sequential=False, metric="wall_s", direction="lower",  # type: ignore[arg-type]
         min_effect=1, workload=None, allow_constant_tuning=False,
     )
