@@ -15,7 +15,7 @@ from mcp.server.mcpserver.resources import FileResource
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
-from autoopt.server import profiling_tools, trace_log_tools, views
+from autoopt.server import explain_tools, profiling_tools, trace_log_tools, views
 from autoopt.server.compact import compact_tools
 from autoopt.server.errors import tool_errors
 from autoopt.server.jobs_view import WaitS, forward, notes, pending, still_running
@@ -89,6 +89,7 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
     _register_prompts(mcp)
     trace_log_tools.register(mcp, engine, ws)
     profiling_tools.register(mcp, engine, ws)
+    explain_tools.register(mcp, engine)
     program = _program_md(ws)
     search_slots: list[anyio.CapacityLimiter] = []
 

@@ -74,6 +74,7 @@ WAITERS = {
     "run_ab": ("get_run", "run_id"),
     "profile_memory": ("get_profile", "profile_id"),
     "profile_cpu": ("get_profile", "profile_id"),
+    "explain_query": ("get_profile", "profile_id"),
     "build": ("build", "build_id"),
 }
 

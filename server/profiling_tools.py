@@ -15,6 +15,7 @@ from mcp_types import CallToolResult, ImageContent, TextContent
 from pydantic import BaseModel, Field
 
 from autoopt.server.errors import tool_errors
+from autoopt.server.explain_tools import plan_answer
 from autoopt.server.jobs_view import WaitS, capped, forward, notes, pending
 from autoopt.server.params import ACTS, NAME_PATTERN, READ_ONLY, Backend, Env, TargetName
 from autoopt.server.progress import Note
@@ -441,6 +442,8 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         """Waits up to wait_s; answers as profile_memory."""
         engine.jobs.require(check_name(profile_id, "profile id"), "profile")
         record = await engine.jobs.wait(profile_id, wait_s, forward(ctx))
+        if record.kind == "explain_query":
+            return plan_answer(record)
         return _answer(record, _own_files(engine, record.target), n=top, detail=detail,
                        include_flamegraph=include_flamegraph)
 

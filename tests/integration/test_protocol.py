@@ -169,7 +169,8 @@ async def test_tools_list_is_lean(workspace: Workspace, version: str) -> None:
                       mode="legacy" if version == "2025-11-25" else "auto") as c:
         listed = await c.list_tools()
     wire = listed.model_dump_json(by_alias=True, exclude_none=True)
-    assert len(wire) <= 15_000, len(wire)
+    # 16,000: explain_query (issue 22) added ~870 bytes to what was exactly at 15,000
+    assert len(wire) <= 16_000, len(wire)
     for tool in listed.tools:
         assert tool.output_schema and tool.output_schema["type"] == "object", tool.name
         assert "\"title\": \"" not in json.dumps(tool.input_schema), tool.name

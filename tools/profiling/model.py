@@ -17,8 +17,8 @@ from pydantic import BaseModel, Field
 
 from autoopt.tools.journal import Step
 
-Kind = Literal["memory", "cpu"]
-Unit = Literal["bytes", "samples"]
+Kind = Literal["memory", "cpu", "plan"]  # plan: a SQL plan or statements (tools/pgplan.py)
+Unit = Literal["bytes", "samples", "ms"]
 Overhead = Literal["none", "low", "moderate", "high"]
 
 UNRESOLVED_NAMES = ("[unknown]", "??", "<unknown>", "<unresolved function>")
@@ -224,4 +224,6 @@ def human_bytes(value: float) -> str:
 
 
 def human_value(value: float, unit: Unit) -> str:
+    if unit == "ms":
+        return f"{value:.1f} ms"
     return human_bytes(value) if unit == "bytes" else f"{value:.0f} samples"
