@@ -49,7 +49,8 @@ class TargetInfo(BaseModel):
         if spec is None:
             return f"{self.name}: INVALID: {self.error}"
         ready = ", ".join(b for b, r in self.readiness.items() if r == READY) or "none"
-        out = [f"{self.name} ({spec.kind}): {self.metric}; editable {', '.join(self.editable)}"]
+        editable = ", ".join(self.editable) or "nothing"
+        out = [f"{self.name} ({spec.kind}): {self.metric}; editable {editable}"]
         out += [f"  guardrail: {g.text}" for g in spec.guardrails]
         if self.flag:
             out.append(f"  FLAG: {self.flag}")

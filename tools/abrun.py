@@ -1,11 +1,13 @@
 """run_ab: interleaved A/B runs of the same base commit, persisted after every run.
 
 Both arms are built from one base commit (A = base, B = base + patch; no patch = A/A).
-Each run is deploy -> reset peak -> workload -> collect -> teardown on a fresh process.
+Each run is deploy -> reset peak -> workload -> collect -> teardown on a fresh process; a
+run's teardown may go on while the next run deploys (never into the same tree), and the
+next workload starts only once it is done.
 Arms alternate in randomised ABBA blocks; warmup runs are recorded but not analysed. In
 duet order both runs of a pair run at the same time, each arm pinned to its own half of the
 CPUs (which half: by the seed, per pair), so interference that hits both cancels in the
-paired difference.
+paired difference; a pair's teardowns end before the next pair deploys.
 The run file (`.autoopt/runs/<id>/run.json`) is rewritten after every sample, so a
 disconnect, a cancel or a crash loses nothing; cancelled and crashed runs are marked.
 """
@@ -24,7 +26,7 @@ import anyio
 from pydantic import BaseModel, Field, PrivateAttr
 
 from autoopt.tools import correctness
-from autoopt.tools.backends.base import Backend, Build, Sample
+from autoopt.tools.backends.base import Backend, Build, Deployment, Sample
 from autoopt.tools.correctness import OutputCheck, TestRun
 from autoopt.tools.errors import AutooptError, NotFound, RuleViolation, WorkloadFailed
 from autoopt.tools.journal import Journal
@@ -277,6 +279,8 @@ class ABRunner:
         self.script = script
         self.track = track
         self.durations = Durations(folder.parent.parent, spec.name, backend.name)
+        self._pending: tuple[Deployment, Sample, Build] | None = None  # its teardown waits
+        self._teardown_error: AutooptError | None = None
 
     def save(self) -> None:
         save_model(self.folder / "run.json", self.run)
@@ -300,10 +304,12 @@ class ABRunner:
                     break
                 n = self._complete_pairs()
                 if run.sequential and n in looks and not step[-1].warmup and n < looks[-1]:
+                    await self.finish_pending()
                     report = analyse(run, self.spec, look=n)
                     if report.decision["verdict"] != "INCONCLUSIVE":
                         run.report = report
                         break
+            await self.finish_pending()
             if run.report is None:
                 run.report = analyse(run, self.spec, look=None)
             run.status = "done"
@@ -320,21 +326,25 @@ class ABRunner:
             run.error = str(exc)
             raise
         finally:
+            await self.finish_pending()
             run.finished = run.finished or time.time()
             self.save()
         return run
 
     async def together(self, builds: dict[str, Build], step: list[Slot]) -> list[Sample]:
         """The step's runs, started together (a duet pair) or alone; in schedule order."""
-        if len(step) == 1:
-            return [await self.one(builds[step[0].arm], step[0])]
+        if len(step) == 1:  # its teardown may overlap the next run's deploy
+            slot = step[0]
+            after = self.run.schedule[slot.index + 1 :]
+            then = builds[after[0].arm] if after else None
+            return [await self.one(builds[slot.arm], slot, then)]
         from autoopt.tools import pinning
 
         done: dict[int, Sample] = {}
 
         async def pinned_run(slot: Slot) -> None:
             with pinning.pinned(tuple(slot.cpus) or None):
-                done[slot.index] = await self.one(builds[slot.arm], slot)
+                done[slot.index] = await self.one(builds[slot.arm], slot, None)
 
         async with anyio.create_task_group() as tg:
             for slot in step:
@@ -371,8 +381,10 @@ class ABRunner:
         mine = [s for s in self.run.samples if s.arm == arm]
         return len(mine) >= 2 and not any(s.ok for s in mine)
 
-    async def one(self, build: Build, slot: Slot) -> Sample:
-        """deploy -> reset peak -> workload -> collect -> teardown, never leaving a process."""
+    async def one(self, build: Build, slot: Slot, then: Build | None = None) -> Sample:
+        """deploy -> reset peak -> workload -> collect -> teardown, never leaving a process.
+        When the next run (of `then`) deploys elsewhere than this tree, this teardown is left
+        pending and goes on during that deploy (see deploy_beside_teardown)."""
         spec, backend = self.spec, self.backend
         sample = Sample(
             run=slot.index, arm=slot.arm, build_id=build.id, ok=False, warmup=slot.warmup
@@ -382,8 +394,9 @@ class ABRunner:
         if local and build.id not in self._built:
             self._built[build.id] = correctness.tree_files(Path(build.tree))
         t0 = time.monotonic()
+        settled = False
         try:
-            deployment = await backend.deploy(spec, build)
+            deployment = await self.deploy_beside_teardown(build)
             self.track(deployment, True)
             if slot.cpus:
                 from autoopt.tools.journal import Step
@@ -393,8 +406,8 @@ class ABRunner:
                     phase="deploy", shell=f": duet: this arm's processes run on CPUs {cpus}",
                     note=f"sched_setaffinity (taskset -c {cpus}; docker --cpuset-cpus)",
                 ))
-            t1 = time.monotonic()
             await backend.reset_peak(deployment)
+            t1 = time.monotonic()
             seed = block_seed(self.run.seed, slot.block_id())
             cmd, shell = workload_argv(spec, self.script, deployment, self.target_dir, seed)
             name = f"run{slot.index:03d}-{slot.arm}"
@@ -450,23 +463,68 @@ class ABRunner:
             sample.error = "; ".join(problems) or None
             if sample.ok:
                 self.durations.add(result.duration_s)
+            settled = True
         except AutooptError as exc:
             sample.error = str(exc)
             sample.log_tail = str(exc)[-2000:]
+            settled = True
         finally:
-            if deployment is not None:
-                t4 = time.monotonic()
-                with anyio.CancelScope(shield=True):
-                    await backend.teardown(deployment)
-                    self.track(deployment, False)
-                sample.timings["teardown_s"] = time.monotonic() - t4
-                self.run.journal.extend(deployment.journal, arm=slot.arm, run=slot.index)
-            if local:  # the next run starts from the tree as built: no cache survives
-                removed, changed = correctness.clean_leftovers(
-                    Path(build.tree), self._built[build.id]
-                )
-                sample.left = removed[:20] + [f"(changed) {c}" for c in changed[:5]]
+            if deployment is None:
+                await self.finish_pending()  # a failed deploy: the previous one, now
+                self._clean_tree(build, sample)
+            elif settled and then is not None and (not local or then.id != build.id):
+                self._pending = (deployment, sample, build)
+            else:
+                await self._finish(deployment, sample, build)
+                await self.finish_pending()  # raises what a teardown raised
         return sample
+
+    async def deploy_beside_teardown(self, build: Build) -> Deployment:
+        """Deploy `build` while the previous run's deployment is torn down; return once both
+        are done, so no workload ever shares the machine with another run's service."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return await self.backend.deploy(self.spec, build)
+        failed: list[Exception] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._finish, *pending)
+            try:
+                deployment = await self.backend.deploy(self.spec, build)
+            except Exception as exc:  # not as an ExceptionGroup: once the teardown is done
+                failed.append(exc)
+        if failed:
+            raise failed[0]
+        pending[1].timings["teardown_hidden_s"] = pending[1].timings.get("teardown_s", 0.0)
+        return deployment
+
+    async def finish_pending(self) -> None:
+        """Tear down the deployment a run left pending (none is left after this)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await self._finish(*pending)
+        if self._teardown_error is not None:
+            error, self._teardown_error = self._teardown_error, None
+            raise error
+
+    async def _finish(self, deployment: Deployment, sample: Sample, build: Build) -> None:
+        """Teardown (shielded: it runs even when cancelled), its journal, the tree's cleanup;
+        a teardown that fails is raised by the run that notices it."""
+        t4 = time.monotonic()
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.backend.teardown(deployment)
+            except AutooptError as exc:
+                self._teardown_error = self._teardown_error or exc
+            self.track(deployment, False)
+        sample.timings["teardown_s"] = time.monotonic() - t4
+        self.run.journal.extend(deployment.journal, arm=sample.arm, run=sample.run)
+        self._clean_tree(build, sample)
+
+    def _clean_tree(self, build: Build, sample: Sample) -> None:
+        """Local backend: the next run starts from the tree as built: no cache survives."""
+        if self.backend.name == "local":
+            removed, changed = correctness.clean_leftovers(Path(build.tree), self._built[build.id])
+            sample.left = removed[:20] + [f"(changed) {c}" for c in changed[:5]]
 
 
 def _estimate_latency(spec: TargetSpec, metrics: dict[str, float], latencies: Path) -> None:

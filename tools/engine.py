@@ -99,6 +99,8 @@ class Engine:
 
     def readiness(self, spec: TargetSpec, backend: str) -> str | None:
         """None when `backend` can run this target, else why not (engine or target files)."""
+        if backend == "kubernetes" and spec.kind == "batch":  # true whatever the cluster's state
+            return "the kubernetes backend runs services only (batch: use local or docker)"
         try:
             reason = self.backend(backend, check=False).unavailable_reason()
         except Exception as exc:  # a backend that cannot even start says why
@@ -123,8 +125,6 @@ class Engine:
                 f"and this machine cannot reach {blocked}: build on a machine with network"
             )
         if backend == "kubernetes":
-            if spec.kind == "batch":
-                return "the kubernetes backend runs services only (batch: use local or docker)"
             manifest = spec.kubernetes.manifest or f"targets/{spec.name}/k8s.yaml"
             if not (self.workspace.root / manifest).is_file():
                 return f"no Kubernetes manifest {manifest} ('## Kubernetes' manifest:)"

@@ -37,8 +37,9 @@ def pypi_pin(value: str) -> tuple[str, str]:
 
 
 def pypi_archive(pin: str, dist: str | None, downloads: Path) -> Path:
-    """The pinned distribution's pure-Python wheel, else its sdist (or the `dist` forced),
-    downloaded once with pip as configured on this machine."""
+    """The pinned distribution's pure-Python wheel, else its sdist (or the `dist` forced:
+    `wheel` takes the wheel pip picks for this machine, binary too), downloaded once with
+    pip as configured on this machine."""
     name, version = pypi_pin(pin)
     cache = downloads / "pypi" / f"{re.sub(r'[-_.]+', '-', name).lower()}-{version}"
     if hit := _cached_dist(cache, dist):
@@ -56,7 +57,7 @@ def pypi_archive(pin: str, dist: str | None, downloads: Path) -> Path:
                 if _NETWORK in proc.stderr:
                     break  # the index is unreachable: no other archive would come either
                 continue
-            if kind == "wheel" and not got[0].name.endswith("-none-any.whl"):
+            if kind == "wheel" and not dist and not got[0].name.endswith("-none-any.whl"):
                 error = f"{pin} has no pure-Python wheel (only {got[0].name}); use dist: sdist"
                 continue
             if kind == "sdist" and not dist:
@@ -73,7 +74,7 @@ def _cached_dist(cache: Path, dist: str | None) -> Path | None:
     """The cached archive `dist` asks for; unforced: the wheel, unless the sdist was chosen."""
     if not cache.is_dir():
         return None
-    wheels = sorted(cache.glob("*-none-any.whl"))
+    wheels = sorted(cache.glob("*.whl" if dist == "wheel" else "*-none-any.whl"))
     sdists = sorted(p for p in cache.glob("*") if p.suffix in (".gz", ".zip", ".bz2", ".xz"))
     if dist == "wheel" or (dist is None and not (cache / _NO_WHEEL).exists()):
         return wheels[0] if wheels else None

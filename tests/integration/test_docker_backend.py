@@ -302,6 +302,9 @@ async def test_run_ab_pyserver_history_cap_keeps(ws: Workspace) -> None:
         assert s.metrics["cgroup_max_usage_mb"] > 0, s.metrics
         assert s.metrics["oom_killed"] == 0 and not s.died
         assert "cpu_s" in s.metrics
+    # each teardown but the last went on while the next run deployed (a fresh container)
+    hidden = ["teardown_hidden_s" in s.timings for s in run.samples]
+    assert hidden == [True] * (len(hidden) - 1) + [False], hidden
     shells = "\n".join(step.shell for step in run.journal.steps)
     assert 'docker build -f "$HERE/Dockerfile"' in shells
     assert "CONTAINER=$(docker run -d -p 127.0.0.1::8080" in shells

@@ -327,6 +327,9 @@ async def test_run_ab_pyserver_history_cap_then_record(
             assert s.metrics["rss_mb"] <= s.metrics["peak_rss_mb"] + 0.1, s.metrics
             assert s.metrics["cpu_s"] > 0 and "cpu_pct" in s.metrics, s.metrics
             assert s.metrics["oom_killed"] == 0 and s.restarts == 0 and not s.died
+        # each teardown but the last went on while the next run deployed (a fresh pod)
+        hidden = ["teardown_hidden_s" in s.timings for s in run.samples]
+        assert hidden == [True] * (len(hidden) - 1) + [False], hidden
         shells = "\n".join(step.shell for step in run.journal.steps)
         assert "load-image" in shells and 'docker build -f "$HERE/Dockerfile"' in shells
         assert 'kubectl --context "$CONTEXT" -n "$NAMESPACE" apply -f - <<EOF' in shells

@@ -54,6 +54,7 @@ PING_TIMEOUT_S = 3.0
 REASON_TTL_S = 5.0
 API_TIMEOUT_S = 120.0
 POLL_S = 0.1
+HEALTH_POLL_S = 0.05
 WORKLOAD_MOUNT = "/autoopt/workload"
 SETUP_HINT = "run scripts/setup-docker.sh"
 
@@ -653,6 +654,11 @@ class DockerBackend:
         last = ""
         while True:
             try:
+                if await anyio.to_thread.run_sync(probe, url):
+                    return
+            except (OSError, http.client.HTTPException) as exc:  # not listening yet, reset, ...
+                last = f"{type(exc).__name__}: {exc}"
+            try:  # not yet: has it exited?
                 await _call(container.reload)
             except Exception as exc:
                 raise _translate(exc, DeployFailed, "watching the container") from exc
@@ -663,18 +669,13 @@ class DockerBackend:
                     f"the container exited (code {state.get('ExitCode')}){oom} before its health "
                     f"check passed. Log tail:\n{await self._log_tail(container)}"
                 )
-            try:
-                if await anyio.to_thread.run_sync(probe, url):
-                    return
-            except (OSError, http.client.HTTPException) as exc:  # not listening yet, reset, ...
-                last = f"{type(exc).__name__}: {exc}"
             if time.monotonic() > deadline:
                 raise DeployFailed(
                     f"the container did not answer {url} within {timeout:.0f} s (health_timeout "
                     f"in target.md); last error: {last or 'none'}. Log tail:\n"
                     f"{await self._log_tail(container)}"
                 )
-            await anyio.sleep(POLL_S)
+            await anyio.sleep(HEALTH_POLL_S)
 
     async def _log_tail(self, container: Any, lines: int = 30) -> str:
         try:

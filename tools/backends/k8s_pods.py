@@ -130,6 +130,8 @@ class Forwarder:
 
     def stop(self) -> None:
         self.stopped.set()
+        with contextlib.suppress(OSError):  # wakes the accept thread's select() at once
+            self.listener.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self.listener.close()
         with self.lock:
@@ -141,6 +143,13 @@ class Forwarder:
 
 def ready(pod: Any) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
+
+
+def started(pod: Any, container: str) -> bool:
+    """The container runs (and its startupProbe, if any, passed)."""
+    status = container_status(pod, container)
+    running = status is not None and status.state.running is not None
+    return bool(running and status.started is not False)
 
 
 def container_status(pod: Any, container: str | None) -> Any:

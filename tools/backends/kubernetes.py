@@ -43,6 +43,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -81,7 +82,9 @@ DEFAULT_READY_S = 60.0
 DELETE_TIMEOUT_S = 60.0
 EXEC_TIMEOUT_S = 30.0
 DELIVERY_TIMEOUT_S = 600.0
-POLL_S = 0.25
+POLL_S = 0.1
+WATCH_S = 1  # the longest wait for a pod change before listing again
+SETTLE_S = 0.05  # between the lists of a teardown
 TEST_CLUSTER_HINT = (
     "for the project's test cluster: scripts/k8s-cluster.sh up, then "
     "AUTOOPT_KUBECONFIG=$(scripts/k8s-cluster.sh kubeconfig) AUTOOPT_K8S_CONTEXT=autoopt-test"
@@ -206,6 +209,7 @@ class KubernetesBackend:
         self._namespace_ready = False
         self._forwarders: dict[str, Forwarder] = {}
         self._marks: dict[str, tuple[float | None, int | None]] = {}
+        self._versions: dict[str, str] = {}  # selector -> resourceVersion of its last list
         self._containers: dict[str, str] = {}
         try:
             if self.unavailable_reason() is None:
@@ -636,8 +640,7 @@ class KubernetesBackend:
             self._forwarders[dep_id] = forwarder
             deployment.port = forwarder.port
             deployment.endpoint = f"http://127.0.0.1:{forwarder.port}"
-            remaining = max(15.0, timeout - (time.monotonic() - t0))
-            await self._wait_healthy(spec, deployment, forwarder, remaining)
+            await self._wait_healthy(spec, deployment, forwarder, rendered, selector, t0, timeout)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 try:
@@ -710,7 +713,10 @@ class KubernetesBackend:
                     + _kubectl(f"get pod -l {selector} -o jsonpath='{{.items[0].metadata.name}}'")
                     + ")"
                 ),
-                note="wait until the pod is Ready",
+                note=(
+                    "wait until the pod is Ready (the server waited until its container ran, "
+                    "then for the health check below)"
+                ),
             )
         )
         journal.add(
@@ -764,37 +770,74 @@ class KubernetesBackend:
         pods = self._core().list_namespaced_pod(
             self.namespace, label_selector=selector, _request_timeout=API_TIMEOUT_S
         )
+        self._versions[selector] = str(pods.metadata.resource_version or "")
         return [p for p in pods.items if p.metadata.deletion_timestamp is None]
+
+    def _watch_once(self, selector: str, seconds: int) -> None:
+        """Until a pod matching `selector` changes after the last list of them (a watch from
+        its resourceVersion: nothing in between is missed), or `seconds` passed."""
+        from kubernetes import watch
+
+        stream = watch.Watch().stream(
+            self._core().list_namespaced_pod,
+            self.namespace,
+            label_selector=selector,
+            resource_version=self._versions.get(selector) or None,
+            timeout_seconds=seconds,
+            _request_timeout=seconds + API_TIMEOUT_S,
+        )
+        try:
+            next(stream, None)
+        finally:
+            stream.close()  # closes the response
+
+    async def _pod_change(self, selector: str, deadline: float) -> None:
+        """Wait for the deployment's pods to change (1 s at most: the caller lists again)."""
+        seconds = max(1, min(WATCH_S, int(deadline - time.monotonic())))
+        try:  # abandoned on cancel: the watch ends by itself within `seconds`
+            await anyio.to_thread.run_sync(
+                functools.partial(self._watch_once, selector, seconds), abandon_on_cancel=True
+            )
+        except Exception as exc:  # no watch here (too old a version, ...): poll
+            log.debug("kubernetes: watching pods %s failed: %s", selector, short_error(exc))
+            await anyio.sleep(POLL_S)
 
     async def _wait_ready(
         self, spec: TargetSpec, rendered: k8s_manifest.Rendered, selector: str, timeout: float
     ) -> str:
-        """The name of the deployment's pod once it is Ready; DeployFailed (with its events,
-        container statuses and log tail) when it fails or the time is up."""
+        """The name of the deployment's pod once its main container runs (the health check
+        through the port-forward then says when it serves: see _wait_healthy); DeployFailed
+        (with its events, container statuses and log tail) when it fails or the time is up."""
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                pods = await _call(self._pods, selector)
-            except Exception as exc:
-                raise DeployFailed(
-                    f"listing the pods of {rendered.name} failed: {short_error(exc)}"
-                ) from exc
+            pods = await self._live_pods(rendered, selector)
             for pod in pods:
-                if k8s_pods.ready(pod):
+                if k8s_pods.ready(pod) or k8s_pods.started(pod, rendered.main):
                     return str(pod.metadata.name)
                 problem = k8s_pods.pod_problem(pod)
                 if problem:
                     raise DeployFailed(await _call(self._failure, rendered, pod, problem, spec))
             if time.monotonic() > deadline:
                 pod = pods[0] if pods else None
-                why = (
-                    f"not Ready within {timeout:.0f} s (health_timeout in target.md, at least "
-                    f"AUTOOPT_K8S_READY_TIMEOUT={self.settings.ready_timeout_s:.0f} s)"
-                )
+                why = self._not_ready(timeout)
                 if pod is None:
                     why = f"no pod was created within {timeout:.0f} s"
                 raise DeployFailed(await _call(self._failure, rendered, pod, why, spec))
-            await anyio.sleep(POLL_S)
+            await self._pod_change(selector, deadline)
+
+    async def _live_pods(self, rendered: k8s_manifest.Rendered, selector: str) -> list[Any]:
+        try:
+            return await _call(self._pods, selector)
+        except Exception as exc:
+            raise DeployFailed(
+                f"listing the pods of {rendered.name} failed: {short_error(exc)}"
+            ) from exc
+
+    def _not_ready(self, timeout: float) -> str:
+        return (
+            f"not Ready within {timeout:.0f} s (health_timeout in target.md, at least "
+            f"AUTOOPT_K8S_READY_TIMEOUT={self.settings.ready_timeout_s:.0f} s)"
+        )
 
     def _failure(
         self, rendered: k8s_manifest.Rendered, pod: Any, problem: str, spec: TargetSpec
@@ -881,24 +924,47 @@ class KubernetesBackend:
         return Forwarder(connect, port, dep_id)
 
     async def _wait_healthy(
-        self, spec: TargetSpec, deployment: Deployment, forwarder: Forwarder, timeout: float
+        self,
+        spec: TargetSpec,
+        deployment: Deployment,
+        forwarder: Forwarder,
+        rendered: k8s_manifest.Rendered,
+        selector: str,
+        t0: float,
+        timeout: float,
     ) -> None:
+        """Until the health check answers 2xx through the port-forward (as on the local and
+        docker backends: the pod's Ready condition, which its readinessProbe's delays hold
+        back, is not waited for); the pod is watched meanwhile for a crash."""
         url = f"{deployment.endpoint}{spec.local.health or '/'}"
-        deadline = time.monotonic() + timeout
+        deadline = t0 + timeout
+        ready_at: float | None = None
         last = ""
         while True:
             try:
                 if await anyio.to_thread.run_sync(probe, url):
+                    forwarder.errors.clear()  # those of the probes before it listened
                     return
                 last = "not a 2xx answer"
             except Exception as exc:
                 last = f"{type(exc).__name__}: {exc}"
-            if time.monotonic() > deadline:
+            pods = await self._live_pods(rendered, selector)
+            pod = next((p for p in pods if p.metadata.name == deployment.container), None)
+            problem = k8s_pods.pod_problem(pod) if pod is not None else "the pod is gone"
+            if problem:
+                raise DeployFailed(await _call(self._failure, rendered, pod, problem, spec))
+            now = time.monotonic()
+            if k8s_pods.ready(pod):
+                ready_at = ready_at or now
+            elif now > deadline:
+                why = f"{self._not_ready(timeout)}; health check {url}: {last}"
+                raise DeployFailed(await _call(self._failure, rendered, pod, why, spec))
+            if ready_at is not None and now > max(deadline, ready_at + 15.0):
                 errors = "; ".join(forwarder.errors) or "none"
                 raise DeployFailed(
                     f"the pod {deployment.container} is Ready but {url} did not answer "
-                    f"through the port-forward within {timeout:.0f} s; last error: {last}; "
-                    f"port-forward errors: {errors}"
+                    f"through the port-forward within {now - ready_at:.0f} s; last error: "
+                    f"{last}; port-forward errors: {errors}"
                 )
             await anyio.sleep(POLL_S)
 
@@ -1130,6 +1196,7 @@ class KubernetesBackend:
         """Stop the port-forward, delete the deployment's objects, wait until they are gone."""
         forwarder = self._forwarders.pop(deployment.id, None)
         self._marks.pop(deployment.id, None)
+        self._versions.pop(f"{DEP_LABEL}={deployment.id}", None)
         container = self._containers.pop(deployment.id, None)
         if forwarder is not None:
             await _call(forwarder.stop)
@@ -1161,68 +1228,73 @@ class KubernetesBackend:
         )
 
     def _delete_labelled(self, namespace: str, selector: str) -> list[str]:
-        """Delete the Deployments, ReplicaSets, pods (grace 0) and Services matching
-        `selector`, again until none is left (a ReplicaSet may still be making a pod);
-        what was deleted."""
-        apps, core = self._apps(), self._core()
+        """Delete the Deployments and ReplicaSets, then the pods (grace 0) and Services,
+        matching `selector` (the calls of each step at once), again until two lists in a row
+        find none (a ReplicaSet may still have been making a pod); what was deleted."""
         deleted: list[str] = []
-        kwargs = {"_request_timeout": API_TIMEOUT_S, "_preload_content": False}
         deadline = time.monotonic() + DELETE_TIMEOUT_S
         quiet = 0
-        while True:
-            found = self._labelled(namespace, selector)
-            if not found:
-                quiet += 1
-                if quiet >= 2:
-                    return deleted
-                time.sleep(POLL_S)
-                continue
-            quiet = 0
-            if time.monotonic() > deadline:
-                raise DeployFailed(
-                    f"objects labelled {selector} in namespace {namespace} are still there "
-                    f"after {DELETE_TIMEOUT_S:.0f} s: {', '.join(found)}"
-                )
-            for item in found:
-                kind, _, name = item.partition("/")
-                delete = {
-                    "deployment": functools.partial(
-                        apps.delete_namespaced_deployment, propagation_policy="Background"
-                    ),
-                    "replicaset": functools.partial(
-                        apps.delete_namespaced_replica_set, propagation_policy="Background"
-                    ),
-                    "pod": functools.partial(core.delete_namespaced_pod, grace_period_seconds=0),
-                    "service": core.delete_namespaced_service,  # 1.20 answers with a Status
-                }[kind]
-                try:
-                    delete(name, namespace, **kwargs).release_conn()
-                    if item not in deleted:
-                        deleted.append(item)
-                except Exception as exc:
-                    if _status(exc) != 404:
-                        raise
-            time.sleep(POLL_S)
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="autoopt-k8s-delete") as pool:
+            while True:
+                found = self._labelled(namespace, selector, pool)
+                if not found:
+                    quiet += 1
+                    if quiet >= 2:
+                        return deleted
+                    time.sleep(SETTLE_S)
+                    continue
+                quiet = 0
+                if time.monotonic() > deadline:
+                    raise DeployFailed(
+                        f"objects labelled {selector} in namespace {namespace} are still there "
+                        f"after {DELETE_TIMEOUT_S:.0f} s: {', '.join(found)}"
+                    )
+                for kinds in (("deployment", "replicaset"), ("pod", "service")):  # owners first
+                    items = [i for i in found if i.partition("/")[0] in kinds]
+                    done = pool.map(functools.partial(self._delete_one, namespace), items)
+                    for item, gone in zip(items, done, strict=True):
+                        if gone and item not in deleted:
+                            deleted.append(item)
+                time.sleep(SETTLE_S)
 
-    def _labelled(self, namespace: str, selector: str) -> list[str]:
+    def _delete_one(self, namespace: str, item: str) -> bool:
+        """Delete `kind/name`; False when it was already gone."""
+        apps, core = self._apps(), self._core()
+        kind, _, name = item.partition("/")
+        delete = {
+            "deployment": functools.partial(
+                apps.delete_namespaced_deployment, propagation_policy="Background"
+            ),
+            "replicaset": functools.partial(
+                apps.delete_namespaced_replica_set, propagation_policy="Background"
+            ),
+            "pod": functools.partial(core.delete_namespaced_pod, grace_period_seconds=0),
+            "service": core.delete_namespaced_service,  # 1.20 answers with a Status
+        }[kind]
+        try:
+            delete(
+                name, namespace, _request_timeout=API_TIMEOUT_S, _preload_content=False
+            ).release_conn()
+        except Exception as exc:
+            if _status(exc) != 404:
+                raise
+            return False
+        return True
+
+    def _labelled(self, namespace: str, selector: str, pool: ThreadPoolExecutor) -> list[str]:
         """`kind/name` of the Deployments, ReplicaSets, pods and Services matching `selector`
-        (pods that are already being deleted with grace 0 are gone in a moment: listed)."""
+        (listed at once; pods that are already being deleted with grace 0 are gone in a
+        moment: listed)."""
         apps, core = self._apps(), self._core()
         kw = {"label_selector": selector, "_request_timeout": API_TIMEOUT_S}
-        out = [
-            f"deployment/{d.metadata.name}"
-            for d in apps.list_namespaced_deployment(namespace, **kw).items
-        ]
-        out += [
-            f"replicaset/{r.metadata.name}"
-            for r in apps.list_namespaced_replica_set(namespace, **kw).items
-        ]
-        out += [f"pod/{p.metadata.name}" for p in core.list_namespaced_pod(namespace, **kw).items]
-        out += [
-            f"service/{s.metadata.name}"
-            for s in core.list_namespaced_service(namespace, **kw).items
-        ]
-        return out
+        lists = {
+            "deployment": apps.list_namespaced_deployment,
+            "replicaset": apps.list_namespaced_replica_set,
+            "pod": core.list_namespaced_pod,
+            "service": core.list_namespaced_service,
+        }
+        futures = {kind: pool.submit(fn, namespace, **kw) for kind, fn in lists.items()}
+        return [f"{k}/{o.metadata.name}" for k, f in futures.items() for o in f.result().items]
 
     def _orphaned(self, labels: dict[str, str]) -> bool:
         """True when the server that made it (same host, by pid) is gone."""

@@ -1,0 +1,92 @@
+"""The datafusion A/A baseline through a real MCP client session (stdio `autoopt serve`).
+
+Run from the checkout with the venv's python; the workspace is this checkout, so the record
+lands in results/datafusion/local/:
+    .venv/bin/python examples/datafusion_experiment.py profile [LABEL]
+    .venv/bin/python examples/datafusion_experiment.py aa EXP_ID [PROFILE_LABEL]
+`profile` profiles the baseline's memory with memray's native frames (the Rust core's
+stacks); `aa` runs run_ab with no patch (A/A: both arms the same base, runs=5) and records
+it, with the profile, whatever the verdict: the noise floor of peak_rss_mb, wall_s and
+spilled_bytes on this machine. Settings comparisons are not experiments: none is recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+from mcp import Client, StdioServerParameters
+
+from autoopt.server.demo import call_until_done
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = "datafusion"
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+async def progress(done: float, total: float | None, message: str | None) -> None:
+    if message:
+        say(f"  [{done:.0f}/{total or 0:.0f}] {message}")
+
+
+async def call(client: Client, name: str, **args: Any) -> dict[str, Any]:
+    t0 = time.monotonic()
+    result = await call_until_done(client, name, args, progress)
+    if result.is_error:
+        raise SystemExit(f"{name} failed: {result.content[0].text}")
+    say(f"{name}: {time.monotonic() - t0:.1f} s")
+    return result.structured_content or {}
+
+
+async def profile(client: Client, label: str) -> None:
+    prof = await call(client, "profile_memory", target=TARGET, label=label,
+                      tool="memray-native", top=8)
+    for key in ("total", "top", "scope"):
+        value = prof.get(key)
+        for line in value if isinstance(value, list) else [value] if value else []:
+            say(f"  {key}: {line}")
+    say(f"profile {prof.get('profile_id')}")
+
+
+async def aa(client: Client, exp_id: str, label: str | None) -> None:
+    t0 = time.monotonic()
+    run = await call(client, "run_ab", target=TARGET, runs=5)
+    say(f"run_ab {run['run_id']} ({time.monotonic() - t0:.0f} s): {run['verdict']}: "
+        f"{run['reason']}")
+    rec = await call(
+        client, "record_experiment", run_id=run["run_id"], exp_id=exp_id,
+        description="A/A baseline: datafusion-python 55.0.0 (PyPI wheel), 10M-row GROUP BY "
+                    "spilling under a 100 MiB FairSpillPool, no patch",
+        hypothesis="No change: both arms run the same build; the spread is the noise floor "
+                   "of peak_rss_mb and wall_s here, and spilled_bytes must be identical",
+        evidence="profile_memory (memray --native) of the same base" if label else None,
+        **({"profile": label} if label else {}))
+    say(f"recorded: {rec}")
+
+
+async def main(argv: list[str]) -> None:
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "autoopt.server.cli", "serve"],
+        env={"AUTOOPT_WORKSPACE": str(ROOT), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+             "HOME": os.environ.get("HOME", "/root")},
+    )
+    async with Client(params) as client:
+        listed = await call(client, "list_targets")
+        info = next(t for t in listed["targets"] if t["name"] == TARGET)
+        say(f"{TARGET}: {info.get('readiness') or info}")
+        if argv[0] == "profile":
+            await profile(client, argv[1] if len(argv) > 1 else "baseline-native")
+        else:
+            await aa(client, argv[1], argv[2] if len(argv) > 2 else None)
+
+
+if __name__ == "__main__":
+    anyio.run(main, sys.argv[1:])
