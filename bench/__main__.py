@@ -24,6 +24,7 @@ import anyio
 from bench import (
     aa_series,
     context,
+    duet,
     e2e,
     mcp_startup,
     native_profilers,
@@ -91,6 +92,9 @@ class Config:
     demo_runs: int
     starts: int
     calls: int
+    duet_count: int
+    duet_abba: int
+    duet_pyserver: int
 
     @classmethod
     def make(cls, quick: bool) -> Config:
@@ -107,6 +111,9 @@ class Config:
                 demo_runs=3,
                 starts=3,
                 calls=30,
+                duet_count=20,  # the done-when of issue 23: a 20-run duet A/A series
+                duet_abba=5,
+                duet_pyserver=1,
             )
         return cls(
             quick=False,
@@ -120,6 +127,9 @@ class Config:
             demo_runs=5,
             starts=10,
             calls=200,
+            duet_count=20,
+            duet_abba=20,
+            duet_pyserver=4,
         )
 
 
@@ -461,6 +471,26 @@ def simulation_section(cfg: Config) -> Section:
     )
 
 
+def duet_section(cfg: Config, key: dict[str, Any]) -> Section:
+    rounds = max(3, cfg.rounds)
+    trials = 4 * cfg.trials
+    s = Section(
+        "Duet against ABBA, latency estimators, instruction counts",
+        commands=[py(f"-m bench.duet --count {cfg.duet_count} --abba-count {cfg.duet_abba} "
+                     f"--pyserver {cfg.duet_pyserver} --runs 5 --trials {trials} "
+                     f"--rounds {rounds}")],
+    )
+
+    def work() -> str:
+        text, figures = duet.run(
+            cfg.duet_count, cfg.duet_pyserver, 5, trials, rounds, cfg.duet_abba
+        )
+        key.update(figures)
+        return text
+
+    return timed(s, work)
+
+
 # -- the report -------------------------------------------------------------------------------
 def key_figures(key: dict[str, Any], cfg: Config) -> str:
     """The headline figures next to their anchors; every number from this run."""
@@ -475,6 +505,26 @@ def key_figures(key: dict[str, Any], cfg: Config) -> str:
                 f"false-KEEP rate <= "
                 f"{100 * aa_series.upper_bound(key['aa.keep'], n):.0f}% (95% upper bound)",
                 f"seed rule on the same runs: {key['aa.seed_keep']} / {n} KEEP",
+            ]
+        )
+    for order in ("abba", "duet"):
+        if f"duet.{order}.n" in key:
+            n, k = key[f"duet.{order}.n"], key[f"duet.{order}.keep"]
+            rows.append(
+                [
+                    f"false KEEPs in real A/A run_abs, order={order} (batchdemo, wall_s)",
+                    f"{k} / {n}; rate <= {100 * aa_series.upper_bound(k, n):.0f}% "
+                    f"(95% upper bound); SD of log(B/A) per pair "
+                    f"{100 * key[f'duet.{order}.sd']:.2f}%",
+                    "the same series in the other order, interleaved",
+                ]
+            )
+    if "instr.overhead" in key:
+        rows.append(
+            [
+                "instructions (cachegrind) on batchdemo: wall time / bare; CV of the count",
+                f"{key['instr.overhead']:.1f}x; {100 * key['instr.cv_instructions']:.4f}%",
+                f"bare wall-time CV {100 * key['instr.cv_wall']:.1f}%",
             ]
         )
     for backend in ("local", "docker", "kubernetes"):
@@ -630,7 +680,8 @@ def main(argv: list[str] | None = None) -> int:
     demo = demo_section(cfg, key)
     reads = context_section(cfg)
     sim = simulation_section(cfg)
-    sections = [sim, aa, harness, demo, reads, mcp, prof, native]  # the report's order
+    pair = duet_section(cfg, key)
+    sections = [sim, aa, pair, harness, demo, reads, mcp, prof, native]  # the report's order
 
     text = report(cfg, sections, key, started, load_start, raw)
     args.out.parent.mkdir(parents=True, exist_ok=True)

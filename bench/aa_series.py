@@ -164,52 +164,73 @@ async def run_series(
     between: Between | None = None,
     backend: str = "local",
     warmup: int | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Series:
     """`count` A/A run_abs (seeds 1..count) through an in-process MCP client on `root`.
 
     `between(i, engine)` runs before run_ab number i and once after the last (i = count),
     with the server's engine, so that other measurements interleave with the series.
-    `warmup` None leaves run_ab's default (1 pair)."""
+    `warmup` None leaves run_ab's default (1 pair). `extra` adds run_ab arguments (target,
+    order, metric)."""
     from mcp import Client
 
     from autoopt.server.app import create_server
     from autoopt.tools.workspace import Workspace
 
-    ws = Workspace(root)
+    server = create_server(Workspace(root))
+    async with Client(server) as client:
+        return await series_on(
+            client, Workspace(root), count, runs, between, server.engine,  # type: ignore[attr-defined]
+            backend=backend, warmup=warmup, extra=extra,
+        )
+
+
+async def series_on(
+    client: Any,
+    ws: Any,
+    count: int,
+    runs: int,
+    between: Between | None = None,
+    engine: Any = None,
+    *,
+    backend: str = "local",
+    warmup: int | None = None,
+    extra: dict[str, Any] | None = None,
+    first_seed: int = 1,
+) -> Series:
+    """run_series on an open client (seeds first_seed.. first_seed + count - 1)."""
     out = Series(count=count, runs=runs)
     started = time.monotonic()
-    server = create_server(ws)
-    engine = server.engine  # type: ignore[attr-defined]
-    async with Client(server) as client:
-        for i in range(count):
-            if between is not None:
-                await between(i, engine)
-            t0 = time.monotonic()
-
-            async def progress(
-                done: float, total: float | None, message: str | None, i: int = i
-            ) -> None:
-                if message and total:
-                    log(f"  A/A {i + 1}/{count} [{int(done)}/{int(total)}] {message}")
-
-            args = {"target": PYSERVER, "runs": runs, "backend": backend, "seed": i + 1}
-            if warmup is not None:
-                args["warmup"] = warmup
-            result = await call_until_done(client, "run_ab", args, progress)
-            if result.is_error:
-                text = getattr(result.content[0], "text", "") if result.content else ""
-                out.errors.append(text[:500])
-                log(f"A/A {i + 1}/{count}: run_ab failed: {text[:300]}")
-                continue
-            view = result.structured_content or {}
-            out.views.append(view)
-            out.records.append(read_run(ws.state_dir, view["run_id"]))
-            log(
-                f"A/A {i + 1}/{count}: {view.get('verdict')} in {time.monotonic() - t0:.0f} s "
-                f"({_short(view.get('reason') or '', 100)})"
-            )
+    for i in range(count):
         if between is not None:
-            await between(count, engine)
+            await between(i, engine)
+        t0 = time.monotonic()
+
+        async def progress(
+            done: float, total: float | None, message: str | None, i: int = i
+        ) -> None:
+            if message and total:
+                log(f"  A/A {i + 1}/{count} [{int(done)}/{int(total)}] {message}")
+
+        args = {"target": PYSERVER, "runs": runs, "backend": backend, "seed": first_seed + i,
+                **(extra or {})}
+        if warmup is not None:
+            args["warmup"] = warmup
+        result = await call_until_done(client, "run_ab", args, progress)
+        if result.is_error:
+            text = getattr(result.content[0], "text", "") if result.content else ""
+            out.errors.append(text[:500])
+            log(f"A/A {i + 1}/{count}: run_ab failed: {text[:300]}")
+            continue
+        view = result.structured_content or {}
+        out.views.append(view)
+        out.records.append(read_run(ws.state_dir, view["run_id"]))
+        log(
+            f"A/A {i + 1}/{count}: {view.get('verdict')} in {time.monotonic() - t0:.0f} s "
+            f"({_short(view.get('reason') or '', 100)})"
+        )
+    if between is not None:
+        await between(count, engine)
     out.elapsed_s = time.monotonic() - started
     return out
 

@@ -19,7 +19,7 @@ if [ "$(id -u)" = 0 ]; then
   for pkg in heaptrack libjemalloc-dev binutils linux-perf gdb git clickhouse-server \
       gcc g++ make bison flex zlib1g-dev dpkg-dev postgresql-common postgresql-client-15 \
       postgresql-15 \
-      rocksdb-tools; do
+      rocksdb-tools valgrind; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   if [ "${#missing[@]}" -gt 0 ]; then

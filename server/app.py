@@ -314,7 +314,7 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         sequential: Annotated[
             bool,
             Field(
-                description="may stop at 5/10/15/20 runs"
+                description="may stop at 5/10/15/20"
             ),
         ] = False,
         metric: Annotated[
@@ -322,7 +322,7 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
             Field(pattern=r"^[A-Za-z_][\w.]*$"),
         ] = None,
         workload: Annotated[
-            str | None, Field(description="in the target's folder")
+            str | None, Field(description="in its target folder")
         ] = None,
         allow_constant_tuning: Annotated[
             bool, Field(description="numbers-only patch (recorded)")

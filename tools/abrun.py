@@ -4,7 +4,10 @@ Both arms are built from one base commit (A = base, B = base + patch; no patch =
 Each run is deploy -> reset peak -> workload -> collect -> teardown on a fresh process; a
 run's teardown may go on while the next run deploys (never into the same tree), and the
 next workload starts only once it is done.
-Arms alternate in randomised ABBA blocks; warmup runs are recorded but not analysed.
+Arms alternate in randomised ABBA blocks; warmup runs are recorded but not analysed. In
+duet order both runs of a pair run at the same time, each arm pinned to its own half of the
+CPUs (which half: by the seed, per pair), so interference that hits both cancels in the
+paired difference; a pair's teardowns end before the next pair deploys.
 The run file (`.autoopt/runs/<id>/run.json`) is rewritten after every sample, so a
 disconnect, a cancel or a crash loses nothing; cancelled and crashed runs are marked.
 """
@@ -33,7 +36,7 @@ from autoopt.tools.timeouts import Durations, run_timeout
 from autoopt.tools.workload import workload_argv
 
 MIN_RUNS = 3
-Order = Literal["abba", "random", "alternate"]
+Order = Literal["abba", "random", "alternate", "duet"]
 Status = Literal["starting", "running", "done", "cancelled", "interrupted", "crashed", "failed"]
 ACTIVE = ("starting", "running")  # starting: saved before the builds, until the first sample
 RunProgress = Callable[[int, int, str], Awaitable[None]]
@@ -47,6 +50,7 @@ class Slot(BaseModel):
     arm: Literal["A", "B"]
     warmup: bool
     block: int = Field(-1, description="runs that share one AUTOOPT_BLOCK_SEED")
+    cpus: list[int] = Field(default_factory=list, description="duet: the CPUs it is pinned to")
 
     def block_id(self) -> int:
         return self.block if self.block >= 0 else self.index // 2  # runs before blocks
@@ -136,8 +140,18 @@ class ABRun(BaseModel):
         self._stop = value
 
 
-def make_schedule(runs: int, warmup: int, order: Order, seed: int) -> list[Slot]:
-    """Warmup pairs first, then `runs` per arm: ABBA/BAAB blocks chosen by the seed."""
+def make_schedule(
+    runs: int,
+    warmup: int,
+    order: Order,
+    seed: int,
+    cpus: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+) -> list[Slot]:
+    """Warmup pairs first, then `runs` per arm: ABBA/BAAB blocks chosen by the seed. A duet
+    schedule is A/B pairs run together; `cpus` (two disjoint sets) go to the arms of each
+    pair in an order the seed picks, so a faster CPU favours neither arm."""
+    if order == "duet" and cpus is None:
+        raise ValueError("a duet schedule needs two CPU sets")
     rng = random.Random(seed)
     arms: list[tuple[str, bool]] = []
     for _ in range(warmup):
@@ -148,7 +162,7 @@ def make_schedule(runs: int, warmup: int, order: Order, seed: int) -> list[Slot]
         first = ["A", "B"] if rng.random() < 0.5 else ["B", "A"]
         if order == "abba":
             pairs += [first, first[::-1]]
-        elif order == "alternate":
+        elif order in ("alternate", "duet"):
             pairs.append(["A", "B"])
         else:
             pairs.append(first)
@@ -160,10 +174,44 @@ def make_schedule(runs: int, warmup: int, order: Order, seed: int) -> list[Slot]
     def block(i: int) -> int:
         return i // 2 if i < warm else warmup + (i - warm) // per_block
 
-    return [
+    slots = [
         Slot(index=i, arm=a, warmup=w, block=block(i))  # type: ignore[arg-type]
         for i, (a, w) in enumerate(arms)
     ]
+    if order == "duet" and cpus is not None:
+        pin = random.Random(seed ^ 0x5EED)
+        for k in range(0, len(slots), 2):
+            first, second = cpus if pin.random() < 0.5 else cpus[::-1]
+            slots[k].cpus, slots[k + 1].cpus = list(first), list(second)
+    return slots
+
+
+def steps(schedule: list[Slot], order: Order) -> list[list[Slot]]:
+    """The slots that run together: pairs in duet order, one at a time otherwise."""
+    if order != "duet":
+        return [[slot] for slot in schedule]
+    return [schedule[k : k + 2] for k in range(0, len(schedule), 2)]
+
+
+def check_duet(order: Order, backend: str) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """The two CPU sets of a duet run; None for the sequential orders. Refuses what duet
+    cannot do here: one usable CPU, or a backend that cannot pin (kubernetes)."""
+    if order != "duet":
+        return None
+    from autoopt.tools import pinning
+
+    if backend not in ("local", "docker"):
+        raise RuleViolation(
+            f"order='duet' pins each arm to its own CPUs, which the {backend} backend cannot "
+            "do; use backend='local' or 'docker', or order='abba'"
+        )
+    usable = pinning.usable()
+    if len(usable) < 2:
+        raise RuleViolation(
+            f"order='duet' runs both arms at once on disjoint CPUs; this machine gives the "
+            f"server {len(usable)} CPU, so the arms would share it. Use order='abba'."
+        )
+    return pinning.halves(usable)
 
 
 def block_seed(run_seed: int, block: int) -> str:
@@ -244,26 +292,18 @@ class ABRunner:
         run.status = "running"
         self.save()
         try:
-            for slot in run.schedule:
-                after = run.schedule[slot.index + 1 :]
-                then = builds[after[0].arm] if after else None
-                sample = await self.one(builds[slot.arm], slot, then)
-                run.samples.append(sample)
-                run.outputs = self.compare_outputs()
-                self.save()
-                if progress:
-                    await progress(len(run.samples), total, _describe(sample, run.metric))
-                if self._hopeless(slot.arm):
-                    run.error = f"arm {slot.arm} failed in every run so far; stopped early"
-                    break
-                if len(run.samples) >= 2 and not any(s.ok for s in run.samples):
-                    run.error = "the first runs of both arms failed; stopped early"
-                    break
-                if run.outputs.status == "changed":
-                    run.error = f"stopped early: {run.outputs.summary()}"
+            for step in steps(run.schedule, run.order):
+                for sample in await self.together(builds, step):
+                    run.samples.append(sample)
+                    run.outputs = self.compare_outputs()
+                    self.save()
+                    if progress:
+                        await progress(len(run.samples), total, _describe(sample, run.metric))
+                if stop := self._stop_early(step):
+                    run.error = stop
                     break
                 n = self._complete_pairs()
-                if run.sequential and n in looks and not slot.warmup and n < looks[-1]:
+                if run.sequential and n in looks and not step[-1].warmup and n < looks[-1]:
                     await self.finish_pending()
                     report = analyse(run, self.spec, look=n)
                     if report.decision["verdict"] != "INCONCLUSIVE":
@@ -290,6 +330,38 @@ class ABRunner:
             run.finished = run.finished or time.time()
             self.save()
         return run
+
+    async def together(self, builds: dict[str, Build], step: list[Slot]) -> list[Sample]:
+        """The step's runs, started together (a duet pair) or alone; in schedule order."""
+        if len(step) == 1:  # its teardown may overlap the next run's deploy
+            slot = step[0]
+            after = self.run.schedule[slot.index + 1 :]
+            then = builds[after[0].arm] if after else None
+            return [await self.one(builds[slot.arm], slot, then)]
+        from autoopt.tools import pinning
+
+        done: dict[int, Sample] = {}
+
+        async def pinned_run(slot: Slot) -> None:
+            with pinning.pinned(tuple(slot.cpus) or None):
+                done[slot.index] = await self.one(builds[slot.arm], slot, None)
+
+        async with anyio.create_task_group() as tg:
+            for slot in step:
+                tg.start_soon(pinned_run, slot)
+        return [done[slot.index] for slot in step]
+
+    def _stop_early(self, step: list[Slot]) -> str | None:
+        """Why the run stops before its schedule ends, if it must."""
+        run = self.run
+        for arm in dict.fromkeys(slot.arm for slot in step):
+            if self._hopeless(arm):
+                return f"arm {arm} failed in every run so far; stopped early"
+        if len(run.samples) >= 2 and not any(s.ok for s in run.samples):
+            return "the first runs of both arms failed; stopped early"
+        if run.outputs is not None and run.outputs.status == "changed":
+            return f"stopped early: {run.outputs.summary()}"
+        return None
 
     def compare_outputs(self) -> OutputCheck:
         """The outputs of the samples so far, block by block."""
@@ -326,11 +398,23 @@ class ABRunner:
         try:
             deployment = await self.deploy_beside_teardown(build)
             self.track(deployment, True)
+            if slot.cpus:
+                from autoopt.tools.journal import Step
+
+                cpus = ",".join(map(str, slot.cpus))
+                deployment.journal.add(Step(
+                    phase="deploy", shell=f": duet: this arm's processes run on CPUs {cpus}",
+                    note=f"sched_setaffinity (taskset -c {cpus}; docker --cpuset-cpus)",
+                ))
             await backend.reset_peak(deployment)
             t1 = time.monotonic()
             seed = block_seed(self.run.seed, slot.block_id())
             cmd, shell = workload_argv(spec, self.script, deployment, self.target_dir, seed)
             name = f"run{slot.index:03d}-{slot.arm}"
+            latencies = self.folder / "latencies" / f"{name}.txt"
+            if spec.kind == "service":  # the driver runs here: it may write every latency
+                latencies.parent.mkdir(parents=True, exist_ok=True)
+                cmd.env = {**cmd.env, "AUTOOPT_LATENCY_FILE": str(latencies)}
             timeout, why = run_timeout(spec, self.durations.load())
             sample.timeout_s = timeout
             try:
@@ -352,6 +436,7 @@ class ABRunner:
             collected = await backend.collect(spec, deployment, result)
             t3 = time.monotonic()
             metrics = {**result.metrics, **dict(collected.get("metrics", {}))}  # type: ignore[arg-type]
+            _estimate_latency(spec, metrics, latencies)
             restarts = int(collected.get("restarts", 0))  # type: ignore[call-overload]
             oom = bool(collected.get("oom_killed", False))
             died = bool(collected.get("died", False))
@@ -442,6 +527,22 @@ class ABRunner:
             sample.left = removed[:20] + [f"(changed) {c}" for c in changed[:5]]
 
 
+def _estimate_latency(spec: TargetSpec, metrics: dict[str, float], latencies: Path) -> None:
+    """With `latency_estimator:` in target.md, its estimate from the run's latencies file
+    replaces the workload's own p99 (kept as <name>_workload)."""
+    name = spec.latency_metric()
+    if name is None or not latencies.is_file():
+        return
+    from autoopt.tools import stats
+
+    values = [float(x) for x in latencies.read_text().split()]
+    if not values:
+        return
+    if name in metrics:
+        metrics[f"{name}_workload"] = metrics[name]
+    metrics[name] = round(stats.latency_estimate(values, spec.latency_estimator), 3)
+
+
 def _describe(sample: Sample, metric: str) -> str:
     kind = "warmup" if sample.warmup else "run"
     if not sample.ok:
@@ -480,6 +581,10 @@ def analyse(run: ABRun, spec: TargetSpec, look: int | None) -> ABReport:
     ok = {arm: [s for s in xs if s.ok] for arm, xs in by_arm.items()}
     failed = {arm: len(by_arm[arm]) - len(ok[arm]) for arm in by_arm}
     paired = failed["A"] == 0 and failed["B"] == 0 and len(ok["A"]) == len(ok["B"])
+    if run.order == "duet":  # a pair ran together: a failed run drops its partner too
+        whole = {s.block for s in ok["A"]} & {s.block for s in ok["B"]}
+        ok = {arm: [s for s in xs if s.block in whole] for arm, xs in ok.items()}
+        paired = True
 
     def values(arm: str, metric: str) -> list[float]:
         return [s.metrics[metric] for s in ok[arm] if metric in s.metrics]
@@ -577,6 +682,7 @@ def new_run(
     allow_constant_tuning: bool,
 ) -> ABRun:
     check_runs(runs)
+    cpus = check_duet(order, backend)
     chosen = metric or spec.primary.name
     declared = spec.declared_metrics(backend)
     looks = [n for n in LOOKS if n < runs] + [runs] if sequential else []
@@ -598,6 +704,6 @@ def new_run(
         direction=direction or declared.get(chosen) or guess_direction(chosen),
         unit=spec.primary.unit if chosen == spec.primary.name else "",
         min_effect_pct=min_effect if min_effect is not None else spec.min_effect_pct,
-        schedule=make_schedule(runs, warmup, order, seed),
+        schedule=make_schedule(runs, warmup, order, seed, cpus),
         allow_constant_tuning=allow_constant_tuning,
     )

@@ -27,6 +27,7 @@ from autoopt.tools.abrun import (
     Order,
     RunProgress,
     analyse,
+    check_duet,
     check_runs,
     load_run,
     mark_crashed,
@@ -373,6 +374,7 @@ class Engine:
     ) -> ABRun:
         """Check the request and persist a new run (fast: bad input fails here)."""
         check_runs(runs)
+        check_duet(order, backend)
         spec = self.spec(target)
         self.backend(backend)
         script = workload_script(self.workspace, spec, workload)

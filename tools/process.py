@@ -18,7 +18,7 @@ from pathlib import Path
 
 import anyio
 
-from autoopt.tools import contain
+from autoopt.tools import contain, pinning
 
 POLL_S = 0.02
 
@@ -144,7 +144,7 @@ def spawn(
             stdout=fout,
             stderr=ferr,
             start_new_session=True,
-            preexec_fn=contain.prepare(scope),
+            preexec_fn=pinning.preexec(pinning.current(), contain.prepare(scope)),
         )
     return Child(popen, out, err, scope=scope)
 

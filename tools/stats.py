@@ -505,3 +505,42 @@ def _solve_boundary(
         return float(mass @ stats.norm.sf((z * root_t - grid) / step)) - increment
 
     return float(optimize.brentq(excess, -_GRID_SPAN, 40.0, xtol=1e-10))
+
+
+LatencyEstimator = Literal["p99", "median_of_windows", "trimmed"]
+WINDOWS = 5
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    xs = sorted(values)
+    if not xs:
+        raise ValueError("quantile of no values")
+    pos = q * (len(xs) - 1)
+    low = int(pos)
+    high = min(low + 1, len(xs) - 1)
+    return xs[low] + (xs[high] - xs[low]) * (pos - low)
+
+
+def latency_estimate(
+    latencies: Sequence[float], estimator: LatencyEstimator, q: float = 0.99
+) -> float:
+    """One run's tail latency from its requests' latencies (in completion order).
+
+    - p99: the q-quantile of all of them.
+    - median_of_windows: the requests cut into WINDOWS consecutive windows, the median of
+      the windows' q-quantiles: one window hit by a hiccup (a GC, another process) moves it
+      little.
+    - trimmed: the mean of the windows' q-quantiles without the highest and the lowest.
+    Too few requests for windows (fewer than 20 per window) fall back to p99.
+    """
+    xs = _floats(latencies, "latencies")
+    if estimator == "p99" or len(xs) < 20 * WINDOWS:
+        return quantile(xs, q)
+    size = len(xs) / WINDOWS
+    tails = sorted(
+        quantile(xs[round(k * size) : round((k + 1) * size)], q) for k in range(WINDOWS)
+    )
+    if estimator == "median_of_windows":
+        return statistics.median(tails)
+    return math.fsum(tails[1:-1]) / (WINDOWS - 2)

@@ -28,6 +28,7 @@ from autoopt.tools.workspace import Workspace
 
 Direction = Literal["lower", "higher"]
 Kind = Literal["service", "batch"]
+LatencyEstimator = Literal["p99", "median_of_windows", "trimmed"]  # stats.latency_estimate
 
 MAX_BYTES = 256 * 1024
 """The largest target.md read (a page of settings; a bigger file is refused unread)."""
@@ -207,6 +208,17 @@ class TargetSpec(BaseModel):
     docker: DockerSpec = Field(default_factory=DockerSpec)
     kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
     min_effect_pct: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 1.0
+    latency_estimator: LatencyEstimator = Field(
+        "p99", description="## Decision: how a run's *_p99* metric is taken from the latencies"
+    )
+
+    def latency_metric(self) -> str | None:
+        """The declared metric a `latency_estimator:` other than p99 replaces: the first
+        declared one named *_p99*, when the workload writes AUTOOPT_LATENCY_FILE."""
+        if self.latency_estimator == "p99":
+            return None
+        names = [self.primary.name, *self.secondary, *(g.metric for g in self.guardrails)]
+        return next((n for n in names if "_p99" in n), None)
 
     def declared_metrics(self, backend: str) -> dict[str, Direction]:
         """Every metric an A/B run compares, with its direction: the primary, the secondary
@@ -733,6 +745,9 @@ def parse_target(path: Path) -> TargetSpec:
                 cpu=r.value("kubernetes", "cpu"),
             ),
             min_effect_pct=_or(r.number("decision", "min_effect_pct", 0, 100), 1.0),
+            latency_estimator=r.choice(  # type: ignore[arg-type]
+                "decision", "latency_estimator", "p99", ("p99", "median_of_windows", "trimmed")
+            ),
         )
     except ValueError as exc:  # pydantic's ValidationError: a check above is missing
         raise TargetSpecError(f"{file}: {_cut(str(exc), 400)}") from exc

@@ -36,7 +36,9 @@ Output: key=value lines on stdout (requests, errors, error_rate,
 latency_p50_ms, latency_p99_ms, throughput_qps, duration_s), and
 digest=<sha256> of the sequential requests' responses (reset, bulk load with
 its /process answers, the final /stats): what a correct server always answers,
-compared between the arms of an A/B run. Exit code 0 when
+compared between the arms of an A/B run. With AUTOOPT_LATENCY_FILE set (run_ab sets it),
+every request's latency in ms, one a line in completion order, goes to that file (for a
+target.md `latency_estimator:`). Exit code 0 when
 the workload ran, even with failed requests (they count in error_rate); 2
 when the server could not be reached at all.
 """
@@ -45,6 +47,7 @@ import argparse
 import hashlib
 import http.client
 import json
+import os
 import sys
 import threading
 import time
@@ -112,7 +115,7 @@ def ingest_body(indices):
 
 
 class Client:
-    """One keep-alive connection; records (path, latency_s, ok) per request."""
+    """One keep-alive connection; records (path, latency_s, ok, end) per request."""
 
     def __init__(self, host, port, timeout, digest=None):
         self.host, self.port, self.timeout = host, port, timeout
@@ -137,7 +140,8 @@ class Client:
                 self.close()
         except (OSError, http.client.HTTPException):
             self.close()
-        self.samples.append((path, time.perf_counter() - start, ok))
+        end = time.perf_counter()
+        self.samples.append((path, end - start, ok, end))
         return ok
 
     def close(self):
@@ -269,14 +273,18 @@ def main(argv=None):
     for c in [main_client, *clients]:
         c.close()
     samples = [s for c in [main_client, *clients] for s in c.samples]
-    latencies = sorted(lat * 1000.0 for _, lat, _ in samples)
+    latencies = sorted(lat * 1000.0 for _, lat, _, _ in samples)
     requests = len(samples)
-    errors = sum(1 for _, _, ok in samples if not ok)
+    errors = sum(1 for _, _, ok, _ in samples if not ok)
+    if os.environ.get("AUTOOPT_LATENCY_FILE"):  # every latency, in completion order
+        with open(os.environ["AUTOOPT_LATENCY_FILE"], "w") as out:
+            out.writelines(f"{lat * 1000.0:.3f}\n" for _, lat, _, _ in
+                           sorted(samples, key=lambda s: s[3]))
     if args.breakdown:
         print(f"workload: phases: bulk={bulk_done - started:.3f}s "
               f"concurrent={concurrent_done - bulk_done:.3f}s", file=sys.stderr)
-        for path in sorted({p for p, _, _ in samples}):
-            lats = sorted(lat * 1000.0 for p, lat, _ in samples if p == path)
+        for path in sorted({p for p, _, _, _ in samples}):
+            lats = sorted(lat * 1000.0 for p, lat, _, _ in samples if p == path)
             print(f"workload: {path}: n={len(lats)} p50={percentile(lats, 0.5):.1f}ms "
                   f"p99={percentile(lats, 0.99):.1f}ms max={lats[-1]:.1f}ms", file=sys.stderr)
 

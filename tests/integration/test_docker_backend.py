@@ -639,3 +639,24 @@ async def test_profile_cpu_attaches_to_a_docker_deployment(ws: Workspace) -> Non
             )
             assert removed.structured_content["deployments"] == [dep_id], _text(removed)
     assert containers_left() == []
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="duet needs 2 CPUs")
+async def test_duet_pins_each_arms_container_to_its_own_cpus(ws: Workspace) -> None:
+    """order='duet' on docker: both containers of a pair run at once, on disjoint cpusets."""
+    add_target(ws, "tiny-duet", kind="batch", memory="256m", workload="duration: 5s",
+               metric="peak_rss_mb", direction="lower")
+    (ws.targets_dir / "tiny-duet" / "src" / "batch.py").write_text(
+        "import os, time\nstart = time.time()\ntime.sleep(1)\n"
+        "print('cpu_mask=%d' % sum(1 << c for c in os.sched_getaffinity(0)))\n"
+        "print('t_start=%.3f' % start)\nprint('t_end=%.3f' % time.time())\n"
+    )
+    run = await Engine(ws).run_ab(
+        "tiny-duet", runs=3, warmup=0, backend="docker", seed=4, order="duet"
+    )
+    assert len(run.samples) == 6 and all(s.ok for s in run.samples), run.samples
+    for a, b in zip(run.samples[::2], run.samples[1::2], strict=True):
+        ma, mb = a.metrics, b.metrics
+        assert int(ma["cpu_mask"]) & int(mb["cpu_mask"]) == 0, (ma, mb)
+        assert ma["t_start"] < mb["t_end"] and mb["t_start"] < ma["t_end"], (ma, mb)
+    assert any("--cpuset-cpus" in step.shell for step in run.journal.steps)

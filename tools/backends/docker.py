@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from autoopt.tools import procfs
+from autoopt.tools import pinning, procfs
 from autoopt.tools.backends.base import Build, Deployment, Progress, WorkloadResult
 from autoopt.tools.backends.driver import HEALTH_WAIT_SH, drive, new_deployment, probe
 from autoopt.tools.command import Command
@@ -534,6 +534,9 @@ class DockerBackend:
         if spec.docker.cpus:
             kwargs["nano_cpus"] = int(spec.docker.cpus * 1e9)
             flags += f" --cpus {spec.docker.cpus:g}"
+        if (cpus := pinning.current()) is not None:  # a duet arm: its own CPUs
+            kwargs["cpuset_cpus"] = pinning.cpuset_text(cpus)
+            flags += f" --cpuset-cpus {kwargs['cpuset_cpus']}"
         return kwargs, flags
 
     async def deploy(self, spec: TargetSpec, build: Build) -> Deployment:
