@@ -13,37 +13,16 @@ source, which this machine cannot fetch (see targets/clickhouse/target.md).
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from pathlib import Path
-from typing import Any
 
 import anyio
-from mcp import Client, StdioServerParameters
+from mcp import Client
+from experiment_session import call, say, serve
 
-from autoopt.server.demo import call_until_done
-
-ROOT = Path(__file__).resolve().parent.parent
 TARGET = "clickhouse"
 
 
-def say(text: str) -> None:
-    print(text, flush=True)
-
-
-async def progress(done: float, total: float | None, message: str | None) -> None:
-    if message:
-        say(f"  [{done:.0f}/{total or 0:.0f}] {message}")
-
-
-async def call(client: Client, name: str, **args: Any) -> dict[str, Any]:
-    t0 = time.monotonic()
-    result = await call_until_done(client, name, args, progress)
-    if result.is_error:
-        raise SystemExit(f"{name} failed: {result.content[0].text}")
-    say(f"{name}: {time.monotonic() - t0:.1f} s")
-    return result.structured_content or {}
 
 
 async def profile(client: Client, label: str) -> None:
@@ -72,12 +51,7 @@ async def aa(client: Client, exp_id: str, label: str | None) -> None:
 
 
 async def main(argv: list[str]) -> None:
-    params = StdioServerParameters(
-        command=sys.executable,
-        args=["-m", "autoopt.server.cli", "serve"],
-        env={"AUTOOPT_WORKSPACE": str(ROOT), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-             "HOME": os.environ.get("HOME", "/root")},
-    )
+    params = serve()
     async with Client(params) as client:
         listed = await call(client, "list_targets")
         info = next(t for t in listed["targets"] if t["name"] == TARGET)

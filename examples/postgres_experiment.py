@@ -12,36 +12,13 @@ records the experiment whatever the verdict.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import anyio
-from mcp import Client, StdioServerParameters
-
-from autoopt.server.demo import call_until_done
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
-
-
-async def progress(done: float, total: float | None, message: str | None) -> None:
-    if message:
-        say(f"  [{done:.0f}/{total or 0:.0f}] {message}")
-
-
-async def call(client: Client, name: str, **args: Any) -> dict[str, Any]:
-    t0 = time.monotonic()
-    result = await call_until_done(client, name, args, progress)
-    if result.is_error:
-        raise SystemExit(f"{name} failed: {result.content[0].text}")
-    say(f"{name}: {time.monotonic() - t0:.1f} s")
-    return result.structured_content or {}
+from mcp import Client
+from experiment_session import call, say, serve
 
 
 async def profile(client: Client) -> None:
@@ -73,12 +50,7 @@ async def ab(client: Client, patch_file: str, exp_id: str, description: str, hyp
 
 
 async def main(argv: list[str]) -> None:
-    params = StdioServerParameters(
-        command=sys.executable,
-        args=["-m", "autoopt.server.cli", "serve"],
-        env={"AUTOOPT_WORKSPACE": str(ROOT), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-             "HOME": os.environ.get("HOME", "/root")},
-    )
+    params = serve()
     async with Client(params) as client:
         listed = await call(client, "list_targets")
         info = next(t for t in listed["targets"] if t["name"] == "postgres")
