@@ -17,8 +17,8 @@ import sys
 import time
 
 import anyio
-from mcp import Client
 from experiment_session import call, say, serve
+from mcp import Client
 
 TARGET = "clickhouse"
 

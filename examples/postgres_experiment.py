@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import anyio
-from mcp import Client
 from experiment_session import call, say, serve
+from mcp import Client
 
 
 async def profile(client: Client) -> None:
