@@ -298,12 +298,7 @@ def create_server(workspace: Workspace | None = None) -> MCPServer:
         ] = 5,
         warmup: Annotated[int, Field(ge=0, le=10)] = 1,
         backend: Backend = "local",
-        order: Annotated[
-            Order,
-            Field(
-
-            ),
-        ] = "abba",
+        order: Order = "abba",
         seed: int | None = None,
         min_effect: Annotated[
             float | None,
