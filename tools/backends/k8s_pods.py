@@ -152,6 +152,11 @@ def started(pod: Any, container: str) -> bool:
     return bool(running and status.started is not False)
 
 
+def has_startup_probe(pod: Any, container: str) -> bool:
+    spec = next((c for c in pod.spec.containers or [] if c.name == container), None)
+    return spec is not None and spec.startup_probe is not None
+
+
 def container_status(pod: Any, container: str | None) -> Any:
     if pod is None:
         return None

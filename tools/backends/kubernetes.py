@@ -805,14 +805,18 @@ class KubernetesBackend:
     async def _wait_ready(
         self, spec: TargetSpec, rendered: k8s_manifest.Rendered, selector: str, timeout: float
     ) -> str:
-        """The name of the deployment's pod once its main container runs (the health check
-        through the port-forward then says when it serves: see _wait_healthy); DeployFailed
-        (with its events, container statuses and log tail) when it fails or the time is up."""
+        """The name of the deployment's pod once it is on a node: the health check through the
+        port-forward then says when it serves (see _wait_healthy), as soon as it listens,
+        not when the kubelet next reports the container running (its relist runs every
+        second). With a startupProbe, once the probe passed. DeployFailed (with its events,
+        container statuses and log tail) when it fails or the time is up."""
         deadline = time.monotonic() + timeout
         while True:
             pods = await self._live_pods(rendered, selector)
             for pod in pods:
-                if k8s_pods.ready(pod) or k8s_pods.started(pod, rendered.main):
+                if k8s_pods.ready(pod) or k8s_pods.started(pod, rendered.main) or (
+                    pod.spec.node_name and not k8s_pods.has_startup_probe(pod, rendered.main)
+                ):
                     return str(pod.metadata.name)
                 problem = k8s_pods.pod_problem(pod)
                 if problem:
