@@ -714,7 +714,7 @@ class KubernetesBackend:
                     + ")"
                 ),
                 note=(
-                    "wait until the pod is Ready (the server waited until its container ran, "
+                    "wait until the pod is Ready (the server waited until it was on a node, "
                     "then for the health check below)"
                 ),
             )
