@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import select
@@ -18,6 +19,8 @@ from typing import Any
 from autoopt.tools import procfs
 
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+PROXY_THREAD = "Kubernetes port forward proxy"  # the kubernetes client's thread per port
+log = logging.getLogger(__name__)
 
 # waiting reasons after which a pod will not become Ready by itself
 FATAL_WAITING = frozenset(
@@ -47,11 +50,34 @@ def short_error(exc: BaseException, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _quiet_proxy_errors() -> None:
+    """The kubernetes client's proxy thread dies with a traceback on stderr when the pod
+    closes a stream (a health probe before the service listens); log it at debug level
+    instead. The error is still seen: the stream's own error channel (Forwarder.errors)."""
+    if getattr(threading.excepthook, "autoopt_quiet", False):
+        return
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        thread = args.thread.name if args.thread is not None else ""
+        if thread.startswith(PROXY_THREAD) and (
+            isinstance(args.exc_value, OSError)
+            or type(args.exc_value).__module__.startswith("websocket")
+        ):
+            log.debug("kubernetes: %s ended: %r", thread, args.exc_value)
+            return
+        previous(args)
+
+    hook.autoopt_quiet = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+
+
 class Forwarder:
     """127.0.0.1:<port> forwarded to a pod's port: each accepted connection opens its own
     port-forward stream through the API server, served by a thread of its own."""
 
     def __init__(self, connect: Callable[[], Any], remote_port: int, name: str) -> None:
+        _quiet_proxy_errors()
         self.connect = connect
         self.remote_port = remote_port
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
