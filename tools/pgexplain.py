@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from autoopt.tools import pgplan
 from autoopt.tools.backends.base import Build, Deployment
-from autoopt.tools.errors import AutooptError, InvalidName, NotFound
+from autoopt.tools.errors import AutooptError, InvalidName, NotFound, WorkloadFailed
 from autoopt.tools.profiling import store
 from autoopt.tools.workspace import check_name
 
@@ -53,7 +53,9 @@ async def psql_json(port: int, sql: str) -> Any:
     with anyio.fail_after(PSQL_TIMEOUT_S):
         done = await anyio.run_process(argv, input=sql.encode(), check=False)
     if done.returncode != 0:
-        raise InvalidName(f"psql failed: {done.stderr.decode(errors='replace').strip()[-500:]}")
+        raise WorkloadFailed(
+            f"psql failed: {done.stderr.decode(errors='replace').strip()[-500:]}"
+        )
     return json.loads(done.stdout.decode() or "null")
 
 
