@@ -61,9 +61,8 @@ def register(mcp: MCPServer, engine: Engine) -> None:
         wait_s: WaitS = 40,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, PlanView]:
-        """EXPLAIN (ANALYZE, BUFFERS) of a SQL target's queries/<query_name>.sql, flags
-        first (seq scans, misestimates, spills, loops); 'top': pg_stat_statements over the
-        workload. Deploys the patch unless deployment_id; stored as a profile."""
+        """EXPLAIN ANALYZE of queries/<query_name>.sql, slow nodes flagged first; 'top':
+        pg_stat_statements. Stored as a profile."""
         engine.spec(target)
         profile_id = f"plan-{time.strftime('%Y%m%d-%H%M%S')}-{uuid4().hex[:6]}"
 

@@ -141,8 +141,8 @@ def register(mcp: MCPServer, engine: Engine, ws: Workspace) -> None:
         job_id: str | None = None,
         ctx: Context | None = None,
     ) -> Annotated[CallToolResult, TraceLogView]:
-        """Top stacks of ClickHouse's system.trace_log (% of total), per-query peak memory;
-        stored as the target's profile. After wait_s: status=running; job_id waits."""
+        """ClickHouse system.trace_log top stacks (% of total), per-query peak memory; stored
+        as a profile. After wait_s: status=running; job_id waits."""
         if job_id is not None:
             engine.jobs.require(check_name(job_id, "job id"), "query")
             return _answer(await engine.jobs.wait(job_id, wait_s, forward(ctx)), detail)

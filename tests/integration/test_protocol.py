@@ -169,8 +169,9 @@ async def test_tools_list_is_lean(workspace: Workspace, version: str) -> None:
                       mode="legacy" if version == "2025-11-25" else "auto") as c:
         listed = await c.list_tools()
     wire = listed.model_dump_json(by_alias=True, exclude_none=True)
-    # 16,000: explain_query (issue 22) added ~870 bytes to what was exactly at 15,000
-    assert len(wire) <= 16_000, len(wire)
+    # The goal is 15,000; explain_query (issue 22) put it ~740 bytes over, so the cap holds
+    # what is there now (15,738 in the legacy era) until the list is trimmed back
+    assert len(wire) <= 15_750, len(wire)
     for tool in listed.tools:
         assert tool.output_schema and tool.output_schema["type"] == "object", tool.name
         assert "\"title\": \"" not in json.dumps(tool.input_schema), tool.name
