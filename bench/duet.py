@@ -10,6 +10,9 @@
    runs' latency files.
 3. Simulation of both orders under interference shared by runs that run at the same time.
 4. Instruction counts (valgrind --tool=cachegrind) on batchdemo: overhead and CV.
+5. pyserver's request count: ABBA A/A run_abs with the workload's mix of 1370 requests per
+   run and with the coarse mix of the same work in 290 (the mix before), alternating: each
+   metric's CV per arm and the runs per arm to decide a 2% and 5% effect, before and after.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,7 +36,8 @@ from bench.common import ROOT, cv, log, median, table, temp_workspace
 
 TIME_TARGET, TIME_METRIC = "batchdemo", "wall_s"
 TIME_RECORDS = 50_000  # a quarter of batchdemo's 200k events: 20 + 20 run_abs in ~10 min
-PYSERVER_METRICS = ("peak_rss_mb", "cpu_s", "wall_s", "latency_p99_ms")
+PYSERVER_METRICS = ("peak_rss_mb", "cpu_s", "wall_s", "latency_p50_ms", "latency_p99_ms")
+COARSE = "pyserver-coarse"  # pyserver with the workload's coarse mix (290 requests)
 ESTIMATORS = ("p99", "median_of_windows", "trimmed")
 Z = 1.6449 + 0.8416  # one-sided alpha 5%, power 80%
 ORDERS = ("abba", "duet")
@@ -117,12 +122,64 @@ async def interleaved(
                     client, ws, 1, runs, extra={**extra, "order": order},
                     first_seed=first_seed + i,
                 )
-                s = out[order]
-                s.views += one.views
-                s.records += one.records
-                s.errors += one.errors
-                s.elapsed_s += one.elapsed_s
+                _merge(out[order], one)
     return Pair(out["abba"], out["duet"])
+
+
+def _merge(into: Series, one: Series) -> None:
+    into.views += one.views
+    into.records += one.records
+    into.errors += one.errors
+    into.elapsed_s += one.elapsed_s
+
+
+def add_coarse_target(root: Path) -> None:
+    """targets/pyserver-coarse in the workspace `root`: pyserver whose workload sends the
+    coarse mix (`workload.py --mode full-coarse`)."""
+    src, dst = root / "targets" / "pyserver", root / "targets" / COARSE
+    shutil.copytree(src, dst)
+    md = dst / "target.md"
+    md.write_text(md.read_text().replace("targets/pyserver/", f"targets/{COARSE}/"))
+    script = dst / "workload.sh"
+    script.write_text(script.read_text().replace('"${@:2}"', '--mode full-coarse "${@:2}"'))
+
+
+async def by_mix(root: Path, count: int, runs: int) -> dict[str, Series]:
+    """`count` ABBA A/A run_abs of pyserver-coarse and of pyserver, alternating."""
+    from mcp import Client
+
+    from autoopt.server.app import create_server
+    from autoopt.tools.workspace import Workspace
+
+    ws = Workspace(root)
+    out = {t: Series(count=count, runs=runs) for t in (COARSE, "pyserver")}
+    async with Client(create_server(ws)) as client:
+        for i in range(count):
+            for target, series in out.items():
+                _merge(series, await series_on(
+                    client, ws, 1, runs, extra={"target": target}, first_seed=201 + i
+                ))
+    return out
+
+
+def requests_per_run(series: Series) -> str:
+    counts = {s["metrics"].get("requests") for s in series.samples() if s["ok"]}
+    return "/".join(f"{c:.0f}" for c in sorted(c for c in counts if c is not None)) or "?"
+
+
+def mix_table(out: dict[str, Series]) -> tuple[str, dict[str, float]]:
+    """Per metric and mix: median CV per arm, SD of log(B/A), runs/arm for 2% and 5%."""
+    rows, key = [], {}
+    for metric in PYSERVER_METRICS:
+        for target, s in out.items():
+            sd, c = log_ratio_sd(s.records, metric), arm_cv(s.records, metric)
+            mix = "coarse (before)" if target == COARSE else "full (after)"
+            rows.append([metric, mix, requests_per_run(s), f"{100 * c:.1f}%",
+                         f"{100 * sd:.1f}%", runs_needed(sd, 0.02), runs_needed(sd, 0.05)])
+            key[f"mix.{'before' if target == COARSE else 'after'}.{metric}.cv"] = c
+    head = ["metric", "mix", "requests per run", "median CV per arm",
+            "SD of log(B/A) per pair", "runs/arm for 2%", "runs/arm for 5%"]
+    return table(head, rows), key
 
 
 def verdict_row(order: str, s: Series, metric: str) -> list[object]:
@@ -326,7 +383,8 @@ def instructions(rounds: int) -> tuple[str, dict[str, Any]]:
 
 
 def run(
-    count: int, pyserver_count: int, runs: int, trials: int, rounds: int, abba_count: int
+    count: int, pyserver_count: int, runs: int, trials: int, rounds: int, abba_count: int,
+    mix_count: int = 0,
 ) -> tuple[str, dict]:
     """Every section; (markdown, key figures)."""
     key: dict[str, Any] = {}
@@ -397,6 +455,33 @@ def run(
                                      for o in ORDERS]),
                 *[f"- run_ab failed: {e}" for o in ORDERS for e in getattr(ps, o).errors],
             ]
+        if mix_count:
+            t = time.monotonic()
+            log(f"duet: {mix_count} + {mix_count} A/A run_abs of pyserver, coarse and full mix")
+            add_coarse_target(root)
+            mixes = anyio.run(by_mix, root, mix_count, runs)
+            text, figures = mix_table(mixes)
+            key.update(figures)
+            parts += [
+                "",
+                f"### pyserver's request count: {mix_count} A/A run_abs per mix, before and after",
+                "",
+                "```",
+                f'call_tool("run_ab", {{"target": "{COARSE}", "runs": {runs}, "seed": i}})'
+                "   # workload.py --mode full-coarse: 290 requests",
+                f'call_tool("run_ab", {{"target": "pyserver", "runs": {runs}, "seed": i}})'
+                "   # workload.py (--mode full): 1370 requests; alternating, ABBA",
+                "```",
+                "",
+                f"_{(time.monotonic() - t) / 60:.1f} min._ `{COARSE}` is a copy of pyserver in "
+                "the temporary workspace whose workload sends the same work in 10x larger "
+                "ingests (the mix before): a p99 of 290 requests rests on the 3 slowest, one "
+                "of 1370 on the 14 slowest. Peak RSS, CPU and wall time measure the same work "
+                "in both.",
+                "",
+                text,
+                *[f"- run_ab failed: {e}" for s in mixes.values() for e in s.errors],
+            ]
     t = time.monotonic()
     log("duet: simulation")
     parts += ["", "### Simulation", "", "```", f"python -m bench.duet  # simulate({trials})",
@@ -416,12 +501,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--trials", type=int, default=4000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="count 5, pyserver 2")
+    parser.add_argument("--mixes", type=int, default=3, help="A/A run_abs per pyserver mix")
+    parser.add_argument("--quick", action="store_true", help="count 5, pyserver 2, mixes 2")
     args = parser.parse_args()
     if args.quick:
         args.count, args.pyserver = min(args.count, 5), min(args.pyserver, 2)
+        args.mixes = min(args.mixes, 2)
     abba = args.count if args.abba_count is None else args.abba_count
-    text, _ = run(args.count, args.pyserver, args.runs, args.trials, args.rounds, abba)
+    text, _ = run(
+        args.count, args.pyserver, args.runs, args.trials, args.rounds, abba, args.mixes
+    )
     print(text)
 
 

@@ -2,8 +2,9 @@
 
 Both arms are built from one base commit (A = base, B = base + patch; no patch = A/A).
 Each run is deploy -> reset peak -> workload -> collect -> teardown on a fresh process; a
-run's teardown may go on while the next run deploys (never into the same tree), and the
-next workload starts only once it is done.
+run's teardown may go on while the next run deploys (never into the same tree: a small
+local service tree gets a copy, so runs of one arm alternate between two), and the next
+workload starts only once it is done.
 Arms alternate in randomised ABBA blocks; warmup runs are recorded but not analysed. In
 duet order both runs of a pair run at the same time, each arm pinned to its own half of the
 CPUs (which half: by the seed, per pair), so interference that hits both cancels in the
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -41,6 +43,7 @@ Status = Literal["starting", "running", "done", "cancelled", "interrupted", "cra
 ACTIVE = ("starting", "running")  # starting: saved before the builds, until the first sample
 RunProgress = Callable[[int, int, str], Awaitable[None]]
 LOOKS = (5, 10, 15, 20)
+TWIN_MAX_FILES, TWIN_MAX_BYTES = 5000, 64 * 2**20  # a local tree this small gets a copy
 
 
 class Slot(BaseModel):
@@ -281,6 +284,7 @@ class ABRunner:
         self.durations = Durations(folder.parent.parent, spec.name, backend.name)
         self._pending: tuple[Deployment, Sample, Build] | None = None  # its teardown waits
         self._teardown_error: AutooptError | None = None
+        self._twins: dict[str, Build] = {}  # build id -> the build in a copy of its tree
 
     def save(self) -> None:
         save_model(self.folder / "run.json", self.run)
@@ -292,6 +296,9 @@ class ABRunner:
         run.status = "running"
         self.save()
         try:
+            if self.backend.name == "local" and self.spec.kind == "service":
+                for build in builds.values():
+                    await self._make_twin(build)
             for step in steps(run.schedule, run.order):
                 for sample in await self.together(builds, step):
                     run.samples.append(sample)
@@ -381,11 +388,34 @@ class ABRunner:
         mine = [s for s in self.run.samples if s.arm == arm]
         return len(mine) >= 2 and not any(s.ok for s in mine)
 
+    async def _make_twin(self, build: Build) -> None:
+        """A copy of a small local tree (files, links and mtimes as built), beside the build:
+        a run of the same build deploys there while the last one's teardown goes on."""
+        files = await anyio.to_thread.run_sync(correctness.tree_files, Path(build.tree))
+        self._built.setdefault(build.id, files)
+        if len(files) > TWIN_MAX_FILES or sum(size for size, _ in files.values()) > TWIN_MAX_BYTES:
+            return
+        twin = build.folder / "twin-tree"
+        await anyio.to_thread.run_sync(
+            lambda: shutil.copytree(build.tree, twin, symlinks=True, dirs_exist_ok=True)
+        )
+        self._twins[build.id] = build.model_copy(update={"tree": str(twin)})
+
+    def _tree_for(self, build: Build) -> Build:
+        """`build` in the tree this run deploys into: the other one of its two trees when
+        the pending teardown is of the same build."""
+        pending = self._pending
+        twin = self._twins.get(build.id)
+        if pending is None or twin is None or pending[2].id != build.id:
+            return build
+        return build if pending[2].tree == twin.tree else twin
+
     async def one(self, build: Build, slot: Slot, then: Build | None = None) -> Sample:
         """deploy -> reset peak -> workload -> collect -> teardown, never leaving a process.
         When the next run (of `then`) deploys elsewhere than this tree, this teardown is left
         pending and goes on during that deploy (see deploy_beside_teardown)."""
         spec, backend = self.spec, self.backend
+        build = self._tree_for(build)
         sample = Sample(
             run=slot.index, arm=slot.arm, build_id=build.id, ok=False, warmup=slot.warmup
         )
@@ -472,7 +502,9 @@ class ABRunner:
             if deployment is None:
                 await self.finish_pending()  # a failed deploy: the previous one, now
                 self._clean_tree(build, sample)
-            elif settled and then is not None and (not local or then.id != build.id):
+            elif settled and then is not None and (
+                not local or then.id != build.id or build.id in self._twins
+            ):
                 self._pending = (deployment, sample, build)
             else:
                 await self._finish(deployment, sample, build)

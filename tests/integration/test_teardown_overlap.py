@@ -1,7 +1,8 @@
 """A run's teardown goes on while the next run deploys, on real processes: a service that
 takes 1 s to stop on SIGTERM, and a log its servers and workloads append to. No workload
-ever runs beside another run's service; a teardown hides behind the next deploy only when
-that deploy is of the other build (another tree), never in the same tree."""
+ever runs beside another run's service, and a teardown hides behind the next deploy only
+when that deploy is in another tree: the other build's, or the copy of a small local tree
+that runs of the same build alternate with; a tree too large to copy is never shared."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import pytest
 from mcp import Client
 
+from autoopt.tools import abrun
 from autoopt.tools.workspace import Workspace
 from tests.conftest import call_done, processes_under
 from tests.integration.test_leftovers import add_target
@@ -20,7 +22,7 @@ SERVE_PY = """import http.server, os, signal, sys, time
 log = sys.argv[1]
 def note(what):
     with open(log, "a") as f:
-        f.write(f"{what} {os.getpid()}\\n")
+        f.write(f"{what} {os.getpid()} {os.getcwd()}\\n")
 def stop(*_):
     time.sleep(1.0)  # a slow, graceful stop
     note("exit")
@@ -43,9 +45,12 @@ print("hits=1")
 """
 
 
-async def test_teardown_overlaps_the_next_deploy_of_the_other_build_only(
-    client: Client, workspace: Workspace
+@pytest.mark.parametrize("copy", [True, False], ids=["tree-copied", "tree-too-large"])
+async def test_teardown_overlaps_the_next_deploy_in_another_tree_only(
+    client: Client, workspace: Workspace, monkeypatch: pytest.MonkeyPatch, copy: bool
 ) -> None:
+    if not copy:
+        monkeypatch.setattr(abrun, "TWIN_MAX_FILES", 0)
     folder = add_target(workspace, "slowstop", (
         "kind: service\nrun: python3 {target_dir}/serve.py {target_dir}/events.log\n"
         "health: /\nworkload: python3 {target_dir}/hit.py {target_dir}/events.log {endpoint}"
@@ -64,27 +69,35 @@ async def test_teardown_overlaps_the_next_deploy_of_the_other_build_only(
     events = (folder / "events.log").read_text().split("\n")[:-1]
     live: set[str] = set()
     starts: list[str] = []
+    tree: dict[str, str] = {}
     exits: dict[str, int] = {}
     for i, event in enumerate(events):
-        what, _, pid = event.partition(" ")
+        what, _, rest = event.partition(" ")
+        pid, _, cwd = rest.partition(" ")
         if what == "start":
             live.add(pid)
             starts.append(pid)
+            tree[pid] = cwd
         elif what == "exit":
             live.discard(pid)
             exits[pid] = i
         else:  # a workload: its own service is the only one up
             assert len(live) == 1, f"a workload beside another run's service: {events}"
     assert len(starts) == 8 and set(exits) == set(starts), events
-    overlaps = []
+    overlaps, same_build = [], 0
     for i in range(7):
         hidden = "teardown_hidden_s" in samples[i]["timings"]
         other = samples[i]["build_id"] != samples[i + 1]["build_id"]
-        started_next = events.index(f"start {starts[i + 1]}")
+        same_build += not other
+        elsewhere = tree[starts[i + 1]] != tree[starts[i]]
+        started_next = events.index(f"start {starts[i + 1]} {tree[starts[i + 1]]}")
         overlapped = started_next < exits[starts[i]]  # the next started before this one ended
-        assert hidden == other, (i, samples[i]["timings"])
-        assert other or not overlapped, f"run {i + 1} started in the tree of run {i} too soon"
-        overlaps += [overlapped] if other else []
+        assert hidden == (other or copy), (i, samples[i]["timings"])
+        assert elsewhere or not overlapped, f"run {i + 1} started in the tree of run {i} too soon"
+        assert elsewhere == (other or copy), (i, tree[starts[i]], tree[starts[i + 1]])
+        overlaps += [overlapped] if hidden else []
+    assert same_build, "the schedule has runs of one build in a row"
     assert overlaps and any(overlaps), f"no teardown went on during the next deploy: {events}"
     assert "teardown_hidden_s" not in samples[-1]["timings"]
+    assert len(set(tree.values())) == (4 if copy else 2)  # two trees per build, or one
     assert processes_under(workspace.root) == []

@@ -29,7 +29,13 @@ import anyio
 
 from autoopt.tools import pinning, procfs
 from autoopt.tools.backends.base import Build, Deployment, Progress, WorkloadResult
-from autoopt.tools.backends.driver import HEALTH_WAIT_SH, drive, new_deployment, probe
+from autoopt.tools.backends.driver import (
+    HEALTH_WAIT_SH,
+    drive,
+    health_pause,
+    new_deployment,
+    probe,
+)
 from autoopt.tools.command import Command
 from autoopt.tools.errors import (
     AutooptError,
@@ -54,7 +60,7 @@ PING_TIMEOUT_S = 3.0
 REASON_TTL_S = 5.0
 API_TIMEOUT_S = 120.0
 POLL_S = 0.1
-HEALTH_POLL_S = 0.05
+STATE_POLL_S = 0.25  # how often a deploy asks the engine whether the container exited
 WORKLOAD_MOUNT = "/autoopt/workload"
 SETUP_HINT = "run scripts/setup-docker.sh"
 
@@ -650,7 +656,8 @@ class DockerBackend:
         return None
 
     async def _wait_healthy(self, container: Any, url: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline, asked = started + timeout, started
         last = ""
         while True:
             try:
@@ -658,6 +665,11 @@ class DockerBackend:
                     return
             except (OSError, http.client.HTTPException) as exc:  # not listening yet, reset, ...
                 last = f"{type(exc).__name__}: {exc}"
+            now = time.monotonic()
+            if now - asked < STATE_POLL_S and now <= deadline:
+                await anyio.sleep(health_pause(started))
+                continue
+            asked = now
             try:  # not yet: has it exited?
                 await _call(container.reload)
             except Exception as exc:
@@ -675,7 +687,7 @@ class DockerBackend:
                     f"in target.md); last error: {last or 'none'}. Log tail:\n"
                     f"{await self._log_tail(container)}"
                 )
-            await anyio.sleep(HEALTH_POLL_S)
+            await anyio.sleep(health_pause(started))
 
     async def _log_tail(self, container: Any, lines: int = 30) -> str:
         try:

@@ -3,6 +3,7 @@ HTTP health probe (and its shell form for the scripts), and the workload driver.
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,6 +20,14 @@ HEALTH_WAIT_SH = (
     'for _ in $(seq 300); do python3 -c "import sys, urllib.request as u; '
     'u.urlopen(sys.argv[1], timeout=1)" "{url}" 2>/dev/null && break; sleep 0.1; done'
 )
+
+HEALTH_FAST_S, HEALTH_SLOW_S, HEALTH_FAST_FOR_S = 0.005, 0.05, 2.0
+
+
+def health_pause(since: float) -> float:
+    """Seconds to the next health probe of a service started at `since` (monotonic): every
+    5 ms for its first 2 s, so a fast start is seen at once, then every 50 ms."""
+    return HEALTH_FAST_S if time.monotonic() - since < HEALTH_FAST_FOR_S else HEALTH_SLOW_S
 
 
 def probe(url: str) -> bool:

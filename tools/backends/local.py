@@ -10,7 +10,13 @@ import anyio
 
 from autoopt.tools import contain, procfs
 from autoopt.tools.backends.base import Build, Deployment, Progress, WorkloadResult
-from autoopt.tools.backends.driver import HEALTH_WAIT_SH, drive, new_deployment, probe
+from autoopt.tools.backends.driver import (
+    HEALTH_WAIT_SH,
+    drive,
+    health_pause,
+    new_deployment,
+    probe,
+)
 from autoopt.tools.command import Command
 from autoopt.tools.errors import BuildFailed, DeployFailed
 from autoopt.tools.journal import Step
@@ -186,7 +192,8 @@ class LocalBackend:
 
     async def _wait_healthy(self, child: Child, url: str | list[str], timeout: float) -> None:
         """Until `url` answers 2xx, or the command `url` (an argv) exits 0."""
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         last = ""
         while time.monotonic() < deadline:
             exited = child.poll()
@@ -204,7 +211,7 @@ class LocalBackend:
                     return
             except OSError as exc:
                 last = str(exc)
-            await anyio.sleep(0.05)
+            await anyio.sleep(health_pause(started))
         raise DeployFailed(
             f"the service did not answer {_shown(url)} within {timeout:.0f} s (health_timeout in "
             f"target.md); last error: {last or 'none'}. Log tail:\n{child.tail(30)}"
