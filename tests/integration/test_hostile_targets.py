@@ -20,15 +20,15 @@ def _broken(workspace: Workspace) -> dict[str, tuple[bytes, str]]:
         return good.replace(old, new)
 
     return {
-        "port-inf": (swap(b"port: 8080", b"port: inf"), ":40: port"),
-        "port-1e400": (swap(b"port: 8080", b"port: 1e400"), ":40: port"),
-        "concurrency-inf": (swap(b"duration: 2s", b"concurrency: inf"), ":24: concurrency"),
-        "effect-nan": (swap(b"min_effect_pct: 1", b"min_effect_pct: nan"), ":46: min_effect"),
-        "effect-neg": (swap(b"min_effect_pct: 1", b"min_effect_pct: -50"), ":46: min_effect"),
+        "port-inf": (swap(b"port: 8080", b"port: inf"), ":41: port"),
+        "port-1e400": (swap(b"port: 8080", b"port: 1e400"), ":41: port"),
+        "concurrency-inf": (swap(b"duration: 2s", b"concurrency: inf"), ":25: concurrency"),
+        "effect-nan": (swap(b"min_effect_pct: 1", b"min_effect_pct: nan"), ":47: min_effect"),
+        "effect-neg": (swap(b"min_effect_pct: 1", b"min_effect_pct: -50"), ":47: min_effect"),
         "not-utf8": (swap(b"unit: MiB", b"unit: Mi\xff"), ":15: not UTF-8"),
         "dup-section": (good + b"\n## Local\nkind: batch\n", "'## Local' again"),
         "huge": (good + b"## Notes\n" + b"x" * (40 * 1024 * 1024), "over 256 KiB"),
-        "nul": (swap(b"health: /health", b"health: /he\x00alth"), ":52: control character"),
+        "nul": (swap(b"health: /health", b"health: /he\x00alth"), ":53: control character"),
     }
 
 
