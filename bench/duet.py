@@ -172,11 +172,10 @@ def mix_table(out: dict[str, Series]) -> tuple[str, dict[str, float]]:
     rows, key = [], {}
     for metric in PYSERVER_METRICS:
         for target, s in out.items():
-            sd, c = log_ratio_sd(s.records, metric), arm_cv(s.records, metric)
-            mix = "coarse (before)" if target == COARSE else "full (after)"
-            rows.append([metric, mix, requests_per_run(s), f"{100 * c:.1f}%",
-                         f"{100 * sd:.1f}%", runs_needed(sd, 0.02), runs_needed(sd, 0.05)])
-            key[f"mix.{'before' if target == COARSE else 'after'}.{metric}.cv"] = c
+            when = "before" if target == COARSE else "after"
+            mix = f"coarse ({when})" if target == COARSE else f"full ({when})"
+            rows.append([metric, mix, requests_per_run(s), *spread_cells(s.records, metric)])
+            key[f"mix.{when}.{metric}.cv"] = arm_cv(s.records, metric)
     head = ["metric", "mix", "requests per run", "median CV per arm",
             "SD of log(B/A) per pair", "runs/arm for 2%", "runs/arm for 5%"]
     return table(head, rows), key
@@ -240,22 +239,23 @@ def _with_metric(root: Path, records: list[dict[str, Any]], name: str, est: str)
     return out
 
 
+def spread_cells(records: list[dict[str, Any]], metric: str) -> list[object]:
+    """Median CV per arm, SD of log(B/A) per pair, runs/arm for a 2% and a 5% effect."""
+    sd = log_ratio_sd(records, metric)
+    return [f"{100 * arm_cv(records, metric):.1f}%", f"{100 * sd:.1f}%",
+            runs_needed(sd, 0.02), runs_needed(sd, 0.05)]
+
+
 def pyserver_table(root: Path, pair: Pair) -> str:
     rows = []
     for metric in PYSERVER_METRICS:
         for order in ORDERS:
-            s = getattr(pair, order)
-            sd = log_ratio_sd(s.records, metric)
-            rows.append([metric, order, f"{100 * arm_cv(s.records, metric):.1f}%",
-                         f"{100 * sd:.1f}%", runs_needed(sd, 0.02), runs_needed(sd, 0.05)])
+            rows.append([metric, order, *spread_cells(getattr(pair, order).records, metric)])
     for est in ESTIMATORS:
         for order in ORDERS:
-            s = getattr(pair, order)
-            recs = _with_metric(root, s.records, "lat", est)
-            sd = log_ratio_sd(recs, "lat")
+            recs = _with_metric(root, getattr(pair, order).records, "lat", est)
             rows.append([f"latency_p99_ms by {est} (from the latency files)", order,
-                         f"{100 * arm_cv(recs, 'lat'):.1f}%", f"{100 * sd:.1f}%",
-                         runs_needed(sd, 0.02), runs_needed(sd, 0.05)])
+                         *spread_cells(recs, "lat")])
     return table(
         ["metric", "order", "median CV per arm", "SD of log(B/A) per pair",
          "runs/arm for 2%", "runs/arm for 5%"],
